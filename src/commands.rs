@@ -1,0 +1,230 @@
+//! HEATBRIDGE.* commands: argument parsing, ACL checks and replies.
+
+use std::collections::BTreeMap;
+
+use redis_module::redisvalue::RedisValueKey;
+use redis_module::{
+    AclPermissions, CallOptionsBuilder, CallReply, CallResult, Context, ContextFlags, RedisError,
+    RedisResult, RedisString, RedisValue,
+};
+
+use crate::decision::{EntryId, MAX_ID_LEN};
+use crate::engine;
+use crate::projection;
+use crate::state;
+
+/// Default COUNT of HEATBRIDGE.REPLAY.
+pub const REPLAY_DEFAULT_COUNT: usize = 10_000;
+/// Largest COUNT of HEATBRIDGE.REPLAY.
+pub const REPLAY_MAX_COUNT: usize = 100_000;
+
+/// Error replies, with their standard prefixes.
+pub mod errors {
+    /// A contained internal fault.
+    pub const INTERNAL: &str = "ERR internal error in heatbridge; see the server log";
+    /// REPLAY on a replica.
+    pub const REPLICA: &str = "READONLY HEATBRIDGE.REPLAY runs on the master only";
+    /// A bad REPLAY argument.
+    pub const SYNTAX: &str = "ERR syntax error: HEATBRIDGE.REPLAY [FROM <id>] [COUNT <n>]";
+    /// A bad FROM id.
+    pub const BAD_ID: &str = "ERR Invalid stream ID specified as FROM";
+    /// A bad COUNT.
+    pub const BAD_COUNT: &str = "ERR COUNT must be an integer from 1 to 100000";
+    /// An empty or overlong plan_id/symbol.
+    pub const BAD_NAME: &str = "ERR the argument must be 1 to 256 bytes";
+}
+
+/// Runs a command body inside the panic guard.
+pub fn guarded(
+    name: &str,
+    ctx: &Context,
+    args: Vec<RedisString>,
+    f: fn(&Context, Vec<RedisString>) -> RedisResult,
+) -> RedisResult {
+    crate::guard::contain(name, Err(RedisError::Str(errors::INTERNAL)), || {
+        crate::guard::fault_point("command");
+        f(ctx, args)
+    })
+}
+
+fn refresh_if_possible(ctx: &Context) {
+    engine::refresh(ctx);
+}
+
+/// `HEATBRIDGE.HEALTH`: the health JSON.
+pub fn health(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    if args.len() != 1 {
+        return Err(RedisError::WrongArity);
+    }
+    refresh_if_possible(ctx);
+    Ok(RedisValue::BulkString(state::health().1))
+}
+
+/// `HEATBRIDGE.METRICS`: the Prometheus text.
+pub fn metrics(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    if args.len() != 1 {
+        return Err(RedisError::WrongArity);
+    }
+    refresh_if_possible(ctx);
+    Ok(RedisValue::BulkString(state::metrics_text()))
+}
+
+/// `HEATBRIDGE.GET <plan_id>`: the by_plan hash.
+pub fn get(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    read_lookup(ctx, args, projection::BY_PLAN_PREFIX)
+}
+
+/// `HEATBRIDGE.LATEST <symbol>`: the latest hash.
+pub fn latest(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    read_lookup(ctx, args, projection::LATEST_PREFIX)
+}
+
+fn read_lookup(ctx: &Context, args: Vec<RedisString>, prefix: &[u8]) -> RedisResult {
+    let [_, id] = args.as_slice() else {
+        return Err(RedisError::WrongArity);
+    };
+    let id = id.as_slice();
+    if id.is_empty() || id.len() > MAX_ID_LEN {
+        return Err(RedisError::Str(errors::BAD_NAME));
+    }
+    let key = ctx.create_string(projection::key(prefix, id));
+    let user = ctx.get_current_user();
+    if ctx
+        .acl_check_key_permission(&user, &key, &AclPermissions::ACCESS)
+        .is_err()
+    {
+        return Err(RedisError::String(format!(
+            "NOPERM this user has no permissions to access the '{}' key",
+            crate::logging::show_bytes(key.as_slice())
+        )));
+    }
+    let opts = CallOptionsBuilder::new().errors_as_replies().build();
+    let r: CallResult = ctx.call_ext("HGETALL", &opts, &[&key][..]);
+    match r {
+        Err(e) => Err(RedisError::String(
+            e.to_utf8_string()
+                .unwrap_or_else(|| "ERR HGETALL failed".into()),
+        )),
+        Ok(CallReply::Array(a)) => {
+            let flat: Vec<Vec<u8>> = a
+                .iter()
+                .filter_map(|v| match v {
+                    Ok(CallReply::String(s)) => Some(s.as_bytes().to_vec()),
+                    _ => None,
+                })
+                .collect();
+            if flat.is_empty() {
+                return Ok(RedisValue::Null);
+            }
+            let map: BTreeMap<RedisValueKey, RedisValue> = flat
+                .chunks(2)
+                .filter_map(|kv| match kv {
+                    [k, v] => Some((
+                        RedisValueKey::BulkString(k.clone()),
+                        RedisValue::StringBuffer(v.clone()),
+                    )),
+                    _ => None,
+                })
+                .collect();
+            Ok(RedisValue::OrderedMap(map))
+        }
+        Ok(CallReply::Map(m)) => {
+            let map: BTreeMap<RedisValueKey, RedisValue> = m
+                .iter()
+                .filter_map(|(k, v)| match (k, v) {
+                    (Ok(CallReply::String(k)), Ok(CallReply::String(v))) => Some((
+                        RedisValueKey::BulkString(k.as_bytes().to_vec()),
+                        RedisValue::StringBuffer(v.as_bytes().to_vec()),
+                    )),
+                    _ => None,
+                })
+                .collect();
+            if map.is_empty() {
+                Ok(RedisValue::Null)
+            } else {
+                Ok(RedisValue::OrderedMap(map))
+            }
+        }
+        Ok(_) => Ok(RedisValue::Null),
+    }
+}
+
+/// Parsed arguments of HEATBRIDGE.REPLAY.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ReplayArgs {
+    /// Exclusive start.
+    pub from: EntryId,
+    /// Most entries to re-project.
+    pub count: usize,
+}
+
+/// Parses `[FROM <id>] [COUNT <n>]` (after the command name).
+pub fn parse_replay(args: &[&[u8]]) -> Result<ReplayArgs, &'static str> {
+    let mut out = ReplayArgs {
+        from: EntryId::ZERO,
+        count: REPLAY_DEFAULT_COUNT,
+    };
+    let mut it = args.iter();
+    while let Some(opt) = it.next() {
+        let value = it.next().ok_or(errors::SYNTAX)?;
+        if opt.eq_ignore_ascii_case(b"FROM") {
+            out.from = EntryId::parse(value).ok_or(errors::BAD_ID)?;
+        } else if opt.eq_ignore_ascii_case(b"COUNT") {
+            let n: usize = std::str::from_utf8(value)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or(errors::BAD_COUNT)?;
+            if n == 0 || n > REPLAY_MAX_COUNT {
+                return Err(errors::BAD_COUNT);
+            }
+            out.count = n;
+        } else {
+            return Err(errors::SYNTAX);
+        }
+    }
+    Ok(out)
+}
+
+/// `HEATBRIDGE.REPLAY [FROM <id>] [COUNT <n>]`: re-projects entries, ignoring dedupe.
+pub fn replay(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    let raw: Vec<&[u8]> = args.iter().skip(1).map(RedisString::as_slice).collect();
+    let a = parse_replay(&raw).map_err(RedisError::Str)?;
+    let flags = ctx.get_flags();
+    if !flags.contains(ContextFlags::MASTER) {
+        return Err(RedisError::Str(errors::REPLICA));
+    }
+    let (n, last) = engine::replay(ctx, a.from, a.count).map_err(RedisError::String)?;
+    Ok(RedisValue::Array(vec![
+        RedisValue::Integer(n as i64),
+        RedisValue::BulkString(last.to_string()),
+    ]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replay_args() {
+        assert_eq!(
+            parse_replay(&[]),
+            Ok(ReplayArgs {
+                from: EntryId::ZERO,
+                count: 10_000
+            })
+        );
+        assert_eq!(
+            parse_replay(&[b"from", b"5-1", b"COUNT", b"7"]),
+            Ok(ReplayArgs {
+                from: EntryId { ms: 5, seq: 1 },
+                count: 7
+            })
+        );
+        assert_eq!(parse_replay(&[b"FROM"]), Err(errors::SYNTAX));
+        assert_eq!(parse_replay(&[b"FROM", b"x"]), Err(errors::BAD_ID));
+        assert_eq!(parse_replay(&[b"COUNT", b"0"]), Err(errors::BAD_COUNT));
+        assert_eq!(parse_replay(&[b"COUNT", b"100001"]), Err(errors::BAD_COUNT));
+        assert_eq!(parse_replay(&[b"COUNT", b"-1"]), Err(errors::BAD_COUNT));
+        assert_eq!(parse_replay(&[b"LIMIT", b"1"]), Err(errors::SYNTAX));
+    }
+}

@@ -1,0 +1,845 @@
+//! The drain: read from the group cursor, write the lookup keys, advance the group.
+//!
+//! A drain step reads at most `heatbridge.batch` entries. It first finishes the entries that
+//! are pending for `heatbridge.consumer` (left by the sidecar, for example), then reads the
+//! entries after the group's last-delivered ID with the stream iterator and projects them in
+//! stream order. It then moves the group cursor once with `XGROUP SETID`, so nothing is
+//! pending and the lag is 0 afterwards. If a write fails, the cursor stops before that
+//! entry, which stays in the backlog and is retried on the next tick (at-least-once;
+//! projection is idempotent).
+//!
+//! Every write goes through a replicated call, so replicas and the AOF receive the writes
+//! after the XADD that caused them. Only a writable master that is not loading drains.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use redis_module::{
+    raw, CallOptions, CallOptionsBuilder, CallReply, CallResult, Context, ContextFlags, RedisString,
+};
+
+use crate::clock::now_ms;
+use crate::config::{self, Settings};
+use crate::decision::{self, EntryId, Invalid};
+use crate::guard;
+use crate::health::StreamState;
+use crate::logging::{self, RateLimit};
+use crate::metrics::{Stage, METRICS};
+use crate::projection::{self, Dedupe, Plan};
+use crate::state;
+
+impl decision::Bytes for RedisString {
+    fn bytes(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+/// Longest a drain keeps the event loop before it yields to clients.
+pub const STEP_BUDGET: Duration = Duration::from_millis(5);
+
+/// Entries one step re-reads when finishing pending entries.
+const MAX_PENDING_READ: usize = 1000;
+
+/// Whether a drain timer is pending (at rest there is none).
+static TIMER_PENDING: AtomicBool = AtomicBool::new(false);
+/// Whether a post-notification job is pending.
+static JOB_PENDING: AtomicBool = AtomicBool::new(false);
+/// 0 unknown, 1 the server has post-notification jobs, 2 it does not.
+static POST_JOBS: AtomicU8 = AtomicU8::new(0);
+/// Wall ms of the last housekeeping tick.
+static LAST_TICK_MS: AtomicU64 = AtomicU64::new(0);
+
+static INVALID_LOG: RateLimit = RateLimit::new(1000);
+static ERROR_LOG: RateLimit = RateLimit::new(1000);
+
+/// Resets scheduling state (module load; statics survive an unload).
+pub fn reset() {
+    TIMER_PENDING.store(false, Relaxed);
+    JOB_PENDING.store(false, Relaxed);
+    POST_JOBS.store(0, Relaxed);
+    LAST_TICK_MS.store(0, Relaxed);
+}
+
+/// Whether post-notification jobs are in use (known after the first XADD).
+pub fn post_jobs_in_use() -> Option<bool> {
+    match POST_JOBS.load(Relaxed) {
+        1 => Some(true),
+        2 => Some(false),
+        _ => None,
+    }
+}
+
+/// Whether a drain timer is pending right now.
+pub fn timer_pending() -> bool {
+    TIMER_PENDING.load(Relaxed)
+}
+
+fn write_opts() -> CallOptions {
+    CallOptionsBuilder::new()
+        .replicate()
+        .verify_oom()
+        .errors_as_replies()
+        .build()
+}
+
+fn read_opts() -> CallOptions {
+    CallOptionsBuilder::new().errors_as_replies().build()
+}
+
+fn reply_error(r: &CallResult) -> Option<String> {
+    match r {
+        Ok(_) => None,
+        Err(e) => Some(e.to_utf8_string().unwrap_or_else(|| "error".into())),
+    }
+}
+
+/// Logs an error at most once a second.
+fn log_error_limited(msg: &str) {
+    if let Some(suppressed) = ERROR_LOG.check(now_ms()) {
+        let extra = if suppressed > 0 {
+            format!(" ({suppressed} similar lines suppressed)")
+        } else {
+            String::new()
+        };
+        logging::error(&format!("{msg}{extra}"));
+    }
+}
+
+/// True when this server may write: a master, not loading.
+pub fn can_write(ctx: &Context) -> bool {
+    let f = ctx.get_flags();
+    f.contains(ContextFlags::MASTER)
+        && !f.contains(ContextFlags::LOADING)
+        && !f.contains(ContextFlags::ASYNC_LOADING)
+}
+
+fn publish_role(ctx: &Context) {
+    let f = ctx.get_flags();
+    let mut p = state::published();
+    p.is_master = f.contains(ContextFlags::MASTER);
+    p.loading = f.contains(ContextFlags::LOADING) || f.contains(ContextFlags::ASYNC_LOADING);
+}
+
+fn select_db0(ctx: &Context) {
+    // SAFETY: ctx.ctx is the live context handed to the current callback; SelectDb only
+    // switches its client's database.
+    unsafe {
+        if let Some(f) = raw::RedisModule_SelectDb {
+            f(ctx.ctx, 0);
+        }
+    }
+}
+
+/// Called from the keyspace notification for an XADD on the input stream. Never writes:
+/// it schedules a post-notification job where the server has them, else a 0 ms timer.
+pub fn on_xadd(ctx: &Context) {
+    if !can_write(ctx) {
+        return;
+    }
+    if JOB_PENDING.load(Relaxed) {
+        return;
+    }
+    if POST_JOBS.load(Relaxed) != 2 {
+        let added = ctx.add_post_notification_job(|ctx| {
+            guard::contain("post-notification job", (), || {
+                JOB_PENDING.store(false, Relaxed);
+                guard::fault_point("job");
+                drain(ctx);
+            })
+        });
+        match added {
+            Ok(redis_module::Status::Ok) => {
+                POST_JOBS.store(1, Relaxed);
+                JOB_PENDING.store(true, Relaxed);
+                return;
+            }
+            _ => {
+                if POST_JOBS.swap(2, Relaxed) != 2 {
+                    logging::info(
+                        "post-notification jobs unavailable: projecting on the next event-loop turn",
+                    );
+                }
+            }
+        }
+    }
+    schedule(ctx);
+}
+
+/// Schedules a drain on the next event-loop turn, unless one is pending already.
+pub fn schedule(ctx: &Context) {
+    if TIMER_PENDING.swap(true, Relaxed) {
+        return;
+    }
+    ctx.create_timer(
+        Duration::from_millis(0),
+        |ctx: &Context, ()| {
+            guard::contain("drain timer", (), || {
+                TIMER_PENDING.store(false, Relaxed);
+                guard::fault_point("timer");
+                drain(ctx);
+            })
+        },
+        (),
+    );
+}
+
+/// Outcome of one drain step.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// Nothing left to read.
+    CaughtUp,
+    /// Entries were handled and more may follow.
+    More,
+    /// The step failed; the tick retries.
+    Failed,
+}
+
+/// Drains for at most [`STEP_BUDGET`], then yields to clients with a 0 ms timer if entries
+/// remain. Nothing is done on a replica or while loading.
+pub fn drain(ctx: &Context) {
+    publish_role(ctx);
+    if !can_write(ctx) {
+        return;
+    }
+    select_db0(ctx);
+    let settings = config::current();
+    let start = Instant::now();
+    loop {
+        let step = step(ctx, &settings);
+        {
+            let mut p = state::published();
+            if step == Step::Failed {
+                p.failing_steps += 1;
+            } else {
+                p.failing_steps = 0;
+            }
+        }
+        match step {
+            Step::CaughtUp | Step::Failed => return,
+            Step::More if start.elapsed() >= STEP_BUDGET => {
+                schedule(ctx);
+                return;
+            }
+            Step::More => {}
+        }
+    }
+}
+
+/// The group as XINFO GROUPS shows it.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct GroupInfo {
+    /// Last-delivered ID (the cursor).
+    pub last_id: EntryId,
+    /// Entries pending in the whole group.
+    pub pending: u64,
+    /// Unread entries, when the server can tell.
+    pub lag: Option<u64>,
+}
+
+fn bytes_of(r: &CallReply) -> Option<Vec<u8>> {
+    match r {
+        CallReply::String(s) => Some(s.as_bytes().to_vec()),
+        _ => None,
+    }
+}
+
+fn int_of(r: &CallReply) -> Option<i64> {
+    match r {
+        CallReply::I64(i) => Some(i.to_i64()),
+        _ => None,
+    }
+}
+
+/// Reads the group's cursor, pending count and lag. `Ok(None)` when there is no such group.
+pub fn read_group(ctx: &Context, s: &Settings) -> Result<Option<GroupInfo>, String> {
+    let r: CallResult = ctx.call_ext("XINFO", &read_opts(), &["GROUPS", s.stream.as_str()][..]);
+    let reply = r.map_err(|e| e.to_utf8_string().unwrap_or_else(|| "XINFO failed".into()))?;
+    let CallReply::Array(groups) = reply else {
+        return Err("unexpected XINFO GROUPS reply".into());
+    };
+    for g in groups.iter() {
+        let Ok(CallReply::Array(fields)) = g else {
+            continue;
+        };
+        let mut name = None;
+        let mut info = GroupInfo::default();
+        let mut i = 0;
+        while i + 1 < fields.len() {
+            let k = fields
+                .get(i)
+                .and_then(|k| k.ok())
+                .and_then(|k| bytes_of(&k));
+            let v = fields.get(i + 1).and_then(|v| v.ok());
+            match (k.as_deref(), v) {
+                (Some(b"name"), Some(v)) => name = bytes_of(&v),
+                (Some(b"pending"), Some(v)) => info.pending = int_of(&v).unwrap_or(0).max(0) as u64,
+                (Some(b"last-delivered-id"), Some(v)) => {
+                    info.last_id = bytes_of(&v)
+                        .and_then(|b| EntryId::parse(&b))
+                        .unwrap_or_default()
+                }
+                (Some(b"lag"), Some(v)) => info.lag = int_of(&v).map(|l| l.max(0) as u64),
+                _ => {}
+            }
+            i += 2;
+        }
+        if name.as_deref() == Some(s.group.as_bytes()) {
+            return Ok(Some(info));
+        }
+    }
+    Ok(None)
+}
+
+fn stream_key_state(ctx: &Context, stream: &RedisString) -> StreamState {
+    let key = ctx.open_key(stream);
+    match key.key_type() {
+        raw::KeyType::Empty => StreamState::Missing,
+        raw::KeyType::Stream => StreamState::Stream,
+        _ => StreamState::WrongType,
+    }
+}
+
+fn set_stream_state(st: StreamState, stream: &str) {
+    let mut p = state::published();
+    if st == StreamState::WrongType && p.stream_state != StreamState::WrongType {
+        logging::error(&format!(
+            "key {stream} is not a stream: projection is paused until it is"
+        ));
+    }
+    p.stream_state = st;
+}
+
+/// An entry copied out of the stream.
+pub struct Entry {
+    /// Its ID.
+    pub id: EntryId,
+    /// Its fields; `None` when the ID is no longer in the stream.
+    pub fields: Option<Vec<(RedisString, RedisString)>>,
+}
+
+/// Reads up to `count` entries after `after` (exclusive), in stream order.
+fn read_after(ctx: &Context, stream: &RedisString, after: EntryId, count: usize) -> Vec<Entry> {
+    let key = ctx.open_key(stream);
+    let from = raw::RedisModuleStreamID {
+        ms: after.ms,
+        seq: after.seq,
+    };
+    let Ok(iter) = key.get_stream_range_iterator(Some(from), None, true, false) else {
+        return Vec::new();
+    };
+    iter.take(count)
+        .map(|r| Entry {
+            id: EntryId {
+                ms: r.id.ms,
+                seq: r.id.seq,
+            },
+            fields: Some(r.fields),
+        })
+        .collect()
+}
+
+/// Reads one entry by ID.
+fn read_one(ctx: &Context, stream: &RedisString, id: EntryId) -> Entry {
+    let key = ctx.open_key(stream);
+    let sid = raw::RedisModuleStreamID {
+        ms: id.ms,
+        seq: id.seq,
+    };
+    let fields = key
+        .get_stream_range_iterator(Some(sid), Some(sid), false, false)
+        .ok()
+        .and_then(|mut it| it.next())
+        .map(|r| r.fields);
+    Entry { id, fields }
+}
+
+/// One drain step; see the module documentation.
+fn step(ctx: &Context, s: &Settings) -> Step {
+    let started = Instant::now();
+    let stream = ctx.create_string(s.stream.as_str());
+    let st = stream_key_state(ctx, &stream);
+    set_stream_state(st, &s.stream);
+    if st != StreamState::Stream {
+        return Step::CaughtUp;
+    }
+    let group = match read_group(ctx, s) {
+        Ok(Some(g)) => g,
+        Ok(None) => match create_group(ctx, s) {
+            Ok(()) => GroupInfo::default(),
+            Err(e) => {
+                METRICS.count_error(Stage::Ack, now_ms());
+                log_error_limited(&format!("cannot create group {}: {e}", s.group));
+                return Step::Failed;
+            }
+        },
+        Err(e) => {
+            METRICS.count_error(Stage::Read, now_ms());
+            log_error_limited(&format!("cannot read group {}: {e}", s.group));
+            return Step::Failed;
+        }
+    };
+
+    if group.pending > 0 {
+        match finish_pending(ctx, s, &stream) {
+            Ok(0) => {}
+            Ok(_) => {
+                METRICS.count_loop(started.elapsed().as_secs_f64() * 1000.0);
+                return Step::More;
+            }
+            Err(()) => return Step::Failed,
+        }
+    }
+
+    let entries = read_after(ctx, &stream, group.last_id, s.batch);
+    if entries.is_empty() {
+        return Step::CaughtUp;
+    }
+    let now = now_ms();
+    let mut done: Option<EntryId> = None;
+    let mut failed = false;
+    for e in &entries {
+        match project(ctx, s, e, now, true) {
+            Ok(_) => done = Some(e.id),
+            Err(msg) => {
+                METRICS.count_error(Stage::Write, now_ms());
+                log_error_limited(&format!(
+                    "write failed for entry {}: {msg}; it stays in the backlog and is retried",
+                    e.id
+                ));
+                failed = true;
+                break;
+            }
+        }
+    }
+    // An entry whose write failed is read again on the retry; it is counted then.
+    METRICS.count_in(entries.iter().take_while(|e| Some(e.id) <= done).count() as u64);
+    if let Some(last) = done {
+        if let Err(e) = advance(ctx, s, last) {
+            METRICS.count_error(Stage::Ack, now_ms());
+            log_error_limited(&format!("cannot advance group {}: {e}", s.group));
+            failed = true;
+        }
+    }
+    METRICS.count_loop(started.elapsed().as_secs_f64() * 1000.0);
+    if failed {
+        Step::Failed
+    } else if entries.len() >= s.batch {
+        Step::More
+    } else {
+        Step::CaughtUp
+    }
+}
+
+fn create_group(ctx: &Context, s: &Settings) -> Result<(), String> {
+    let r: CallResult = ctx.call_ext(
+        "XGROUP",
+        &write_opts(),
+        &["CREATE", s.stream.as_str(), s.group.as_str(), "0"][..],
+    );
+    match reply_error(&r) {
+        None => {
+            logging::info(&format!("created group {} on {}", s.group, s.stream));
+            Ok(())
+        }
+        Some(e) if e.starts_with("BUSYGROUP") => Ok(()),
+        Some(e) => Err(e),
+    }
+}
+
+fn advance(ctx: &Context, s: &Settings, last: EntryId) -> Result<(), String> {
+    let id = last.to_string();
+    let r: CallResult = ctx.call_ext(
+        "XGROUP",
+        &write_opts(),
+        &["SETID", s.stream.as_str(), s.group.as_str(), id.as_str()][..],
+    );
+    reply_error(&r).map_or(Ok(()), Err)
+}
+
+/// Projects and acknowledges the entries pending for our consumer. Returns how many.
+fn finish_pending(ctx: &Context, s: &Settings, stream: &RedisString) -> Result<usize, ()> {
+    let count = s.batch.min(MAX_PENDING_READ).to_string();
+    let r: CallResult = ctx.call_ext(
+        "XPENDING",
+        &read_opts(),
+        &[
+            s.stream.as_str(),
+            s.group.as_str(),
+            "-",
+            "+",
+            count.as_str(),
+            s.consumer.as_str(),
+        ][..],
+    );
+    let ids: Vec<EntryId> = match r {
+        Ok(CallReply::Array(a)) => a
+            .iter()
+            .filter_map(|row| match row {
+                Ok(CallReply::Array(cols)) => cols
+                    .get(0)
+                    .and_then(|c| c.ok())
+                    .and_then(|c| bytes_of(&c))
+                    .and_then(|b| EntryId::parse(&b)),
+                _ => None,
+            })
+            .collect(),
+        Ok(_) => Vec::new(),
+        Err(e) => {
+            METRICS.count_error(Stage::Read, now_ms());
+            log_error_limited(&format!(
+                "cannot read pending entries: {}",
+                e.to_utf8_string().unwrap_or_default()
+            ));
+            return Err(());
+        }
+    };
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let now = now_ms();
+    let mut acked: Vec<String> = Vec::with_capacity(ids.len());
+    for id in &ids {
+        let e = read_one(ctx, stream, *id);
+        if let Err(msg) = project(ctx, s, &e, now, true) {
+            METRICS.count_error(Stage::Write, now_ms());
+            log_error_limited(&format!("write failed for pending entry {id}: {msg}"));
+            break;
+        }
+        acked.push(id.to_string());
+    }
+    METRICS.count_in(acked.len() as u64);
+    if acked.is_empty() {
+        return Err(());
+    }
+    let mut args: Vec<&str> = vec![s.stream.as_str(), s.group.as_str()];
+    args.extend(acked.iter().map(String::as_str));
+    let r: CallResult = ctx.call_ext("XACK", &write_opts(), args.as_slice());
+    if let Some(e) = reply_error(&r) {
+        METRICS.count_error(Stage::Ack, now_ms());
+        log_error_limited(&format!("XACK failed: {e}"));
+        return Err(());
+    }
+    if acked.len() < ids.len() {
+        return Err(());
+    }
+    Ok(acked.len())
+}
+
+/// What happened to one entry.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Projected {
+    /// Keys were written.
+    Written,
+    /// Invalid; acknowledged without writing.
+    Invalid,
+    /// Skipped by dedupe.
+    Duplicate,
+    /// Too old for every TTL.
+    Expired,
+}
+
+/// Projects one entry. `Err` only for a write failure that should be retried.
+pub fn project(
+    ctx: &Context,
+    s: &Settings,
+    e: &Entry,
+    now: u64,
+    dedupe: bool,
+) -> Result<Projected, String> {
+    guard::fault_point("project");
+    let parsed = match &e.fields {
+        Some(fields) => decision::parse(e.id, fields),
+        None => Err(Invalid::Deleted),
+    };
+    let d = match parsed {
+        Ok(d) => d,
+        Err(Invalid::Deleted) => return Ok(Projected::Invalid),
+        Err(reason) => {
+            METRICS.count_error(Stage::Parse, now);
+            if let Some(suppressed) = INVALID_LOG.check(now) {
+                logging::warning(&format!(
+                    "invalid entry {} skipped and acknowledged: {reason}{}",
+                    e.id,
+                    if suppressed > 0 {
+                        format!(" ({suppressed} more since the last line)")
+                    } else {
+                        String::new()
+                    }
+                ));
+            }
+            return Ok(Projected::Invalid);
+        }
+    };
+    let plan = projection::plan(d.id.ms, s.ttls, now);
+    if plan.creates_no_key() {
+        METRICS.count_expired_skip();
+        return Ok(Projected::Expired);
+    }
+    if ctx.get_flags().contains(ContextFlags::OOM) {
+        return Err("OOM: used memory is over maxmemory".into());
+    }
+    let dedupe_key = projection::key(projection::DEDUPE_PREFIX, d.plan_id);
+    if dedupe && s.ttls.dedupe_ms > 0 {
+        let existing = {
+            let k = ctx.open_key(&ctx.create_string(dedupe_key.as_slice()));
+            k.read().ok().flatten().map(<[u8]>::to_vec)
+        };
+        if projection::dedupe_verdict(existing.as_deref(), d.id) == Dedupe::Duplicate {
+            METRICS.count_dedupe_skip();
+            return Ok(Projected::Duplicate);
+        }
+    }
+    write_plan(ctx, &d, &plan, &dedupe_key)?;
+    let lag = now.saturating_sub(d.id.ms) as f64;
+    METRICS.record_projected(lag, d.ts_epoch);
+    Ok(Projected::Written)
+}
+
+fn write_plan(
+    ctx: &Context,
+    d: &decision::Decision<'_, RedisString>,
+    plan: &Plan,
+    dedupe_key: &[u8],
+) -> Result<(), String> {
+    let opts = write_opts();
+    let id = d.id.to_string();
+    if let Some(at) = plan.dedupe_at {
+        set_string(ctx, &opts, dedupe_key, id.as_bytes(), at)?;
+    }
+    if let Some(at) = plan.by_plan_at {
+        let key = projection::key(projection::BY_PLAN_PREFIX, d.plan_id);
+        replace_hash(ctx, &opts, &key, d.fields, None, at)?;
+        METRICS.count_by_plan();
+    }
+    if let Some(at) = plan.latest_at {
+        let key = projection::key(projection::LATEST_PREFIX, d.symbol);
+        replace_hash(
+            ctx,
+            &opts,
+            &key,
+            d.fields,
+            Some((projection::LAST_PLAN_ID_FIELD, d.plan_id)),
+            at,
+        )?;
+        let ptr = projection::key(projection::POINTER_PREFIX, d.symbol);
+        set_string(ctx, &opts, &ptr, d.plan_id, at)?;
+        METRICS.count_latest();
+    }
+    Ok(())
+}
+
+fn set_string(
+    ctx: &Context,
+    opts: &CallOptions,
+    key: &[u8],
+    value: &[u8],
+    at_ms: u64,
+) -> Result<(), String> {
+    let at = at_ms.to_string();
+    let r: CallResult = ctx.call_ext(
+        "SET",
+        opts,
+        &[key, value, b"PXAT".as_slice(), at.as_bytes()][..],
+    );
+    reply_error(&r).map_or(Ok(()), Err)
+}
+
+/// Writes the hash so that it holds exactly `fields` (+ `extra`), expiring at `at_ms`.
+/// The key is overwritten in place; only fields the new decision lacks are deleted, so the
+/// key never disappears in between.
+fn replace_hash(
+    ctx: &Context,
+    opts: &CallOptions,
+    key: &[u8],
+    fields: &[(RedisString, RedisString)],
+    extra: Option<(&[u8], &[u8])>,
+    at_ms: u64,
+) -> Result<(), String> {
+    let mut args: Vec<&[u8]> = Vec::with_capacity(2 + 2 * fields.len() + 2);
+    args.push(key);
+    for (k, v) in fields {
+        args.push(k.as_slice());
+        args.push(v.as_slice());
+    }
+    if let Some((k, v)) = extra {
+        args.push(k);
+        args.push(v);
+    }
+    let r: CallResult = ctx.call_ext("HSET", opts, args.as_slice());
+    if let Err(e) = r {
+        {
+            let msg = e.to_utf8_string().unwrap_or_else(|| "HSET failed".into());
+            if msg.starts_with("WRONGTYPE") {
+                // A foreign key of another type holds our name; never destroy user data,
+                // and never block the stream on it. Counted and logged, then skipped.
+                METRICS.count_error(Stage::Write, now_ms());
+                log_error_limited(&format!(
+                    "{} holds a non-hash value; decision not written there",
+                    logging::show_bytes(key)
+                ));
+                return Ok(());
+            }
+            return Err(msg);
+        }
+    }
+    let wanted = distinct_fields(fields, extra.map(|(k, _)| k));
+    let len = hash_len(ctx, key);
+    if len > wanted {
+        remove_stale_fields(ctx, opts, key, fields, extra.map(|(k, _)| k))?;
+    }
+    let at = at_ms.to_string();
+    let r: CallResult = ctx.call_ext("PEXPIREAT", opts, &[key, at.as_bytes()][..]);
+    reply_error(&r).map_or(Ok(()), Err)
+}
+
+/// Number of distinct field names among `fields` and `extra`.
+fn distinct_fields(fields: &[(RedisString, RedisString)], extra: Option<&[u8]>) -> usize {
+    let names: Vec<&[u8]> = fields
+        .iter()
+        .map(|(k, _)| k.as_slice())
+        .chain(extra)
+        .collect();
+    names
+        .iter()
+        .enumerate()
+        .filter(|(i, k)| !names.get(i + 1..).unwrap_or_default().contains(k))
+        .count()
+}
+
+fn hash_len(ctx: &Context, key: &[u8]) -> usize {
+    // `RedisKey` has no length accessor (and its `to_raw_parts` closes the key it returns),
+    // so the key is opened and closed here through the raw API.
+    let name = ctx.create_string(key);
+    let inner = raw::open_key(ctx.ctx, name.inner, raw::KeyMode::READ);
+    if inner.is_null() {
+        return 0;
+    }
+    // SAFETY: `inner` is a key opened just above on the live context and not yet closed;
+    // ValueLength only reads it.
+    let n = unsafe { raw::RedisModule_ValueLength.map_or(0, |f| f(inner)) };
+    raw::close_key(inner);
+    n
+}
+
+fn remove_stale_fields(
+    ctx: &Context,
+    opts: &CallOptions,
+    key: &[u8],
+    fields: &[(RedisString, RedisString)],
+    extra: Option<&[u8]>,
+) -> Result<(), String> {
+    let r: CallResult = ctx.call_ext("HKEYS", &read_opts(), &[key][..]);
+    let Ok(CallReply::Array(names)) = r else {
+        return Err("HKEYS failed".into());
+    };
+    let stale: Vec<Vec<u8>> = names
+        .iter()
+        .filter_map(|n| n.ok().and_then(|n| bytes_of(&n)))
+        .filter(|n| {
+            !fields.iter().any(|(k, _)| k.as_slice() == n.as_slice()) && extra != Some(n.as_slice())
+        })
+        .collect();
+    if stale.is_empty() {
+        return Ok(());
+    }
+    let mut args: Vec<&[u8]> = vec![key];
+    args.extend(stale.iter().map(Vec::as_slice));
+    let r: CallResult = ctx.call_ext("HDEL", opts, args.as_slice());
+    reply_error(&r).map_or(Ok(()), Err)
+}
+
+/// Re-projects up to `count` entries after `from`, in stream order, ignoring dedupe.
+/// Returns how many were written and the last ID looked at.
+pub fn replay(ctx: &Context, from: EntryId, count: usize) -> Result<(u64, EntryId), String> {
+    select_db0(ctx);
+    let s = config::current();
+    let stream = ctx.create_string(s.stream.as_str());
+    match stream_key_state(ctx, &stream) {
+        StreamState::Stream => {}
+        StreamState::WrongType => return Err("WRONGTYPE input stream key is not a stream".into()),
+        _ => return Ok((0, from)),
+    }
+    let mut last = from;
+    let mut written = 0u64;
+    let now = now_ms();
+    while (written as usize) < count {
+        let chunk = read_after(ctx, &stream, last, 1000);
+        if chunk.is_empty() {
+            break;
+        }
+        for e in &chunk {
+            if written as usize >= count {
+                break;
+            }
+            if project(ctx, &s, e, now, false)? == Projected::Written {
+                written += 1;
+            }
+            last = e.id;
+        }
+    }
+    METRICS.count_replayed(written);
+    Ok((written, last))
+}
+
+/// Reads the backlog (unread + pending) and the stream state, and publishes them.
+pub fn refresh(ctx: &Context) {
+    publish_role(ctx);
+    let f = ctx.get_flags();
+    if f.contains(ContextFlags::LOADING) {
+        return;
+    }
+    select_db0(ctx);
+    let s = config::current();
+    let stream = ctx.create_string(s.stream.as_str());
+    let st = stream_key_state(ctx, &stream);
+    set_stream_state(st, &s.stream);
+    let backlog = match st {
+        StreamState::Stream => match read_group(ctx, &s) {
+            Ok(Some(g)) => Some(
+                g.pending
+                    + g.lag
+                        .unwrap_or_else(|| count_after(ctx, &stream, g.last_id)),
+            ),
+            Ok(None) => Some(stream_len(ctx, &s)),
+            Err(_) => None,
+        },
+        StreamState::WrongType => None,
+        _ => Some(0),
+    };
+    state::published().record_backlog(now_ms(), backlog);
+}
+
+/// Counts entries after the cursor when the server cannot tell the lag (bounded).
+fn count_after(ctx: &Context, stream: &RedisString, after: EntryId) -> u64 {
+    const CAP: usize = 100_000;
+    let key = ctx.open_key(stream);
+    let from = raw::RedisModuleStreamID {
+        ms: after.ms,
+        seq: after.seq,
+    };
+    key.get_stream_range_iterator(Some(from), None, true, false)
+        .map_or(0, |it| it.take(CAP).count() as u64)
+}
+
+fn stream_len(ctx: &Context, s: &Settings) -> u64 {
+    let r: CallResult = ctx.call_ext("XLEN", &read_opts(), &[s.stream.as_str()][..]);
+    match r {
+        Ok(CallReply::I64(n)) => n.to_i64().max(0) as u64,
+        _ => 0,
+    }
+}
+
+/// The periodic tick, driven by the cron server event: retries and catch-up on a master,
+/// then fresh backlog and health for everyone. Runs at most every `heatbridge.poll-ms`.
+pub fn housekeeping(ctx: &Context) {
+    let now = now_ms();
+    let period = config::POLL_MS.load(Relaxed).max(config::MIN_POLL_MS) as u64;
+    if now.saturating_sub(LAST_TICK_MS.load(Relaxed)) < period {
+        return;
+    }
+    LAST_TICK_MS.store(now, Relaxed);
+    if can_write(ctx) && !timer_pending() {
+        drain(ctx);
+    }
+    refresh(ctx);
+}

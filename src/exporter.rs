@@ -1,0 +1,352 @@
+//! The HTTP exporter: one thread inside redis-server serving `/metrics` and `/health`.
+//!
+//! It never takes the Redis lock: it renders from atomics and the state the main thread
+//! publishes. It is bounded (one thread, at most [`MAX_CONNS`] connections, an 8 KiB head,
+//! a 5 s deadline per connection) and fail-open: a port that cannot be bound is logged and
+//! retried while projection goes on. CONFIG SET of bind or a port bumps a generation that
+//! makes the thread rebind; unload stops and joins it, which frees both ports.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::config;
+use crate::guard;
+use crate::http::{self, Endpoint, Parsed, Response};
+use crate::logging;
+use crate::state;
+
+/// Most connections served at once; more are closed on accept.
+pub const MAX_CONNS: usize = 64;
+/// Longest a connection may take from accept to the end of its reply.
+pub const CONN_DEADLINE: Duration = Duration::from_secs(5);
+/// How often a port that could not be bound is tried again.
+pub const RETRY_BIND: Duration = Duration::from_secs(2);
+/// Longest the thread sleeps before it looks at stop and rebind requests.
+const TICK_MS: i32 = 50;
+
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+struct Running {
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<()>,
+}
+
+static RUNNING: Mutex<Option<Running>> = Mutex::new(None);
+
+/// Starts the exporter thread (module load). A thread already running is stopped first.
+pub fn start() {
+    stop();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let spawned = std::thread::Builder::new()
+        .name("heatbridge-exp".into())
+        .spawn(move || run(&flag));
+    match spawned {
+        Ok(handle) => {
+            *RUNNING.lock().unwrap_or_else(|e| e.into_inner()) = Some(Running { stop, handle });
+        }
+        Err(e) => logging::error(&format!("exporter thread could not start: {e}")),
+    }
+}
+
+/// Stops and joins the exporter thread, closing its sockets (module unload).
+pub fn stop() {
+    let running = RUNNING.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(r) = running {
+        r.stop.store(true, Ordering::SeqCst);
+        if r.handle.join().is_err() {
+            logging::error("exporter thread ended with a panic");
+        }
+    }
+    let mut p = state::published();
+    p.exporter_up = [false, false];
+}
+
+/// Asks the thread to rebind with the current bind and port settings.
+pub fn reconfigure() {
+    GENERATION.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Renders the reply for a request that routed to `endpoint`.
+fn render(endpoint: Endpoint) -> Response {
+    match endpoint {
+        Endpoint::Metrics => Response {
+            code: 200,
+            content_type: crate::metrics::CONTENT_TYPE,
+            body: state::metrics_text().into_bytes(),
+        },
+        Endpoint::Health => {
+            let (status, json) = state::health();
+            Response {
+                code: status.http_code(),
+                content_type: crate::health::CONTENT_TYPE,
+                body: json.into_bytes(),
+            }
+        }
+    }
+}
+
+struct Listener {
+    endpoint: Endpoint,
+    /// The address wanted now; `None` when the endpoint is off.
+    want: Option<SocketAddr>,
+    sock: Option<TcpListener>,
+    last_try: Option<Instant>,
+    last_error: Option<String>,
+}
+
+impl Listener {
+    fn new(endpoint: Endpoint) -> Listener {
+        Listener {
+            endpoint,
+            want: None,
+            sock: None,
+            last_try: None,
+            last_error: None,
+        }
+    }
+
+    fn index(&self) -> usize {
+        match self.endpoint {
+            Endpoint::Metrics => 0,
+            Endpoint::Health => 1,
+        }
+    }
+
+    fn publish(&self) {
+        let status = match (&self.want, &self.sock, &self.last_error) {
+            (None, _, _) => "off".to_string(),
+            (Some(a), Some(_), _) => format!("bound {a}"),
+            (Some(a), None, Some(e)) => format!("retrying {a}: {e}"),
+            (Some(a), None, None) => format!("binding {a}"),
+        };
+        let mut p = state::published();
+        p.exporter_up[self.index()] = self.sock.is_some();
+        p.exporter_status[self.index()] = status;
+    }
+
+    /// Applies a new wanted address, dropping the socket if it changed.
+    fn configure(&mut self, want: Option<SocketAddr>) {
+        if want != self.want {
+            self.sock = None;
+            self.want = want;
+            self.last_try = None;
+            self.last_error = None;
+            self.publish();
+        }
+    }
+
+    /// Binds if wanted, unbound, and the retry period has passed.
+    fn ensure_bound(&mut self) {
+        let Some(addr) = self.want else { return };
+        if self.sock.is_some() || self.last_try.is_some_and(|t| t.elapsed() < RETRY_BIND) {
+            return;
+        }
+        self.last_try = Some(Instant::now());
+        let bound = TcpListener::bind(addr).and_then(|l| l.set_nonblocking(true).map(|_| l));
+        match bound {
+            Ok(l) => {
+                logging::info(&format!(
+                    "exporter serving {} on {addr}",
+                    self.endpoint.path()
+                ));
+                self.sock = Some(l);
+                self.last_error = None;
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                if self.last_error.as_deref() != Some(msg.as_str()) {
+                    logging::warning(&format!(
+                        "exporter cannot bind {addr} for {}: {msg}; retrying every {}s",
+                        self.endpoint.path(),
+                        RETRY_BIND.as_secs()
+                    ));
+                }
+                self.last_error = Some(msg);
+            }
+        }
+        self.publish();
+    }
+}
+
+enum Phase {
+    Reading(Vec<u8>),
+    Writing(Vec<u8>, usize),
+}
+
+struct Conn {
+    stream: TcpStream,
+    endpoint: Endpoint,
+    started: Instant,
+    phase: Phase,
+}
+
+impl Conn {
+    /// Progresses the connection; returns false when it is finished and must be closed.
+    fn progress(&mut self) -> bool {
+        if self.started.elapsed() > CONN_DEADLINE {
+            return false;
+        }
+        loop {
+            match &mut self.phase {
+                Phase::Reading(buf) => {
+                    let mut chunk = [0u8; 2048];
+                    match self.stream.read(&mut chunk) {
+                        Ok(0) => return false,
+                        Ok(n) => {
+                            buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+                            let parsed = http::parse(buf);
+                            if parsed == Parsed::Partial {
+                                continue;
+                            }
+                            let head_only = matches!(parsed, Parsed::Request { head: true, .. });
+                            let endpoint = self.endpoint;
+                            let resp = http::route(&parsed, endpoint, || render(endpoint));
+                            self.phase = Phase::Writing(http::serialize(&resp, head_only), 0);
+                        }
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
+                        Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                        Err(_) => return false,
+                    }
+                }
+                Phase::Writing(out, sent) => {
+                    let rest = out.get(*sent..).unwrap_or_default();
+                    if rest.is_empty() {
+                        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+                        return false;
+                    }
+                    match self.stream.write(rest) {
+                        Ok(0) => return false,
+                        Ok(n) => *sent += n,
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
+                        Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                        Err(_) => return false,
+                    }
+                }
+            }
+        }
+    }
+
+    fn wants_write(&self) -> bool {
+        matches!(self.phase, Phase::Writing(..))
+    }
+}
+
+fn wanted_addr(port: u16) -> Option<SocketAddr> {
+    if port == 0 {
+        return None;
+    }
+    let ip = config::BIND.get().parse().ok()?;
+    Some(SocketAddr::new(ip, port))
+}
+
+fn run(stop: &AtomicBool) {
+    let mut listeners = [
+        Listener::new(Endpoint::Metrics),
+        Listener::new(Endpoint::Health),
+    ];
+    let mut conns: Vec<Conn> = Vec::new();
+    let mut seen_gen = u64::MAX;
+    while !stop.load(Ordering::SeqCst) {
+        let ok = guard::contain("exporter loop", false, || {
+            let generation = GENERATION.load(Ordering::SeqCst);
+            if generation != seen_gen {
+                seen_gen = generation;
+                listeners[0].configure(wanted_addr(config::port(&config::METRICS_PORT)));
+                listeners[1].configure(wanted_addr(config::port(&config::HEALTH_PORT)));
+            }
+            for l in listeners.iter_mut() {
+                l.ensure_bound();
+            }
+            serve_once(&mut listeners, &mut conns);
+            true
+        });
+        if !ok {
+            conns.clear();
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    // Sockets close as they drop here, before join returns.
+}
+
+/// One poll round: accept, read, write, expire.
+fn serve_once(listeners: &mut [Listener; 2], conns: &mut Vec<Conn>) {
+    let mut fds: Vec<libc::pollfd> = Vec::with_capacity(2 + conns.len());
+    for l in listeners.iter() {
+        fds.push(libc::pollfd {
+            fd: l.sock.as_ref().map_or(-1, |s| s.as_raw_fd()),
+            events: libc::POLLIN,
+            revents: 0,
+        });
+    }
+    for c in conns.iter() {
+        fds.push(libc::pollfd {
+            fd: c.stream.as_raw_fd(),
+            events: if c.wants_write() {
+                libc::POLLOUT
+            } else {
+                libc::POLLIN
+            },
+            revents: 0,
+        });
+    }
+    // SAFETY: `fds` is a valid, exclusively borrowed array of `fds.len()` pollfd structs for
+    // the duration of the call; negative fds are ignored by poll(2).
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, TICK_MS) };
+    if n < 0 {
+        return;
+    }
+    let ready = |i: usize| fds.get(i).is_some_and(|f| f.revents != 0);
+    let conn_ready: Vec<bool> = (0..conns.len()).map(|i| ready(i + 2)).collect();
+    let mut keep = conn_ready.iter();
+    conns.retain_mut(|c| {
+        let r = keep.next().copied().unwrap_or(false);
+        if r {
+            c.progress()
+        } else {
+            c.started.elapsed() <= CONN_DEADLINE
+        }
+    });
+    for (i, l) in listeners.iter().enumerate() {
+        if !ready(i) {
+            continue;
+        }
+        let Some(sock) = &l.sock else { continue };
+        accept_all(sock, l.endpoint, conns);
+    }
+}
+
+fn accept_all(sock: &TcpListener, endpoint: Endpoint, conns: &mut Vec<Conn>) {
+    loop {
+        match sock.accept() {
+            Ok((stream, _)) => {
+                if conns.len() >= MAX_CONNS || stream.set_nonblocking(true).is_err() {
+                    drop(stream);
+                    continue;
+                }
+                let _ = stream.set_nodelay(true);
+                let mut c = Conn {
+                    stream,
+                    endpoint,
+                    started: Instant::now(),
+                    phase: Phase::Reading(Vec::with_capacity(512)),
+                };
+                if c.progress() {
+                    conns.push(c);
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => {
+                // EMFILE and friends: back off until the next round instead of spinning.
+                logging::debug(&format!("exporter accept failed: {e}"));
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! HeatBridge: a Redis module that projects the heat-decision stream into lookup keys.
+//!
+//! The data flows one way: stream entry → [`decision`] (parse) → [`projection`] (plan the
+//! writes) → [`engine`] (apply them to Redis, advance the group) → [`metrics`] (count) →
+//! [`state`] (publish) → [`exporter`] (serve). `decision`, `projection`, `health`, `http`
+//! and `metrics` are pure; the Redis glue lives in `engine`, `events` and `commands`.
+//! This file is the table of contents: the module definition and its thin shims.
+
+pub mod clock;
+pub mod commands;
+pub mod config;
+pub mod decision;
+pub mod engine;
+pub mod events;
+pub mod exporter;
+pub mod guard;
+pub mod health;
+pub mod http;
+pub mod logging;
+pub mod metrics;
+pub mod projection;
+pub mod state;
+
+use redis_module::configuration::{ConfigurationContext, ConfigurationFlags};
+use redis_module::{redis_module, Context, InfoContext, RedisResult, RedisString, Status};
+use redis_module_macros::info_command_handler;
+
+#[cfg(not(test))]
+macro_rules! allocator {
+    () => {
+        redis_module::alloc::RedisAlloc
+    };
+}
+// Unit tests run outside Redis, where the Redis allocator would abort.
+#[cfg(test)]
+macro_rules! allocator {
+    () => {
+        std::alloc::System
+    };
+}
+
+/// `HEATBRIDGE.HEALTH` → bulk string: the health JSON (same as `GET /health`).
+fn cmd_health(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    commands::guarded("HEATBRIDGE.HEALTH", ctx, args, commands::health)
+}
+
+/// `HEATBRIDGE.METRICS` → bulk string: the Prometheus text (same as `GET /metrics`).
+fn cmd_metrics(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    commands::guarded("HEATBRIDGE.METRICS", ctx, args, commands::metrics)
+}
+
+/// `HEATBRIDGE.GET <plan_id>` → the by_plan hash as a map, or nil. ACL-checked as a read.
+fn cmd_get(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    commands::guarded("HEATBRIDGE.GET", ctx, args, commands::get)
+}
+
+/// `HEATBRIDGE.LATEST <symbol>` → the latest hash as a map, or nil. ACL-checked as a read.
+fn cmd_latest(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    commands::guarded("HEATBRIDGE.LATEST", ctx, args, commands::latest)
+}
+
+/// `HEATBRIDGE.REPLAY [FROM <id>] [COUNT <n>]` → `[re-projected, last-id]`. Admin.
+fn cmd_replay(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    commands::guarded("HEATBRIDGE.REPLAY", ctx, args, commands::replay)
+}
+
+/// `INFO heatbridge`: counters and state.
+#[info_command_handler]
+fn info(ctx: &InfoContext, _for_crash_report: bool) -> RedisResult<()> {
+    guard::contain("INFO handler", Ok(()), || state::add_info(ctx))
+}
+
+fn on_exporter_setting<T>(_: &ConfigurationContext, _: &str, _: &'static T) {
+    guard::contain("config change", (), exporter::reconfigure)
+}
+
+fn on_log_level(_: &ConfigurationContext, _: &str, v: &'static std::sync::Mutex<config::LogLevel>) {
+    guard::contain("config change", (), || {
+        let level = *v.lock().unwrap_or_else(|e| e.into_inner());
+        logging::set_threshold(level.threshold());
+    })
+}
+
+/// Module load: every static is reset (the .so may have stayed mapped since an unload),
+/// the exporter starts, and catch-up is scheduled unless the server is still loading.
+fn init(ctx: &Context, _args: &[RedisString]) -> Status {
+    guard::contain("module load", Status::Err, || {
+        metrics::METRICS.reset();
+        state::reset();
+        engine::reset();
+        let level = *config::LOG_LEVEL.lock().unwrap_or_else(|e| e.into_inner());
+        logging::set_threshold(level.threshold());
+        exporter::start();
+        exporter::reconfigure();
+        if engine::can_write(ctx) {
+            engine::schedule(ctx);
+        }
+        logging::info(&format!(
+            "loaded {} on stream {} (group {})",
+            state::VERSION,
+            config::STREAM_IN.get(),
+            config::GROUP.get()
+        ));
+        Status::Ok
+    })
+}
+
+/// Module unload: the exporter thread is stopped and joined, freeing both ports.
+fn deinit(_ctx: &Context) -> Status {
+    guard::contain("module unload", Status::Ok, || {
+        exporter::stop();
+        logging::info("unloaded");
+        Status::Ok
+    })
+}
+
+redis_module! {
+    name: "heatbridge",
+    version: 1,
+    allocator: (allocator!(), allocator!()),
+    data_types: [],
+    init: init,
+    deinit: deinit,
+    commands: [
+        ["heatbridge.health", cmd_health, "readonly allow-loading allow-stale", 0, 0, 0, ""],
+        ["heatbridge.metrics", cmd_metrics, "readonly allow-loading allow-stale", 0, 0, 0, ""],
+        ["heatbridge.get", cmd_get, "readonly allow-stale", 0, 0, 0, ""],
+        ["heatbridge.latest", cmd_latest, "readonly allow-stale", 0, 0, 0, ""],
+        ["heatbridge.replay", cmd_replay, "write deny-oom admin", 0, 0, 0, ""],
+    ],
+    event_handlers: [
+        [@STREAM: events::on_stream_event],
+    ],
+    configurations: [
+        i64: [
+            ["poll-ms", &config::POLL_MS, config::DEFAULT_POLL_MS, config::MIN_POLL_MS, config::MAX_POLL_MS, ConfigurationFlags::DEFAULT, None],
+            ["batch", &config::BATCH, config::DEFAULT_BATCH, 1, config::MAX_BATCH, ConfigurationFlags::DEFAULT, None],
+            ["ttl-plan-sec", &config::TTL_PLAN_SEC, config::DEFAULT_TTL_PLAN_SEC, 1, config::MAX_TTL_SEC, ConfigurationFlags::DEFAULT, None],
+            ["ttl-symbol-sec", &config::TTL_SYMBOL_SEC, config::DEFAULT_TTL_SYMBOL_SEC, 1, config::MAX_TTL_SEC, ConfigurationFlags::DEFAULT, None],
+            ["dedupe-ttl-sec", &config::DEDUPE_TTL_SEC, config::DEFAULT_DEDUPE_TTL_SEC, 0, config::MAX_TTL_SEC, ConfigurationFlags::DEFAULT, None],
+            ["metrics-port", &config::METRICS_PORT, config::DEFAULT_METRICS_PORT, 0, config::MAX_PORT, ConfigurationFlags::DEFAULT, Some(Box::new(on_exporter_setting))],
+            ["health-port", &config::HEALTH_PORT, config::DEFAULT_HEALTH_PORT, 0, config::MAX_PORT, ConfigurationFlags::DEFAULT, Some(Box::new(on_exporter_setting))],
+        ],
+        string: [
+            ["stream-in", &config::STREAM_IN, config::DEFAULT_STREAM, ConfigurationFlags::DEFAULT, None],
+            ["group", &config::GROUP, config::DEFAULT_GROUP, ConfigurationFlags::DEFAULT, None],
+            ["consumer", &config::CONSUMER, config::DEFAULT_CONSUMER, ConfigurationFlags::DEFAULT, None],
+            ["bind", &config::BIND, config::DEFAULT_BIND, ConfigurationFlags::DEFAULT, Some(Box::new(on_exporter_setting))],
+        ],
+        bool: [],
+        enum: [
+            ["log-level", &config::LOG_LEVEL, config::LogLevel::INFO, ConfigurationFlags::DEFAULT, Some(Box::new(on_log_level))],
+        ],
+        module_args_as_configuration: true,
+    ]
+}
