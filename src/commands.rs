@@ -87,7 +87,7 @@ fn read_lookup(ctx: &Context, args: Vec<RedisString>, prefix: &[u8]) -> RedisRes
     if id.is_empty() || id.len() > MAX_ID_LEN {
         return Err(RedisError::Str(errors::BAD_NAME));
     }
-    let key = ctx.create_string(projection::key(prefix, id));
+    let key = engine::rstr(ctx, &projection::key(prefix, id));
     let user = ctx.get_current_user();
     if ctx
         .acl_check_key_permission(&user, &key, &AclPermissions::ACCESS)

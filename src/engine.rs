@@ -34,6 +34,12 @@ impl decision::Bytes for RedisString {
     }
 }
 
+/// A binary-safe Redis string. `Context::create_string` goes through a `CString` and
+/// panics on a NUL byte, which plan_ids and symbols may contain.
+pub fn rstr(ctx: &Context, bytes: &[u8]) -> RedisString {
+    RedisString::create_from_slice(ctx.ctx, bytes)
+}
+
 /// Longest a drain keeps the event loop before it yields to clients.
 pub const STEP_BUDGET: Duration = Duration::from_millis(5);
 
@@ -356,7 +362,7 @@ fn read_one(ctx: &Context, stream: &RedisString, id: EntryId) -> Entry {
 /// One drain step; see the module documentation.
 fn step(ctx: &Context, s: &Settings) -> Step {
     let started = Instant::now();
-    let stream = ctx.create_string(s.stream.as_str());
+    let stream = rstr(ctx, s.stream.as_bytes());
     let st = stream_key_state(ctx, &stream);
     set_stream_state(st, &s.stream);
     if st != StreamState::Stream {
@@ -581,7 +587,7 @@ pub fn project(
     let dedupe_key = projection::key(projection::DEDUPE_PREFIX, d.plan_id);
     if dedupe && s.ttls.dedupe_ms > 0 {
         let existing = {
-            let k = ctx.open_key(&ctx.create_string(dedupe_key.as_slice()));
+            let k = ctx.open_key(&rstr(ctx, &dedupe_key));
             k.read().ok().flatten().map(<[u8]>::to_vec)
         };
         if projection::dedupe_verdict(existing.as_deref(), d.id) == Dedupe::Duplicate {
@@ -667,20 +673,18 @@ fn replace_hash(
     }
     let r: CallResult = ctx.call_ext("HSET", opts, args.as_slice());
     if let Err(e) = r {
-        {
-            let msg = e.to_utf8_string().unwrap_or_else(|| "HSET failed".into());
-            if msg.starts_with("WRONGTYPE") {
-                // A foreign key of another type holds our name; never destroy user data,
-                // and never block the stream on it. Counted and logged, then skipped.
-                METRICS.count_error(Stage::Write, now_ms());
-                log_error_limited(&format!(
-                    "{} holds a non-hash value; decision not written there",
-                    logging::show_bytes(key)
-                ));
-                return Ok(());
-            }
-            return Err(msg);
+        let msg = e.to_utf8_string().unwrap_or_else(|| "HSET failed".into());
+        if msg.starts_with("WRONGTYPE") {
+            // A foreign key of another type holds our name; never destroy user data,
+            // and never block the stream on it. Counted and logged, then skipped.
+            METRICS.count_error(Stage::Write, now_ms());
+            log_error_limited(&format!(
+                "{} holds a non-hash value; decision not written there",
+                logging::show_bytes(key)
+            ));
+            return Ok(());
         }
+        return Err(msg);
     }
     let wanted = distinct_fields(fields, extra.map(|(k, _)| k));
     let len = hash_len(ctx, key);
@@ -709,7 +713,7 @@ fn distinct_fields(fields: &[(RedisString, RedisString)], extra: Option<&[u8]>) 
 fn hash_len(ctx: &Context, key: &[u8]) -> usize {
     // `RedisKey` has no length accessor (and its `to_raw_parts` closes the key it returns),
     // so the key is opened and closed here through the raw API.
-    let name = ctx.create_string(key);
+    let name = rstr(ctx, key);
     let inner = raw::open_key(ctx.ctx, name.inner, raw::KeyMode::READ);
     if inner.is_null() {
         return 0;
@@ -753,7 +757,7 @@ fn remove_stale_fields(
 pub fn replay(ctx: &Context, from: EntryId, count: usize) -> Result<(u64, EntryId), String> {
     select_db0(ctx);
     let s = config::current();
-    let stream = ctx.create_string(s.stream.as_str());
+    let stream = rstr(ctx, s.stream.as_bytes());
     match stream_key_state(ctx, &stream) {
         StreamState::Stream => {}
         StreamState::WrongType => return Err("WRONGTYPE input stream key is not a stream".into()),
@@ -790,7 +794,7 @@ pub fn refresh(ctx: &Context) {
     }
     select_db0(ctx);
     let s = config::current();
-    let stream = ctx.create_string(s.stream.as_str());
+    let stream = rstr(ctx, s.stream.as_bytes());
     let st = stream_key_state(ctx, &stream);
     set_stream_state(st, &s.stream);
     let backlog = match st {

