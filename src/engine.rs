@@ -398,6 +398,16 @@ fn step(ctx: &Context, s: &Settings) -> Step {
 
     let entries = read_after(ctx, &stream, group.last_id, s.batch);
     if entries.is_empty() {
+        // Nothing after the cursor, yet the group may still show a lag: the entries after it
+        // were deleted (XDEL, XTRIM). Moving the cursor to the stream's last ID makes the
+        // group's lag 0 again.
+        if group.lag != Some(0) {
+            if let Err(e) = advance(ctx, s, "$") {
+                METRICS.count_error(Stage::Ack, now_ms());
+                log_error_limited(&format!("cannot advance group {}: {e}", s.group));
+                return Step::Failed;
+            }
+        }
         return Step::CaughtUp;
     }
     let now = now_ms();
@@ -420,7 +430,14 @@ fn step(ctx: &Context, s: &Settings) -> Step {
     // An entry whose write failed is read again on the retry; it is counted then.
     METRICS.count_in(entries.iter().take_while(|e| Some(e.id) <= done).count() as u64);
     if let Some(last) = done {
-        if let Err(e) = advance(ctx, s, last) {
+        // At the end of the stream the cursor goes to `$`, the stream's last ID, which keeps
+        // the lag exact even when entries after `last` were deleted.
+        let to = if !failed && entries.len() < s.batch {
+            "$".to_string()
+        } else {
+            last.to_string()
+        };
+        if let Err(e) = advance(ctx, s, &to) {
             METRICS.count_error(Stage::Ack, now_ms());
             log_error_limited(&format!("cannot advance group {}: {e}", s.group));
             failed = true;
@@ -452,12 +469,12 @@ fn create_group(ctx: &Context, s: &Settings) -> Result<(), String> {
     }
 }
 
-fn advance(ctx: &Context, s: &Settings, last: EntryId) -> Result<(), String> {
-    let id = last.to_string();
+/// Moves the group cursor to `id` (an entry ID or `$`), replicated.
+fn advance(ctx: &Context, s: &Settings, id: &str) -> Result<(), String> {
     let r: CallResult = ctx.call_ext(
         "XGROUP",
         &write_opts(),
-        &["SETID", s.stream.as_str(), s.group.as_str(), id.as_str()][..],
+        &["SETID", s.stream.as_str(), s.group.as_str(), id][..],
     );
     reply_error(&r).map_or(Ok(()), Err)
 }
