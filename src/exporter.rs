@@ -2,7 +2,7 @@
 //!
 //! It never takes the Redis lock: it renders from atomics and the state the main thread
 //! publishes. It is bounded (one thread, at most [`MAX_CONNS`] connections, an 8 KiB head,
-//! a 5 s deadline per connection) and fail-open: a port that cannot be bound is logged and
+//! a read timeout and a 5 s overall deadline per connection) and fail-open: a port that cannot be bound is logged and
 //! retried while projection goes on. CONFIG SET of bind or a port bumps a generation that
 //! makes the thread rebind; unload stops and joins it, which frees both ports.
 
@@ -20,10 +20,18 @@ use crate::http::{self, Endpoint, Parsed, Response};
 use crate::logging;
 use crate::state;
 
-/// Most connections served at once; more are closed on accept.
+/// Most connections served at once; further ones wait in the kernel's accept queue.
 pub const MAX_CONNS: usize = 64;
-/// Longest a connection may take from accept to the end of its reply.
+/// Longest a connection may live, from accept to close.
 pub const CONN_DEADLINE: Duration = Duration::from_secs(5);
+/// Longest a client may stay silent before its request head is complete.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest the rest of a request is read and discarded after the reply.
+pub const DRAIN_PERIOD: Duration = Duration::from_millis(500);
+/// How long a listener rests after a failed accept.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(200);
+/// Most one line per this period about failing accepts.
+const LOG_EVERY: Duration = Duration::from_secs(10);
 /// How often a port that could not be bound is tried again.
 pub const RETRY_BIND: Duration = Duration::from_secs(2);
 /// Longest the thread sleeps before it looks at stop and rebind requests.
@@ -98,6 +106,9 @@ struct Listener {
     sock: Option<TcpListener>,
     last_try: Option<Instant>,
     last_error: Option<String>,
+    /// Not accepting until then, after an accept error.
+    paused_until: Option<Instant>,
+    last_accept_log: Option<Instant>,
 }
 
 impl Listener {
@@ -108,6 +119,8 @@ impl Listener {
             sock: None,
             last_try: None,
             last_error: None,
+            paused_until: None,
+            last_accept_log: None,
         }
     }
 
@@ -175,30 +188,81 @@ impl Listener {
 }
 
 enum Phase {
+    /// Reading the request head.
     Reading(Vec<u8>),
+    /// Writing the reply: bytes and how many are sent.
     Writing(Vec<u8>, usize),
+    /// Reply sent and the write side shut: reading and discarding whatever the client still
+    /// sends (a POST body, more garbage) until it closes, so that closing does not reset the
+    /// connection and destroy the reply before the client has read it.
+    Draining(Instant),
 }
 
 struct Conn {
     stream: TcpStream,
     endpoint: Endpoint,
     started: Instant,
+    last_read: Instant,
     phase: Phase,
 }
 
 impl Conn {
+    fn new(stream: TcpStream, endpoint: Endpoint) -> Conn {
+        let now = Instant::now();
+        Conn {
+            stream,
+            endpoint,
+            started: now,
+            last_read: now,
+            phase: Phase::Reading(Vec::with_capacity(512)),
+        }
+    }
+
+    /// Whether the connection ran out of time: the overall deadline, the read timeout while
+    /// the head is incomplete, or the drain period after the reply.
+    fn expired(&self, now: Instant) -> bool {
+        if now.duration_since(self.started) > CONN_DEADLINE {
+            return true;
+        }
+        match self.phase {
+            Phase::Reading(_) => now.duration_since(self.last_read) > READ_TIMEOUT,
+            Phase::Writing(..) => false,
+            Phase::Draining(since) => now.duration_since(since) > DRAIN_PERIOD,
+        }
+    }
+
+    /// Tells a client whose head never completed that it timed out, if the socket takes
+    /// the few bytes at once; the connection is closed either way.
+    fn time_out(&mut self) {
+        if let Phase::Reading(buf) = &self.phase {
+            if !buf.is_empty() {
+                count(408);
+                let reply = http::serialize(&Response::text(408, "request timeout\n"), false);
+                let _ = self.stream.write(&reply);
+            }
+        }
+    }
+
     /// Progresses the connection; returns false when it is finished and must be closed.
     fn progress(&mut self) -> bool {
-        if self.started.elapsed() > CONN_DEADLINE {
+        if self.expired(Instant::now()) {
+            self.time_out();
             return false;
         }
         loop {
             match &mut self.phase {
                 Phase::Reading(buf) => {
-                    let mut chunk = [0u8; 2048];
-                    match self.stream.read(&mut chunk) {
+                    // Never hold more than one byte over the head limit: that byte is
+                    // enough to tell that the head is too large.
+                    let room = (http::MAX_HEAD + 1).saturating_sub(buf.len()).min(4096);
+                    let mut chunk = [0u8; 4096];
+                    let Some(dst) = chunk.get_mut(..room) else {
+                        return false;
+                    };
+                    match self.stream.read(dst) {
                         Ok(0) => return false,
                         Ok(n) => {
+                            self.last_read = Instant::now();
                             buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
                             let parsed = http::parse(buf);
                             if parsed == Parsed::Partial {
@@ -207,6 +271,7 @@ impl Conn {
                             let head_only = matches!(parsed, Parsed::Request { head: true, .. });
                             let endpoint = self.endpoint;
                             let resp = http::route(&parsed, endpoint, || render(endpoint));
+                            count(resp.code);
                             self.phase = Phase::Writing(http::serialize(&resp, head_only), 0);
                         }
                         Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
@@ -217,12 +282,25 @@ impl Conn {
                 Phase::Writing(out, sent) => {
                     let rest = out.get(*sent..).unwrap_or_default();
                     if rest.is_empty() {
-                        let _ = self.stream.shutdown(std::net::Shutdown::Write);
-                        return false;
+                        if self.stream.shutdown(std::net::Shutdown::Write).is_err() {
+                            return false;
+                        }
+                        self.phase = Phase::Draining(Instant::now());
+                        continue;
                     }
                     match self.stream.write(rest) {
                         Ok(0) => return false,
                         Ok(n) => *sent += n,
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
+                        Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                        Err(_) => return false,
+                    }
+                }
+                Phase::Draining(_) => {
+                    let mut sink = [0u8; 4096];
+                    match self.stream.read(&mut sink) {
+                        Ok(0) => return false,
+                        Ok(_) => continue,
                         Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
                         Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                         Err(_) => return false,
@@ -235,6 +313,11 @@ impl Conn {
     fn wants_write(&self) -> bool {
         matches!(self.phase, Phase::Writing(..))
     }
+}
+
+/// Counts a reply by status code.
+fn count(code: u16) {
+    crate::metrics::METRICS.count_http(code);
 }
 
 fn wanted_addr(port: u16) -> Option<SocketAddr> {
@@ -276,10 +359,15 @@ fn run(stop: &AtomicBool) {
 
 /// One poll round: accept, read, write, expire.
 fn serve_once(listeners: &mut [Listener; 2], conns: &mut Vec<Conn>) {
+    let now = Instant::now();
     let mut fds: Vec<libc::pollfd> = Vec::with_capacity(2 + conns.len());
     for l in listeners.iter() {
+        let listening = l.paused_until.is_none_or(|t| now >= t) && conns.len() < MAX_CONNS;
         fds.push(libc::pollfd {
-            fd: l.sock.as_ref().map_or(-1, |s| s.as_raw_fd()),
+            fd: match &l.sock {
+                Some(s) if listening => s.as_raw_fd(),
+                _ => -1,
+            },
             events: libc::POLLIN,
             revents: 0,
         });
@@ -299,43 +387,47 @@ fn serve_once(listeners: &mut [Listener; 2], conns: &mut Vec<Conn>) {
     // the duration of the call; negative fds are ignored by poll(2).
     let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, TICK_MS) };
     if n < 0 {
+        if std::io::Error::last_os_error().kind() != ErrorKind::Interrupted {
+            // Should not happen; never spin on it.
+            std::thread::sleep(Duration::from_millis(TICK_MS as u64));
+        }
         return;
     }
     let ready = |i: usize| fds.get(i).is_some_and(|f| f.revents != 0);
     let conn_ready: Vec<bool> = (0..conns.len()).map(|i| ready(i + 2)).collect();
     let mut keep = conn_ready.iter();
+    let now = Instant::now();
     conns.retain_mut(|c| {
         let r = keep.next().copied().unwrap_or(false);
         if r {
             c.progress()
+        } else if c.expired(now) {
+            c.time_out();
+            false
         } else {
-            c.started.elapsed() <= CONN_DEADLINE
+            true
         }
     });
-    for (i, l) in listeners.iter().enumerate() {
-        if !ready(i) {
-            continue;
+    for (i, l) in listeners.iter_mut().enumerate() {
+        if ready(i) {
+            accept_all(l, conns);
         }
-        let Some(sock) = &l.sock else { continue };
-        accept_all(sock, l.endpoint, conns);
     }
 }
 
-fn accept_all(sock: &TcpListener, endpoint: Endpoint, conns: &mut Vec<Conn>) {
-    loop {
+/// Accepts every pending connection while there is room. Refused and failed accepts never
+/// end the loop: an error (EMFILE and friends) pauses this listener briefly instead of
+/// spinning on it.
+fn accept_all(l: &mut Listener, conns: &mut Vec<Conn>) {
+    let Some(sock) = &l.sock else { return };
+    while conns.len() < MAX_CONNS {
         match sock.accept() {
             Ok((stream, _)) => {
-                if conns.len() >= MAX_CONNS || stream.set_nonblocking(true).is_err() {
-                    drop(stream);
+                if stream.set_nonblocking(true).is_err() {
                     continue;
                 }
                 let _ = stream.set_nodelay(true);
-                let mut c = Conn {
-                    stream,
-                    endpoint,
-                    started: Instant::now(),
-                    phase: Phase::Reading(Vec::with_capacity(512)),
-                };
+                let mut c = Conn::new(stream, l.endpoint);
                 if c.progress() {
                     conns.push(c);
                 }
@@ -343,8 +435,17 @@ fn accept_all(sock: &TcpListener, endpoint: Endpoint, conns: &mut Vec<Conn>) {
             Err(e) if e.kind() == ErrorKind::WouldBlock => return,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => {
-                // EMFILE and friends: back off until the next round instead of spinning.
-                logging::debug(&format!("exporter accept failed: {e}"));
+                let now = Instant::now();
+                l.paused_until = Some(now + ACCEPT_BACKOFF);
+                if l.last_accept_log
+                    .is_none_or(|t| now.duration_since(t) >= LOG_EVERY)
+                {
+                    l.last_accept_log = Some(now);
+                    logging::warning(&format!(
+                        "exporter accept on {} failed: {e}; backing off",
+                        l.endpoint.path()
+                    ));
+                }
                 return;
             }
         }

@@ -48,7 +48,7 @@ pub fn parse(buf: &[u8]) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(buf) {
-        Ok(httparse::Status::Complete(_)) => {
+        Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => {
             let method = req.method.unwrap_or("");
             let path = req.path.unwrap_or("");
             let path = path.split(['?', '#']).next().unwrap_or("").to_string();
@@ -58,7 +58,7 @@ pub fn parse(buf: &[u8]) -> Parsed {
                 path,
             }
         }
-        Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => Parsed::Partial,
+        Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD => Parsed::Partial,
         _ => Parsed::Bad,
     }
 }
@@ -168,6 +168,16 @@ mod tests {
         let mut big = b"GET /metrics HTTP/1.1\r\nX: ".to_vec();
         big.extend(vec![b'a'; MAX_HEAD]);
         assert_eq!(parse(&big), Parsed::Bad);
+        // A head over the limit is bad even when it arrives complete in one read.
+        let mut complete = b"GET /metrics HTTP/1.1\r\nX: ".to_vec();
+        complete.extend(vec![b'a'; MAX_HEAD]);
+        complete.extend(b"\r\n\r\n");
+        assert_eq!(parse(&complete), Parsed::Bad);
+        let mut fits = b"GET /metrics HTTP/1.1\r\nX: ".to_vec();
+        fits.extend(vec![b'a'; MAX_HEAD - fits.len() - 4]);
+        fits.extend(b"\r\n\r\n");
+        assert_eq!(fits.len(), MAX_HEAD);
+        assert!(matches!(parse(&fits), Parsed::Request { .. }));
         let mut many = b"GET /metrics HTTP/1.1\r\n".to_vec();
         for i in 0..(MAX_HEADERS + 1) {
             many.extend(format!("H{i}: v\r\n").as_bytes());

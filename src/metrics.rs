@@ -47,7 +47,12 @@ pub struct Metrics {
     /// f64 bits.
     last_loop_ms: AtomicU64,
     last_error_ms: AtomicU64,
+    /// Exporter replies, by [`HTTP_CODES`] index.
+    http: [AtomicU64; 6],
 }
+
+/// Status codes the exporter answers with, in the order `p27_exporter_requests_total` shows.
+pub const HTTP_CODES: [u16; 6] = [200, 400, 404, 405, 408, 503];
 
 /// The one set of metrics of the loaded module.
 pub static METRICS: Metrics = Metrics::new();
@@ -70,6 +75,7 @@ impl Metrics {
             last_ts_epoch: AtomicU64::new(0x7ff8_0000_0000_0000),
             last_loop_ms: ZERO,
             last_error_ms: ZERO,
+            http: [ZERO, ZERO, ZERO, ZERO, ZERO, ZERO],
         }
     }
 
@@ -89,7 +95,7 @@ impl Metrics {
         ] {
             a.store(0, Relaxed);
         }
-        for e in &self.errors {
+        for e in self.errors.iter().chain(self.http.iter()) {
             e.store(0, Relaxed);
         }
         self.last_ts_epoch.store(f64::NAN.to_bits(), Relaxed);
@@ -130,6 +136,13 @@ impl Metrics {
             e.fetch_add(1, Relaxed);
         }
         self.last_error_ms.store(now_ms, Relaxed);
+    }
+    /// The exporter answered with status `code`.
+    pub fn count_http(&self, code: u16) {
+        let slot = HTTP_CODES.iter().position(|c| *c == code);
+        if let Some(a) = slot.and_then(|i| self.http.get(i)) {
+            a.fetch_add(1, Relaxed);
+        }
     }
     /// A contained panic.
     pub fn count_internal_error(&self) {
@@ -173,6 +186,7 @@ impl Metrics {
             lag_ms: f(&self.lag_ms),
             last_ts_epoch: Some(f(&self.last_ts_epoch)).filter(|v| !v.is_nan()),
             last_loop_ms: f(&self.last_loop_ms),
+            http: self.http.each_ref().map(|a| a.load(Relaxed)),
         }
     }
 }
@@ -200,8 +214,10 @@ pub struct Snapshot {
     pub lag_ms: f64,
     /// p27_last_ts_epoch (absent until known; rendered as 0)
     pub last_ts_epoch: Option<f64>,
-    /// p27_last_loop_ms
+    /// p27_last_loop_seconds, in ms
     pub last_loop_ms: f64,
+    /// p27_exporter_requests_total by code, in [`HTTP_CODES`] order.
+    pub http: [u64; 6],
 }
 
 impl Snapshot {
@@ -359,6 +375,19 @@ pub fn render(s: &Snapshot, g: &Gauges, version: &str) -> String {
             ("{endpoint=\"metrics\"}", n(u64::from(g.exporter_up.0))),
             ("{endpoint=\"health\"}", n(u64::from(g.exporter_up.1))),
         ],
+    );
+    let http: Vec<(String, String)> = HTTP_CODES
+        .iter()
+        .zip(s.http.iter())
+        .map(|(code, v)| (format!("{{code=\"{code}\"}}"), n(*v)))
+        .collect();
+    let http: Vec<(&str, String)> = http.iter().map(|(l, v)| (l.as_str(), v.clone())).collect();
+    family(
+        &mut o,
+        "p27_exporter_requests_total",
+        "counter",
+        "Requests the exporter answered, by HTTP status code.",
+        &http,
     );
     family(
         &mut o,

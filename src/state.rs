@@ -192,6 +192,9 @@ pub fn add_info(ctx: &redis_module::InfoContext) -> redis_module::RedisResult<()
         ("errors_internal_total", snap.errors[4]),
     ];
     fields.extend(counters.iter().map(|(k, v)| (*k, v.to_string())));
+    for (code, v) in metrics::HTTP_CODES.iter().zip(snap.http.iter()) {
+        fields.push((http_field(*code), v.to_string()));
+    }
     fields.push(("lag_ms", metrics::fmt_value(snap.lag_ms)));
     fields.push((
         "last_ts_epoch",
@@ -203,6 +206,19 @@ pub fn add_info(ctx: &redis_module::InfoContext) -> redis_module::RedisResult<()
     }
     section.build_section()?.build_info()?;
     Ok(())
+}
+
+/// The INFO field that mirrors `p27_exporter_requests_total{code}`.
+fn http_field(code: u16) -> &'static str {
+    match code {
+        200 => "exporter_http_200_total",
+        400 => "exporter_http_400_total",
+        404 => "exporter_http_404_total",
+        405 => "exporter_http_405_total",
+        408 => "exporter_http_408_total",
+        503 => "exporter_http_503_total",
+        _ => "exporter_http_other_total",
+    }
 }
 
 #[cfg(test)]
