@@ -1,0 +1,69 @@
+//! Panics cannot escape: the fault-injection build panics on purpose inside each kind of
+//! callback; the server stays up, and the panic is logged and counted.
+
+mod common;
+use common::*;
+
+use std::time::Duration;
+
+fn internal_errors(c: &mut Connection) -> u64 {
+    // INFO, not HEATBRIDGE.METRICS: with the "command" site every module command panics.
+    let info: String = redis::cmd("INFO").arg("heatbridge").query(c).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("heatbridge_errors_internal_total:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn run_site(flavor: Flavor, site: &str) {
+    let Some(module) = fault_module_path() else {
+        panic!("the fault-injection build is missing: scripts/test.sh builds it into target/fault");
+    };
+    let mut opts = Options::new(flavor).without_exporter();
+    opts.module_file = Some(module);
+    opts.env
+        .push(("HEATBRIDGE_FAULT_INJECT".into(), site.into()));
+    let mut s = opts.start();
+    let mut c = s.conn();
+    inject(&mut c, "F", "f1");
+    let _: redis::RedisResult<String> = redis::cmd("HEATBRIDGE.HEALTH").query(&mut c);
+    let _: redis::RedisResult<redis::Value> = redis::cmd("HEATBRIDGE.GET").arg("f1").query(&mut c);
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(s.alive(), "server died with a panic at {site}");
+    let pong: String = redis::cmd("PING").query(&mut c).unwrap();
+    assert_eq!(pong, "PONG");
+    assert!(internal_errors(&mut c) > 0, "panic at {site} not counted");
+    assert!(
+        s.log().contains("internal error contained in"),
+        "panic at {site} not logged"
+    );
+}
+
+#[test]
+fn panic_in_command_is_contained() {
+    for_each_flavor(|flavor| {
+        run_site(flavor, "command");
+    });
+}
+
+#[test]
+fn panic_in_keyspace_event_is_contained() {
+    for_each_flavor(|flavor| run_site(flavor, "event"));
+}
+
+#[test]
+fn panic_in_deferred_drain_is_contained() {
+    // Valkey runs the drain as a post-notification job, Redis 7.0 as a 0 ms timer.
+    run_site(Flavor::Valkey, "job");
+    run_site(Flavor::Redis, "timer");
+}
+
+#[test]
+fn panic_in_cron_housekeeping_is_contained() {
+    for_each_flavor(|flavor| run_site(flavor, "cron"));
+}
+
+#[test]
+fn panic_while_projecting_an_entry_is_contained() {
+    for_each_flavor(|flavor| run_site(flavor, "project"));
+}
