@@ -13,8 +13,11 @@ fn wait_link_up(c: &mut Connection) {
     });
 }
 
+/// Type, content and absolute expiry (ms) of one key.
+type Dumped = (String, Vec<Vec<u8>>, i64);
+
 /// Every lookup and dedupe key with its type, content and absolute expiry (ms).
-fn dump(c: &mut Connection) -> BTreeMap<Vec<u8>, (String, Vec<Vec<u8>>, i64)> {
+fn dump(c: &mut Connection) -> BTreeMap<Vec<u8>, Dumped> {
     let mut keys: Vec<Vec<u8>> = redis::cmd("KEYS")
         .arg("quantum:harvest:*")
         .query(c)
