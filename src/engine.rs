@@ -859,6 +859,9 @@ pub fn housekeeping(ctx: &Context) {
         return;
     }
     LAST_TICK_MS.store(now, Relaxed);
+    // Between commands no post-notification job can still be pending; clearing the flag
+    // keeps one lost job from turning live projection into tick-driven projection.
+    JOB_PENDING.store(false, Relaxed);
     if can_write(ctx) && !timer_pending() {
         drain(ctx);
     }
