@@ -10,6 +10,7 @@
 # Environment:
 #   HEATBRIDGE_DATA_DIR  Redis dir (AOF, RDB, the generated redis.conf); default target/run
 #   HEATBRIDGE_MODULE    use this built module instead of building one with cargo
+#   REDIS_SERVER         the server binary (default redis-server; valkey-server works too)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,4 +40,4 @@ MODULE="$module" awk '
 }
 
 echo "run.sh: redis-server $conf (dir $data_dir)"
-exec redis-server "$conf" --dir "$data_dir" "$@"
+exec "${REDIS_SERVER:-redis-server}" "$conf" --dir "$data_dir" "$@"
