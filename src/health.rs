@@ -112,7 +112,10 @@ pub fn evaluate(i: &Input) -> Report {
         errors.push(format!("the last {} drain steps failed", i.failing_steps));
     }
     if i.last_error_ms != 0 && i.now_ms.saturating_sub(i.last_error_ms) < ERROR_WINDOW_MS {
-        degraded.push("errors in the last 60 s".to_string());
+        let ago = i.now_ms.saturating_sub(i.last_error_ms) / 1000;
+        degraded.push(format!(
+            "errors in the last 60 s (the last {ago} s ago; see p27_errors_total)"
+        ));
     }
     if i.is_master && !i.loading {
         if let (Some(now), Some(before)) = (i.backlog, i.backlog_before) {
@@ -211,7 +214,14 @@ mod tests {
     fn recent_error_degrades_then_clears() {
         let mut i = base();
         i.last_error_ms = i.now_ms - 59_000;
-        assert_eq!(evaluate(&i).status, Status::Degraded);
+        let r = evaluate(&i);
+        assert_eq!(r.status, Status::Degraded);
+        assert_eq!(r.status.http_code(), 200);
+        assert!(
+            r.reasons[0].contains("the last 59 s ago"),
+            "{:?}",
+            r.reasons
+        );
         i.last_error_ms = i.now_ms - 61_000;
         assert_eq!(evaluate(&i).status, Status::Ok);
     }
