@@ -100,6 +100,9 @@ pub fn reset() {
 pub fn health_input() -> health::Input {
     let now = now_ms();
     let snap = METRICS.snapshot();
+    // Settings are read before the published state is locked: never hold two locks at once.
+    let stream = crate::config::STREAM_IN.get();
+    let group = crate::config::GROUP.get();
     let p = published();
     health::Input {
         now_ms: now,
@@ -113,8 +116,8 @@ pub fn health_input() -> health::Input {
         last_ts_epoch: snap.last_ts_epoch,
         last_loop_ms: snap.last_loop_ms,
         errors_total: snap.errors_total(),
-        stream: crate::config::STREAM_IN.get(),
-        group: crate::config::GROUP.get(),
+        stream,
+        group,
         version: VERSION.to_string(),
     }
 }
@@ -145,6 +148,13 @@ pub fn metrics_text() -> String {
 pub fn add_info(ctx: &redis_module::InfoContext) -> redis_module::RedisResult<()> {
     let (status, _) = health();
     let snap = METRICS.snapshot();
+    let stream = crate::config::STREAM_IN.get();
+    let group = crate::config::GROUP.get();
+    let post_jobs = match crate::engine::post_jobs_in_use() {
+        Some(true) => "yes",
+        Some(false) => "no",
+        None => "unknown",
+    };
     let p = published();
     let mut fields: Vec<(&str, String)> = vec![
         ("version", VERSION.to_string()),
@@ -152,8 +162,8 @@ pub fn add_info(ctx: &redis_module::InfoContext) -> redis_module::RedisResult<()
             "role",
             if p.is_master { "master" } else { "replica" }.to_string(),
         ),
-        ("stream", crate::config::STREAM_IN.get()),
-        ("group", crate::config::GROUP.get()),
+        ("stream", stream),
+        ("group", group),
         (
             "stream_state",
             format!("{:?}", p.stream_state).to_lowercase(),
@@ -164,15 +174,7 @@ pub fn add_info(ctx: &redis_module::InfoContext) -> redis_module::RedisResult<()
                 .map_or_else(|| "unknown".into(), |b| b.to_string()),
         ),
         ("health", status.as_str().to_string()),
-        (
-            "post_notification_jobs",
-            match crate::engine::post_jobs_in_use() {
-                Some(true) => "yes",
-                Some(false) => "no",
-                None => "unknown",
-            }
-            .to_string(),
-        ),
+        ("post_notification_jobs", post_jobs.to_string()),
         ("exporter_metrics", p.exporter_status[0].clone()),
         ("exporter_health", p.exporter_status[1].clone()),
     ];
