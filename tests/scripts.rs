@@ -603,3 +603,57 @@ fn run_sh_starts_a_working_server_from_the_example() {
         assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     });
 }
+
+#[test]
+fn migration_resumes_the_sidecars_group_and_pending_entries() {
+    for_each_flavor(|flavor| {
+        // The sidecar's state: group heat_bridge, two entries read by heat_bridge_1 but never
+        // acknowledged, two more not read yet.
+        let s = Options::new(flavor).without_module().start();
+        let mut c = s.conn();
+        for n in 1..=2 {
+            inject(&mut c, "BTCUSDT", &format!("mig_{n}"));
+        }
+        let _: () = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(STREAM)
+            .arg("heat_bridge")
+            .arg("0")
+            .query(&mut c)
+            .expect("XGROUP CREATE");
+        let _: redis::Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("heat_bridge")
+            .arg("heat_bridge_1")
+            .arg("STREAMS")
+            .arg(STREAM)
+            .arg(">")
+            .query(&mut c)
+            .expect("XREADGROUP");
+        for n in 3..=4 {
+            inject(&mut c, "BTCUSDT", &format!("mig_{n}"));
+        }
+        assert_eq!(
+            group_field(&mut c, STREAM, "heat_bridge", "pending").as_deref(),
+            Some("2")
+        );
+
+        // Stop the sidecar, load the module: it finishes the pending entries and the rest.
+        let _: () = redis::cmd("MODULE")
+            .arg("LOAD")
+            .arg(s.module_load_args())
+            .query(&mut c)
+            .expect("MODULE LOAD");
+        wait_drained(&mut c);
+        for n in 1..=4 {
+            assert!(exists(&mut c, &format!("{BY_PLAN}mig_{n}")), "mig_{n}");
+        }
+        assert_eq!(
+            get(&mut c, "quantum:harvest:heat:latest_plan_id:BTCUSDT").as_deref(),
+            Some("mig_4")
+        );
+        assert_eq!(metric(&mut c, "p27_in_messages_total"), 4.0);
+        let out = proof(s.port, s.metrics_port, s.health_port);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    });
+}
