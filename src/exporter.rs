@@ -451,3 +451,50 @@ fn accept_all(l: &mut Listener, conns: &mut Vec<Conn>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listener() -> (Listener, SocketAddr) {
+        let sock = TcpListener::bind("127.0.0.1:0").unwrap();
+        sock.set_nonblocking(true).unwrap();
+        let addr = sock.local_addr().unwrap();
+        let mut l = Listener::new(Endpoint::Health);
+        l.want = Some(addr);
+        l.sock = Some(sock);
+        (l, addr)
+    }
+
+    #[test]
+    fn at_most_max_conns_are_held_and_the_rest_wait() {
+        let (l, addr) = listener();
+        let (other, _) = listener();
+        let mut listeners = [other, l];
+        let mut conns = Vec::new();
+        let clients: Vec<TcpStream> = (0..MAX_CONNS + 20)
+            .map(|_| TcpStream::connect(addr).unwrap())
+            .collect();
+        for _ in 0..10 {
+            serve_once(&mut listeners, &mut conns);
+            assert!(conns.len() <= MAX_CONNS);
+        }
+        assert_eq!(conns.len(), MAX_CONNS);
+        // Once the silent ones go away, a waiting client is served.
+        drop(clients);
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.write_all(b"GET /health HTTP/1.1\r\n\r\n").unwrap();
+        c.set_nonblocking(true).unwrap();
+        let mut reply = Vec::new();
+        for _ in 0..100 {
+            serve_once(&mut listeners, &mut conns);
+            let mut buf = [0u8; 4096];
+            match c.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => reply.extend_from_slice(&buf[..n]),
+                Err(_) => {}
+            }
+        }
+        assert!(String::from_utf8_lossy(&reply).starts_with("HTTP/1.1 200 OK\r\n"));
+    }
+}
