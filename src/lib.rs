@@ -21,6 +21,9 @@ pub mod metrics;
 pub mod projection;
 pub mod state;
 
+#[cfg(test)]
+mod proptests;
+
 use redis_module::configuration::{ConfigurationContext, ConfigurationFlags};
 use redis_module::{redis_module, Context, InfoContext, RedisResult, RedisString, Status};
 use redis_module_macros::info_command_handler;
