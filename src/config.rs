@@ -48,6 +48,35 @@ pub const DEFAULT_HEALTH_PORT: i64 = 8071;
 pub const MAX_PORT: i64 = 65535;
 /// Longest stream, group or consumer name accepted.
 pub const MAX_NAME_LEN: usize = 1024;
+/// Lower bound of batch.
+pub const MIN_BATCH: i64 = 1;
+/// Lower bound of ttl-plan-sec and ttl-symbol-sec (a key must live).
+pub const MIN_TTL_SEC: i64 = 1;
+
+/// Bounds of every numeric setting, by name without the prefix: `(name, min, max)`.
+pub const NUMERIC_BOUNDS: [(&str, i64, i64); 7] = [
+    ("poll-ms", MIN_POLL_MS, MAX_POLL_MS),
+    ("batch", MIN_BATCH, MAX_BATCH),
+    ("ttl-plan-sec", MIN_TTL_SEC, MAX_TTL_SEC),
+    ("ttl-symbol-sec", MIN_TTL_SEC, MAX_TTL_SEC),
+    ("dedupe-ttl-sec", 0, MAX_TTL_SEC),
+    ("metrics-port", 0, MAX_PORT),
+    ("health-port", 0, MAX_PORT),
+];
+
+/// A validator of a string setting.
+pub type Check = fn(&str) -> Result<(), String>;
+
+/// Validators of every string setting, by name without the prefix.
+pub const STRING_CHECKS: [(&str, Check); 4] = [
+    ("stream-in", validate_name),
+    ("group", validate_name),
+    ("consumer", validate_name),
+    ("bind", validate_bind),
+];
+
+/// Names accepted by `heatbridge.log-level` (case-insensitive, as CONFIG SET takes them).
+pub const LOG_LEVELS: [&str; 4] = ["DEBUG", "INFO", "WARNING", "ERROR"];
 
 /// `heatbridge.poll-ms`
 pub static POLL_MS: AtomicI64 = AtomicI64::new(DEFAULT_POLL_MS);
@@ -104,11 +133,11 @@ impl LogLevel {
 /// A string setting with a validator, readable from any thread.
 pub struct StringSetting {
     value: Mutex<String>,
-    check: fn(&str) -> Result<(), String>,
+    check: Check,
 }
 
 impl StringSetting {
-    const fn new(check: fn(&str) -> Result<(), String>) -> Self {
+    const fn new(check: Check) -> Self {
         StringSetting {
             value: Mutex::new(String::new()),
             check,
@@ -171,6 +200,81 @@ pub fn validate_bind(v: &str) -> Result<(), String> {
     v.parse::<std::net::IpAddr>()
         .map(|_| ())
         .map_err(|_| format!("'{v}' is not an IP address"))
+}
+
+/// Validates `loadmodule` / `MODULE LOAD` arguments: `NAME VALUE` pairs of known settings
+/// (no prefix), each name once, each value within its limits.
+///
+/// Module args become the registered defaults, and the server does not refuse a default
+/// that is out of bounds or that its setter rejects: `ttl-plan-sec -1` would load as -1, and
+/// on Valkey 8.1 a rejected string default (`stream-in ""`) makes the server unload the
+/// module after init and crash if a timer is pending. So init checks the args first and
+/// fails the load cleanly.
+pub fn check_module_args(args: &[&[u8]]) -> Result<(), String> {
+    if !args.len().is_multiple_of(2) {
+        return Err("module arguments must be NAME VALUE pairs".into());
+    }
+    let known = |n: &str| {
+        NUMERIC_BOUNDS.iter().any(|(k, _, _)| *k == n)
+            || STRING_CHECKS.iter().any(|(k, _)| *k == n)
+            || n == "log-level"
+    };
+    let mut seen: Vec<&str> = Vec::new();
+    for pair in args.chunks(2) {
+        let [name, value] = pair else {
+            return Err("module arguments must be NAME VALUE pairs".into());
+        };
+        let name = std::str::from_utf8(name)
+            .map_err(|_| "a module argument name is not valid UTF-8".to_string())?;
+        let value = std::str::from_utf8(value)
+            .map_err(|_| format!("the value of {name} is not valid UTF-8"))?;
+        if !known(name) {
+            return Err(format!("unknown setting '{name}'"));
+        }
+        if seen.contains(&name) {
+            return Err(format!("setting '{name}' is given twice"));
+        }
+        seen.push(name);
+        // The server finds a setting's value as the word after its name's first occurrence,
+        // so a value that is also a setting name would be misread.
+        if known(value) {
+            return Err(format!(
+                "the value of {name} may not be a setting name ('{value}'); use CONFIG SET"
+            ));
+        }
+        check_value(name, value).map_err(|e| format!("invalid {name} '{value}': {e}"))?;
+    }
+    Ok(())
+}
+
+/// [`check_module_args`] over the arguments as the server hands them to init.
+pub fn check_module_redis_args(args: &[RedisString]) -> Result<(), String> {
+    let raw: Vec<&[u8]> = args.iter().map(RedisString::as_slice).collect();
+    check_module_args(&raw)
+}
+
+/// Validates one value of a known setting (name without the prefix).
+pub fn check_value(name: &str, value: &str) -> Result<(), String> {
+    if let Some((_, min, max)) = NUMERIC_BOUNDS.iter().find(|(k, _, _)| *k == name) {
+        let v: i64 = value
+            .trim()
+            .parse()
+            .map_err(|_| "not an integer".to_string())?;
+        if v < *min || v > *max {
+            return Err(format!("must be between {min} and {max}"));
+        }
+        return Ok(());
+    }
+    if let Some((_, check)) = STRING_CHECKS.iter().find(|(k, _)| *k == name) {
+        return check(value);
+    }
+    if name == "log-level" {
+        if LOG_LEVELS.iter().any(|l| l.eq_ignore_ascii_case(value)) {
+            return Ok(());
+        }
+        return Err(format!("must be one of {}", LOG_LEVELS.join(", ")));
+    }
+    Err("unknown setting".into())
 }
 
 /// A copy of the settings that one drain step uses.
@@ -244,6 +348,67 @@ mod tests {
         s.try_set("a").unwrap();
         assert!(s.try_set("").is_err());
         assert_eq!(s.get(), "a");
+    }
+
+    fn args(words: &[&str]) -> Result<(), String> {
+        let raw: Vec<&[u8]> = words.iter().map(|w| w.as_bytes()).collect();
+        check_module_args(&raw)
+    }
+
+    #[test]
+    fn good_module_args_pass() {
+        assert!(args(&[]).is_ok());
+        assert!(args(&[
+            "ttl-plan-sec",
+            "60",
+            "metrics-port",
+            "0",
+            "health-port",
+            "0"
+        ])
+        .is_ok());
+        assert!(args(&["stream-in", "s:x", "group", "g", "consumer", "c"]).is_ok());
+        assert!(args(&["bind", "::1", "log-level", "debug", "dedupe-ttl-sec", "0"]).is_ok());
+        assert!(args(&["batch", "10000", "poll-ms", "10", "ttl-symbol-sec", "1"]).is_ok());
+    }
+
+    #[test]
+    fn bad_module_args_are_refused() {
+        for bad in [
+            &["ttl-plan-sec"][..],
+            &["ttl-plan-sec", "-1"],
+            &["ttl-plan-sec", "0"],
+            &["ttl-symbol-sec", "315360001"],
+            &["dedupe-ttl-sec", "-1"],
+            &["metrics-port", "65536"],
+            &["health-port", "-1"],
+            &["batch", "0"],
+            &["poll-ms", "9"],
+            &["poll-ms", "x"],
+            &["stream-in", ""],
+            &["group", "a\nb"],
+            &["consumer", ""],
+            &["bind", "foo"],
+            &["log-level", "LOUD"],
+            &["no-such", "1"],
+            &["heatbridge.batch", "5"],
+            &["batch", "5", "batch", "6"],
+            &["group", "batch", "batch", "5"],
+        ] {
+            assert!(args(bad).is_err(), "{bad:?} accepted");
+        }
+        let raw: [&[u8]; 2] = [b"stream-in", b"\xff"];
+        assert!(check_module_args(&raw).is_err());
+    }
+
+    #[test]
+    fn numeric_bounds_cover_every_numeric_setting() {
+        for (name, min, max) in NUMERIC_BOUNDS {
+            assert!(check_value(name, &min.to_string()).is_ok(), "{name}");
+            assert!(check_value(name, &max.to_string()).is_ok(), "{name}");
+            assert!(check_value(name, &(min - 1).to_string()).is_err(), "{name}");
+            assert!(check_value(name, &(max + 1).to_string()).is_err(), "{name}");
+        }
     }
 
     #[test]
