@@ -306,13 +306,13 @@ fn stream_key_state(ctx: &Context, stream: &RedisString) -> StreamState {
 }
 
 fn set_stream_state(st: StreamState, stream: &str) {
-    let mut p = state::published();
-    if st == StreamState::WrongType && p.stream_state != StreamState::WrongType {
+    let previous = std::mem::replace(&mut state::published().stream_state, st);
+    // Logged after the lock is released, so the exporter never waits on a log write.
+    if st == StreamState::WrongType && previous != StreamState::WrongType {
         logging::error(&format!(
             "key {stream} is not a stream: projection is paused until it is"
         ));
     }
-    p.stream_state = st;
 }
 
 /// An entry copied out of the stream.
