@@ -264,7 +264,7 @@ fn get_and_latest_reply_a_flat_array_in_resp2_and_a_map_in_resp3() {
             Err(e) => assert_eq!(e.code(), Some("WRONGTYPE"), "{e}"),
             Ok(other) => panic!("GET of a string key gave {other:?}"),
         }
-        assert!(s_alive(&s));
+        assert!(answers_ping(&s));
 
         // Arity and argument errors.
         for (args, want) in [
@@ -291,7 +291,7 @@ fn get_and_latest_reply_a_flat_array_in_resp2_and_a_map_in_resp3() {
 }
 
 /// Whether the server still answers PING.
-fn s_alive(s: &Server) -> bool {
+fn answers_ping(s: &Server) -> bool {
     let mut c = s.conn();
     redis::cmd("PING").query::<String>(&mut c).is_ok()
 }
@@ -529,7 +529,7 @@ fn replay_reprojects_in_stream_order_ignoring_dedupe_with_entry_time_expiry() {
 
         // Nothing was left pending by the replays.
         wait_drained(&mut c);
-        assert!(s_alive(&s));
+        assert!(answers_ping(&s));
     });
 }
 
