@@ -84,10 +84,18 @@ fn on_log_level(_: &ConfigurationContext, _: &str, v: &'static std::sync::Mutex<
     })
 }
 
-/// Module load: every static is reset (the .so may have stayed mapped since an unload),
-/// the exporter starts, and catch-up is scheduled unless the server is still loading.
-fn init(ctx: &Context, _args: &[RedisString]) -> Status {
+/// Module load: the arguments are checked first, then every static is reset (the .so may
+/// have stayed mapped since an unload) and the exporter starts. Catch-up starts on the first
+/// cron tick, not here: init leaves no timer behind, because a server that unloads the
+/// module right after init (a config it rejected) must find nothing pending.
+fn init(ctx: &Context, args: &[RedisString]) -> Status {
     guard::contain("module load", Status::Err, || {
+        // The crate registers module arguments as config defaults, which the server does
+        // not range-check, so invalid ones are refused here and the load fails cleanly.
+        if let Err(e) = config::check_module_redis_args(args) {
+            ctx.log_warning(&format!("heatbridge not loaded: {e}"));
+            return Status::Err;
+        }
         metrics::METRICS.reset();
         state::reset();
         engine::reset();
@@ -95,9 +103,6 @@ fn init(ctx: &Context, _args: &[RedisString]) -> Status {
         logging::set_threshold(level.threshold());
         exporter::start();
         exporter::reconfigure();
-        if engine::can_write(ctx) {
-            engine::schedule(ctx);
-        }
         logging::info(&format!(
             "loaded {} on stream {} (group {})",
             state::VERSION,
