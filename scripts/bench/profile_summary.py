@@ -1,0 +1,44 @@
+#!/usr/bin/env python3
+"""Instructions per decision from profile.sh's callgrind reports: the inclusive cost of the
+command (or of the module's drain) divided by the number of decisions.
+
+    profile_summary.py <profile dir> <decisions>
+"""
+import os
+import re
+import sys
+
+out, n = sys.argv[1], int(sys.argv[2])
+LINE = re.compile(r"\s*([\d,]+) \(\s*[\d.]+%\)\s+(?:[^:\s]*:)?(\S+)")
+
+
+def incl(design, *names):
+    """Largest inclusive cost of a function called one of `names` (exact), 0 if absent."""
+    path = os.path.join(out, design, "inclusive.txt")
+    best = 0
+    if os.path.exists(path):
+        for line in open(path):
+            m = LINE.match(line)
+            if m and m.group(2) in names:
+                best = max(best, int(m.group(1).replace(",", "")))
+    return best
+
+
+rows = [
+    ("raw XADD (xaddCommand)", incl("raw", "xaddCommand")),
+    ("Lua (fcallCommand, XADD included)", incl("lua", "fcallCommand")),
+    ("HeatBridge: the client's XADD", incl("heatbridge", "xaddCommand")),
+    ("HeatBridge: drain (all projection)", incl("heatbridge", "heatbridge::engine::drain")),
+    ("  project (parse, dedupe, writes)", incl("heatbridge", "heatbridge::engine::project")),
+    ("    replace_hash (by_plan+latest)", incl("heatbridge", "heatbridge::engine::replace_hash")),
+    ("    set_string (dedupe+pointer)", incl("heatbridge", "heatbridge::engine::set_string")),
+    ("    decision::parse", incl("heatbridge", "heatbridge::decision::parse")),
+    ("  read_after (stream iterator)", incl("heatbridge", "heatbridge::engine::read_after")),
+    ("  read_group (XINFO GROUPS)", incl("heatbridge", "heatbridge::engine::read_group")),
+    ("  RM_Call, all (incl. command)", incl("heatbridge", "RM_Call", "VM_Call")),
+    ("  hsetCommand, all", incl("heatbridge", "hsetCommand")),
+    ("HeatBridge: housekeeping refresh", incl("heatbridge", "heatbridge::engine::refresh")),
+]
+print(f"instructions per decision (callgrind Ir / {n}):")
+for name, v in rows:
+    print(f"  {name:38s} {v / n:10.0f}")
