@@ -94,13 +94,13 @@ pub static METRICS_PORT: AtomicI64 = AtomicI64::new(DEFAULT_METRICS_PORT);
 pub static HEALTH_PORT: AtomicI64 = AtomicI64::new(DEFAULT_HEALTH_PORT);
 
 /// `heatbridge.stream-in`
-pub static STREAM_IN: StringSetting = StringSetting::new(validate_name);
+pub static STREAM_IN: StringSetting = StringSetting::new(DEFAULT_STREAM, validate_name);
 /// `heatbridge.group`
-pub static GROUP: StringSetting = StringSetting::new(validate_name);
+pub static GROUP: StringSetting = StringSetting::new(DEFAULT_GROUP, validate_name);
 /// `heatbridge.consumer`
-pub static CONSUMER: StringSetting = StringSetting::new(validate_name);
+pub static CONSUMER: StringSetting = StringSetting::new(DEFAULT_CONSUMER, validate_name);
 /// `heatbridge.bind`
-pub static BIND: StringSetting = StringSetting::new(validate_bind);
+pub static BIND: StringSetting = StringSetting::new(DEFAULT_BIND, validate_bind);
 
 enum_configuration! {
     /// `heatbridge.log-level` (P27_LOG_LEVEL).
@@ -131,37 +131,41 @@ impl LogLevel {
 }
 
 /// A string setting with a validator, readable from any thread.
+///
+/// It holds its default until a value is set. The server compares a value from redis.conf
+/// with the current one and skips the setter when they are equal, so a setting that started
+/// out empty would take `heatbridge.stream-in ""` without ever validating it.
 pub struct StringSetting {
-    value: Mutex<String>,
+    value: Mutex<Option<String>>,
+    default: &'static str,
     check: Check,
 }
 
 impl StringSetting {
-    const fn new(check: Check) -> Self {
+    const fn new(default: &'static str, check: Check) -> Self {
         StringSetting {
-            value: Mutex::new(String::new()),
+            value: Mutex::new(None),
+            default,
             check,
         }
     }
 
     /// The current value.
     pub fn get(&self) -> String {
-        self.value.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        let v = self.value.lock().unwrap_or_else(|e| e.into_inner());
+        v.as_deref().unwrap_or(self.default).to_string()
     }
 
     /// Whether the current value equals `bytes`, without copying it.
     pub fn matches(&self, bytes: &[u8]) -> bool {
-        self.value
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_bytes()
-            == bytes
+        let v = self.value.lock().unwrap_or_else(|e| e.into_inner());
+        v.as_deref().unwrap_or(self.default).as_bytes() == bytes
     }
 
     /// Validates and stores `v`; on error the old value stays.
     pub fn try_set(&self, v: &str) -> Result<(), String> {
         (self.check)(v)?;
-        *self.value.lock().unwrap_or_else(|e| e.into_inner()) = v.to_string();
+        *self.value.lock().unwrap_or_else(|e| e.into_inner()) = Some(v.to_string());
         Ok(())
     }
 }
@@ -344,10 +348,22 @@ mod tests {
 
     #[test]
     fn invalid_set_keeps_old_value() {
-        let s = StringSetting::new(validate_name);
+        let s = StringSetting::new("d", validate_name);
+        assert!(s.try_set("").is_err());
+        assert_eq!(s.get(), "d", "the default until a value is set");
+        assert!(s.matches(b"d"));
         s.try_set("a").unwrap();
         assert!(s.try_set("").is_err());
         assert_eq!(s.get(), "a");
+        assert!(s.matches(b"a") && !s.matches(b"d"));
+    }
+
+    #[test]
+    fn string_settings_start_at_their_defaults() {
+        assert_eq!(validate_name(DEFAULT_STREAM), Ok(()));
+        assert_eq!(validate_bind(DEFAULT_BIND), Ok(()));
+        let fresh = StringSetting::new(DEFAULT_STREAM, validate_name);
+        assert_eq!(fresh.get(), DEFAULT_STREAM);
     }
 
     fn args(words: &[&str]) -> Result<(), String> {

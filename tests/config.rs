@@ -301,6 +301,95 @@ fn redis_conf_lines_apply() {
         let t = projected_ttl(&mut c, STREAM, "conf1");
         assert!((72..=77).contains(&t), "TTL {t}");
         assert!(group_field(&mut c, STREAM, "conf_group", "name").is_some());
+
+        // A setting line may also come before the loadmodule line.
+        let s = ConfServer::start(
+            flavor,
+            &["heatbridge.ttl-plan-sec 78".into(), loadmodule_line("")],
+        );
+        let mut c = s.conn();
+        assert_eq!(config_get(&mut c, "heatbridge.ttl-plan-sec"), "78");
+    });
+}
+
+/// Starts a server from `lines` plus command-line `args` that must refuse to start: it exits
+/// with an error of its own, not a crash, within 10 s. Returns its log.
+fn refused_at_start(flavor: Flavor, lines: &[String], args: &[&str]) -> String {
+    let dir = tempfile::Builder::new()
+        .prefix("heatbridge-conf-")
+        .tempdir()
+        .expect("temp dir");
+    let log = dir.path().join("server.log");
+    let mut conf = format!(
+        "port {}\nbind 127.0.0.1\ndir {}\nlogfile {}\nsave \"\"\n",
+        free_port(),
+        dir.path().display(),
+        log.display()
+    );
+    for l in lines {
+        conf.push_str(l);
+        conf.push('\n');
+    }
+    let path = dir.path().join("redis.conf");
+    std::fs::write(&path, &conf).expect("write redis.conf");
+    let mut child = Command::new(server_binary(flavor))
+        .arg(&path)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn server");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{flavor:?} started with {lines:?} {args:?}:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(30));
+    };
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        !status.success() && status.code().is_some(),
+        "{flavor:?} {lines:?} {args:?}: {status}\n{text}"
+    );
+    assert!(!text.contains("crashed by signal"), "{text}");
+    text
+}
+
+#[test]
+fn invalid_redis_conf_lines_and_options_refuse_to_start() {
+    for_each_flavor(|flavor| {
+        for bad in [
+            "heatbridge.stream-in \"\"",
+            "heatbridge.group \"\"",
+            "heatbridge.consumer \"\"",
+            "heatbridge.bind \"\"",
+            "heatbridge.bind foo",
+            "heatbridge.ttl-plan-sec -5",
+            "heatbridge.metrics-port 65536",
+            "heatbridge.log-level LOUD",
+            "heatbridge.batch 0",
+        ] {
+            let log = refused_at_start(flavor, &[loadmodule_line(""), bad.to_string()], &[]);
+            let name = bad.split(' ').next().unwrap_or_default();
+            assert!(
+                log.contains(name),
+                "{bad}: the log names the setting\n{log}"
+            );
+        }
+        refused_at_start(
+            flavor,
+            &[loadmodule_line("")],
+            &["--heatbridge.stream-in", ""],
+        );
     });
 }
 
