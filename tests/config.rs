@@ -250,14 +250,10 @@ fn module_load_args_apply() {
     });
 }
 
-// KNOWN BUG (lib.rs, not fixed here): module args become the registered defaults, which the
-// server does not check, so `MODULE LOAD <so> ttl-plan-sec -1` loads with -1 (batch 0 too),
-// and `MODULE LOAD <so> stream-in ""` crashes Valkey 8.1 (SIGSEGV in moduleUnload: the server
-// unloads the module after init, finds the drain timer init scheduled, and writes an error
-// through a NULL pointer). Fix: call `config::check_module_redis_args(args)` first in `init`
-// and return `Status::Err` on error; with that line this test passes on both servers.
+// Module args become registered defaults, which the server does not check: without
+// config::check_module_redis_args in init, `ttl-plan-sec -1` loaded as -1 and `stream-in ""`
+// crashed Valkey 8.1 (an unload after init with a timer pending).
 #[test]
-#[ignore = "known bug: init must call config::check_module_redis_args (see comment)"]
 fn invalid_module_load_args_refuse_the_load() {
     for_each_flavor(|flavor| {
         let s = Options::new(flavor).without_module().start();
