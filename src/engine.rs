@@ -240,6 +240,22 @@ pub struct GroupInfo {
     pub pending: u64,
     /// Unread entries, when the server can tell.
     pub lag: Option<u64>,
+    /// The group's logical read counter, when valid.
+    pub entries_read: Option<u64>,
+}
+
+impl GroupInfo {
+    /// The stream's entries-added counter, known when both the read counter and the lag
+    /// are (a valid lag means no deletion fragments the stream after the cursor).
+    pub fn entries_added(&self) -> Option<u64> {
+        self.entries_read.zip(self.lag).map(|(r, l)| r + l)
+    }
+
+    /// The read counter after moving the cursor over `k` more entries, when it can be kept
+    /// exact (as XREADGROUP does: only with no deletion after the cursor).
+    pub fn entries_read_after(&self, k: u64) -> Option<u64> {
+        self.lag.and(self.entries_read).map(|r| r + k)
+    }
 }
 
 fn bytes_of(r: &CallReply) -> Option<Vec<u8>> {
@@ -285,6 +301,9 @@ pub fn read_group(ctx: &Context, s: &Settings) -> Result<Option<GroupInfo>, Stri
                         .unwrap_or_default()
                 }
                 (Some(b"lag"), Some(v)) => info.lag = int_of(&v).map(|l| l.max(0) as u64),
+                (Some(b"entries-read"), Some(v)) => {
+                    info.entries_read = int_of(&v).map(|l| l.max(0) as u64)
+                }
                 _ => {}
             }
             i += 2;
@@ -370,8 +389,8 @@ fn step(ctx: &Context, s: &Settings) -> Step {
     }
     let group = match read_group(ctx, s) {
         Ok(Some(g)) => g,
-        Ok(None) => match create_group(ctx, s) {
-            Ok(()) => GroupInfo::default(),
+        Ok(None) => match create_group(ctx, s).and_then(|()| read_group(ctx, s)) {
+            Ok(g) => g.unwrap_or_default(),
             Err(e) => {
                 METRICS.count_error(Stage::Ack, now_ms());
                 log_error_limited(&format!("cannot create group {}: {e}", s.group));
@@ -402,7 +421,8 @@ fn step(ctx: &Context, s: &Settings) -> Step {
         // were deleted (XDEL, XTRIM). Moving the cursor to the stream's last ID makes the
         // group's lag 0 again.
         if group.lag != Some(0) {
-            if let Err(e) = advance(ctx, s, "$") {
+            let added = stream_entries_added(ctx, s, &group);
+            if let Err(e) = advance(ctx, s, "$", added) {
                 METRICS.count_error(Stage::Ack, now_ms());
                 log_error_limited(&format!("cannot advance group {}: {e}", s.group));
                 return Step::Failed;
@@ -432,12 +452,13 @@ fn step(ctx: &Context, s: &Settings) -> Step {
     if let Some(last) = done {
         // At the end of the stream the cursor goes to `$`, the stream's last ID, which keeps
         // the lag exact even when entries after `last` were deleted.
-        let to = if !failed && entries.len() < s.batch {
-            "$".to_string()
+        let handled = entries.iter().take_while(|e| e.id <= last).count() as u64;
+        let (to, entries_read) = if !failed && entries.len() < s.batch {
+            ("$".to_string(), stream_entries_added(ctx, s, &group))
         } else {
-            last.to_string()
+            (last.to_string(), group.entries_read_after(handled))
         };
-        if let Err(e) = advance(ctx, s, &to) {
+        if let Err(e) = advance(ctx, s, &to, entries_read) {
             METRICS.count_error(Stage::Ack, now_ms());
             log_error_limited(&format!("cannot advance group {}: {e}", s.group));
             failed = true;
@@ -457,7 +478,14 @@ fn create_group(ctx: &Context, s: &Settings) -> Result<(), String> {
     let r: CallResult = ctx.call_ext(
         "XGROUP",
         &write_opts(),
-        &["CREATE", s.stream.as_str(), s.group.as_str(), "0"][..],
+        &[
+            "CREATE",
+            s.stream.as_str(),
+            s.group.as_str(),
+            "0",
+            "ENTRIESREAD",
+            "0",
+        ][..],
     );
     match reply_error(&r) {
         None => {
@@ -469,14 +497,43 @@ fn create_group(ctx: &Context, s: &Settings) -> Result<(), String> {
     }
 }
 
-/// Moves the group cursor to `id` (an entry ID or `$`), replicated.
-fn advance(ctx: &Context, s: &Settings, id: &str) -> Result<(), String> {
-    let r: CallResult = ctx.call_ext(
-        "XGROUP",
-        &write_opts(),
-        &["SETID", s.stream.as_str(), s.group.as_str(), id][..],
-    );
+/// Moves the group cursor to `id` (an entry ID or `$`), replicated. With `entries_read`
+/// the group's read counter stays valid, so XINFO GROUPS (and the backlog) know the lag
+/// even while the cursor is in the middle of the stream.
+fn advance(ctx: &Context, s: &Settings, id: &str, entries_read: Option<u64>) -> Result<(), String> {
+    let counter = entries_read.map(|n| n.to_string());
+    let mut args = vec!["SETID", s.stream.as_str(), s.group.as_str(), id];
+    if let Some(n) = counter.as_deref() {
+        args.extend(["ENTRIESREAD", n]);
+    }
+    let r: CallResult = ctx.call_ext("XGROUP", &write_opts(), args.as_slice());
     reply_error(&r).map_or(Ok(()), Err)
+}
+
+/// The stream's entries-added counter: from the group when it can tell, else from
+/// XINFO STREAM (only after deletions fragmented the stream, or right after a restart of the
+/// counter).
+fn stream_entries_added(ctx: &Context, s: &Settings, group: &GroupInfo) -> Option<u64> {
+    if let Some(n) = group.entries_added() {
+        return Some(n);
+    }
+    let r: CallResult = ctx.call_ext("XINFO", &read_opts(), &["STREAM", s.stream.as_str()][..]);
+    let Ok(CallReply::Array(fields)) = r else {
+        return None;
+    };
+    let mut i = 0;
+    while i + 1 < fields.len() {
+        let k = fields.get(i).and_then(|k| k.ok()).and_then(|k| bytes_of(&k));
+        if k.as_deref() == Some(b"entries-added") {
+            return fields
+                .get(i + 1)
+                .and_then(|v| v.ok())
+                .and_then(|v| int_of(&v))
+                .map(|n| n.max(0) as u64);
+        }
+        i += 2;
+    }
+    None
 }
 
 /// Projects and acknowledges the entries pending for our consumer. Returns how many.
@@ -830,16 +887,42 @@ pub fn refresh(ctx: &Context) {
     state::published().record_backlog(now_ms(), backlog);
 }
 
-/// Counts entries after the cursor when the server cannot tell the lag (bounded).
+/// Counts entries after the cursor when the server cannot tell the lag. It walks IDs only
+/// (no field is read) and stops at a bound, so a housekeeping tick stays cheap.
 fn count_after(ctx: &Context, stream: &RedisString, after: EntryId) -> u64 {
-    const CAP: usize = 100_000;
-    let key = ctx.open_key(stream);
-    let from = raw::RedisModuleStreamID {
+    const CAP: u64 = 10_000;
+    let inner = raw::open_key(ctx.ctx, stream.inner, raw::KeyMode::READ);
+    if inner.is_null() {
+        return 0;
+    }
+    let mut from = raw::RedisModuleStreamID {
         ms: after.ms,
         seq: after.seq,
     };
-    key.get_stream_range_iterator(Some(from), None, true, false)
-        .map_or(0, |it| it.take(CAP).count() as u64)
+    let mut n = 0u64;
+    // SAFETY: `inner` is a stream key opened above on the live context; the iterator is
+    // started, advanced and deleted on it before the key is closed, and the ID and count
+    // out-parameters point to locals that outlive each call.
+    unsafe {
+        if let (Some(start), Some(next), Some(delete)) = (
+            raw::RedisModule_StreamIteratorStart,
+            raw::RedisModule_StreamIteratorNextID,
+            raw::RedisModule_StreamIteratorDelete,
+        ) {
+            let flags = raw::REDISMODULE_STREAM_ITERATOR_EXCLUSIVE as i32;
+            if start(inner, flags, &mut from, std::ptr::null_mut()) == raw::REDISMODULE_OK as i32 {
+                let mut id = raw::RedisModuleStreamID { ms: 0, seq: 0 };
+                let mut numfields: std::os::raw::c_long = 0;
+                while n < CAP && next(inner, &mut id, &mut numfields) == raw::REDISMODULE_OK as i32
+                {
+                    n += 1;
+                }
+                delete(inner);
+            }
+        }
+    }
+    raw::close_key(inner);
+    n
 }
 
 fn stream_len(ctx: &Context, s: &Settings) -> u64 {

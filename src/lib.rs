@@ -130,11 +130,14 @@ redis_module! {
     init: init,
     deinit: deinit,
     commands: [
-        ["heatbridge.health", cmd_health, "readonly allow-loading allow-stale", 0, 0, 0, ""],
-        ["heatbridge.metrics", cmd_metrics, "readonly allow-loading allow-stale", 0, 0, 0, ""],
-        ["heatbridge.get", cmd_get, "readonly allow-stale", 0, 0, 0, ""],
-        ["heatbridge.latest", cmd_latest, "readonly allow-stale", 0, 0, 0, ""],
-        ["heatbridge.replay", cmd_replay, "write deny-oom admin", 0, 0, 0, ""],
+        // ACL categories are optional (the last item): redis-module registers them where
+        // the server supports them (7.2+, Valkey 8) and skips them on Redis 7.0, where the
+        // admin flag still puts REPLAY in @admin and @dangerous.
+        ["heatbridge.health", cmd_health, "readonly allow-loading allow-stale", 0, 0, 0, "", "read"],
+        ["heatbridge.metrics", cmd_metrics, "readonly allow-loading allow-stale", 0, 0, 0, "", "read"],
+        ["heatbridge.get", cmd_get, "readonly allow-stale", 0, 0, 0, "", "read"],
+        ["heatbridge.latest", cmd_latest, "readonly allow-stale", 0, 0, 0, "", "read"],
+        ["heatbridge.replay", cmd_replay, "write deny-oom admin", 0, 0, 0, "", "admin dangerous write"],
     ],
     event_handlers: [
         [@STREAM: events::on_stream_event],

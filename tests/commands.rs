@@ -742,13 +742,10 @@ fn has_acl_categories(c: &mut Connection) -> bool {
     (major, minor) >= (7, 2)
 }
 
-// KNOWN BUG (lib.rs, not fixed here): the commands declare no ACL categories, even where the
-// server supports them (Valkey 8.1, Redis 7.2+), so CONTRACT §6's "admin and dangerous" REPLAY
-// is not in @dangerous and `ACL SETUSER u +@all -@dangerous` still runs it. redis-module 2.0.8
-// refuses categories on servers older than 7.2, so they have to be set at run time where
-// supported (RM_SetCommandACLCategories), not in the redis_module! table.
+/// REPLAY is "admin and dangerous": where the server has module ACL categories it is in
+/// @dangerous, so `+@all -@dangerous` cannot run it. (On Redis 7.0 the crate skips the
+/// optional categories; the admin flag puts it in @admin and @dangerous there.)
 #[test]
-#[ignore = "known bug: no ACL categories on servers that support them (see comment)"]
 fn replay_is_in_the_dangerous_category_where_categories_exist() {
     for_each_flavor(|flavor| {
         let s = Options::new(flavor).without_exporter().start();

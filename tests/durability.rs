@@ -117,7 +117,10 @@ fn catch_up_at_module_load_is_complete_and_bounded() {
 #[test]
 fn restart_with_module_projects_what_was_added_without_it() {
     for_each_flavor(|flavor| {
-        let opts = Options::new(flavor).arg("--appendonly", "yes");
+        // The harness restarts with SIGKILL: fsync every write so none is lost to it.
+        let opts = Options::new(flavor)
+            .arg("--appendonly", "yes")
+            .arg("--appendfsync", "always");
         let mut s = opts.clone().start();
         let mut c = s.conn();
         fill(&mut c, STREAM, "before", 100);
