@@ -523,7 +523,10 @@ fn stream_entries_added(ctx: &Context, s: &Settings, group: &GroupInfo) -> Optio
     };
     let mut i = 0;
     while i + 1 < fields.len() {
-        let k = fields.get(i).and_then(|k| k.ok()).and_then(|k| bytes_of(&k));
+        let k = fields
+            .get(i)
+            .and_then(|k| k.ok())
+            .and_then(|k| bytes_of(&k));
         if k.as_deref() == Some(b"entries-added") {
             return fields
                 .get(i + 1)
