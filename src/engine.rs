@@ -18,6 +18,7 @@ use redis_module::{
     raw, CallOptions, CallOptionsBuilder, CallReply, CallResult, Context, ContextFlags, RedisString,
 };
 
+use crate::apply::{self, read_opts, Writer};
 use crate::clock::now_ms;
 use crate::config::{self, Settings};
 use crate::decision::{self, EntryId, Invalid};
@@ -25,7 +26,7 @@ use crate::guard;
 use crate::health::StreamState;
 use crate::logging::{self, RateLimit};
 use crate::metrics::{Stage, METRICS};
-use crate::projection::{self, Dedupe, Plan};
+use crate::projection::{self, Dedupe};
 use crate::state;
 
 impl decision::Bytes for RedisString {
@@ -34,11 +35,7 @@ impl decision::Bytes for RedisString {
     }
 }
 
-/// A binary-safe Redis string. `Context::create_string` goes through a `CString` and
-/// panics on a NUL byte, which plan_ids and symbols may contain.
-pub fn rstr(ctx: &Context, bytes: &[u8]) -> RedisString {
-    RedisString::create_from_slice(ctx.ctx, bytes)
-}
+pub use crate::apply::rstr;
 
 /// Longest a drain keeps the event loop before it yields to clients.
 pub const STEP_BUDGET: Duration = Duration::from_millis(5);
@@ -86,10 +83,6 @@ fn write_opts() -> CallOptions {
         .verify_oom()
         .errors_as_replies()
         .build()
-}
-
-fn read_opts() -> CallOptions {
-    CallOptionsBuilder::new().errors_as_replies().build()
 }
 
 fn reply_error(r: &CallResult) -> Option<String> {
@@ -431,11 +424,32 @@ fn step(ctx: &Context, s: &Settings) -> Step {
         return Step::CaughtUp;
     }
     let now = now_ms();
+    let w = Writer::new(ctx);
     let mut done: Option<EntryId> = None;
     let mut failed = false;
+    // Latest and its pointer are written once per symbol, for its last projected entry of
+    // the step: the step is atomic, so nobody can see the intermediate values.
+    let mut latest: Vec<(&[u8], &Entry, u64)> = Vec::new();
     for e in &entries {
-        match project(ctx, s, e, now, true) {
-            Ok(_) => done = Some(e.id),
+        match project(ctx, &w, s, e, now, true) {
+            Ok(p) => {
+                if let (
+                    Projected::Written {
+                        latest_at: Some(at),
+                    },
+                    Some(sym),
+                ) = (
+                    p,
+                    e.fields.as_deref().and_then(|f| apply::field(f, b"symbol")),
+                ) {
+                    let sym = sym.as_slice();
+                    match latest.iter_mut().find(|(s2, _, _)| *s2 == sym) {
+                        Some(slot) => *slot = (sym, e, at),
+                        None => latest.push((sym, e, at)),
+                    }
+                }
+                done = Some(e.id);
+            }
             Err(msg) => {
                 METRICS.count_error(Stage::Write, now_ms());
                 log_error_limited(&format!(
@@ -445,6 +459,19 @@ fn step(ctx: &Context, s: &Settings) -> Step {
                 failed = true;
                 break;
             }
+        }
+    }
+    for (_, e, at) in &latest {
+        if let Err(msg) = write_latest(&w, e, *at) {
+            METRICS.count_error(Stage::Write, now_ms());
+            log_error_limited(&format!(
+                "write failed for the latest keys of entry {}: {msg}; the step is retried",
+                e.id
+            ));
+            // Nothing of this step is acknowledged; the retry is idempotent.
+            failed = true;
+            done = None;
+            break;
         }
     }
     // An entry whose write failed is read again on the retry; it is counted then.
@@ -580,10 +607,11 @@ fn finish_pending(ctx: &Context, s: &Settings, stream: &RedisString) -> Result<u
         return Ok(0);
     }
     let now = now_ms();
+    let w = Writer::new(ctx);
     let mut acked: Vec<String> = Vec::with_capacity(ids.len());
     for id in &ids {
         let e = read_one(ctx, stream, *id);
-        if let Err(msg) = project(ctx, s, &e, now, true) {
+        if let Err(msg) = project_whole(ctx, &w, s, &e, now, true) {
             METRICS.count_error(Stage::Write, now_ms());
             log_error_limited(&format!("write failed for pending entry {id}: {msg}"));
             break;
@@ -611,8 +639,12 @@ fn finish_pending(ctx: &Context, s: &Settings, stream: &RedisString) -> Result<u
 /// What happened to one entry.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Projected {
-    /// Keys were written.
-    Written,
+    /// The dedupe and by_plan keys were written; latest and its pointer are still to be
+    /// written, expiring at `latest_at`, when it is `Some`.
+    Written {
+        /// Expiry of the latest hash and pointer, if they are to be written.
+        latest_at: Option<u64>,
+    },
     /// Invalid; acknowledged without writing.
     Invalid,
     /// Skipped by dedupe.
@@ -621,9 +653,11 @@ pub enum Projected {
     Expired,
 }
 
-/// Projects one entry. `Err` only for a write failure that should be retried.
+/// Projects one entry's dedupe and by_plan keys; the caller writes latest (once per symbol
+/// per drain step). `Err` only for a write failure that should be retried.
 pub fn project(
     ctx: &Context,
+    w: &Writer,
     s: &Settings,
     e: &Entry,
     now: u64,
@@ -672,161 +706,73 @@ pub fn project(
             return Ok(Projected::Duplicate);
         }
     }
-    write_plan(ctx, &d, &plan, &dedupe_key)?;
-    let lag = now.saturating_sub(d.id.ms) as f64;
-    METRICS.record_projected(lag, d.ts_epoch);
-    Ok(Projected::Written)
-}
-
-fn write_plan(
-    ctx: &Context,
-    d: &decision::Decision<'_, RedisString>,
-    plan: &Plan,
-    dedupe_key: &[u8],
-) -> Result<(), String> {
-    let opts = write_opts();
-    let id = d.id.to_string();
+    let Some(fields) = &e.fields else {
+        return Ok(Projected::Invalid);
+    };
+    let Some(plan_id) = apply::field(fields, b"plan_id") else {
+        return Ok(Projected::Invalid);
+    };
     if let Some(at) = plan.dedupe_at {
-        set_string(ctx, &opts, dedupe_key, id.as_bytes(), at)?;
+        let id = w.string(d.id.to_string().as_bytes());
+        w.set_string(&w.string(&dedupe_key), &id, at)?;
     }
     if let Some(at) = plan.by_plan_at {
-        let key = projection::key(projection::BY_PLAN_PREFIX, d.plan_id);
-        replace_hash(ctx, &opts, &key, d.fields, None, at)?;
+        let key = w.string(&projection::key(
+            projection::BY_PLAN_PREFIX,
+            plan_id.as_slice(),
+        ));
+        w.replace_hash(&key, fields, None, at)?;
         METRICS.count_by_plan();
     }
-    if let Some(at) = plan.latest_at {
-        let key = projection::key(projection::LATEST_PREFIX, d.symbol);
-        replace_hash(
-            ctx,
-            &opts,
-            &key,
-            d.fields,
-            Some((projection::LAST_PLAN_ID_FIELD, d.plan_id)),
-            at,
-        )?;
-        let ptr = projection::key(projection::POINTER_PREFIX, d.symbol);
-        set_string(ctx, &opts, &ptr, d.plan_id, at)?;
-        METRICS.count_latest();
-    }
+    let lag = now.saturating_sub(d.id.ms) as f64;
+    METRICS.record_projected(lag, d.ts_epoch);
+    Ok(Projected::Written {
+        latest_at: plan.latest_at,
+    })
+}
+
+/// Writes the latest hash and the latest_plan_id pointer of an entry's symbol.
+pub fn write_latest(w: &Writer, e: &Entry, at_ms: u64) -> Result<(), String> {
+    let Some(fields) = &e.fields else {
+        return Ok(());
+    };
+    let (Some(plan), Some(symbol)) = (
+        apply::field(fields, b"plan_id"),
+        apply::field(fields, b"symbol"),
+    ) else {
+        return Ok(());
+    };
+    let key = w.string(&projection::key(
+        projection::LATEST_PREFIX,
+        symbol.as_slice(),
+    ));
+    w.replace_hash(&key, fields, Some(plan), at_ms)?;
+    let ptr = w.string(&projection::key(
+        projection::POINTER_PREFIX,
+        symbol.as_slice(),
+    ));
+    w.set_string(&ptr, plan, at_ms)?;
+    METRICS.count_latest();
     Ok(())
 }
 
-fn set_string(
+/// Projects one entry completely (latest included), as pending entries and REPLAY do.
+fn project_whole(
     ctx: &Context,
-    opts: &CallOptions,
-    key: &[u8],
-    value: &[u8],
-    at_ms: u64,
-) -> Result<(), String> {
-    let at = at_ms.to_string();
-    let r: CallResult = ctx.call_ext(
-        "SET",
-        opts,
-        &[key, value, b"PXAT".as_slice(), at.as_bytes()][..],
-    );
-    reply_error(&r).map_or(Ok(()), Err)
-}
-
-/// Writes the hash so that it holds exactly `fields` (+ `extra`), expiring at `at_ms`.
-/// The key is overwritten in place; only fields the new decision lacks are deleted, so the
-/// key never disappears in between.
-fn replace_hash(
-    ctx: &Context,
-    opts: &CallOptions,
-    key: &[u8],
-    fields: &[(RedisString, RedisString)],
-    extra: Option<(&[u8], &[u8])>,
-    at_ms: u64,
-) -> Result<(), String> {
-    let mut args: Vec<&[u8]> = Vec::with_capacity(2 + 2 * fields.len() + 2);
-    args.push(key);
-    for (k, v) in fields {
-        args.push(k.as_slice());
-        args.push(v.as_slice());
+    w: &Writer,
+    s: &Settings,
+    e: &Entry,
+    now: u64,
+    dedupe: bool,
+) -> Result<Projected, String> {
+    let p = project(ctx, w, s, e, now, dedupe)?;
+    if let Projected::Written {
+        latest_at: Some(at),
+    } = p
+    {
+        write_latest(w, e, at)?;
     }
-    if let Some((k, v)) = extra {
-        args.push(k);
-        args.push(v);
-    }
-    let r: CallResult = ctx.call_ext("HSET", opts, args.as_slice());
-    if let Err(e) = r {
-        let msg = e.to_utf8_string().unwrap_or_else(|| "HSET failed".into());
-        if msg.starts_with("WRONGTYPE") {
-            // A foreign key of another type holds our name; never destroy user data,
-            // and never block the stream on it. Counted and logged, then skipped.
-            METRICS.count_error(Stage::Write, now_ms());
-            log_error_limited(&format!(
-                "{} holds a non-hash value; decision not written there",
-                logging::show_bytes(key)
-            ));
-            return Ok(());
-        }
-        return Err(msg);
-    }
-    let wanted = distinct_fields(fields, extra.map(|(k, _)| k));
-    let len = hash_len(ctx, key);
-    if len > wanted {
-        remove_stale_fields(ctx, opts, key, fields, extra.map(|(k, _)| k))?;
-    }
-    let at = at_ms.to_string();
-    let r: CallResult = ctx.call_ext("PEXPIREAT", opts, &[key, at.as_bytes()][..]);
-    reply_error(&r).map_or(Ok(()), Err)
-}
-
-/// Number of distinct field names among `fields` and `extra`.
-fn distinct_fields(fields: &[(RedisString, RedisString)], extra: Option<&[u8]>) -> usize {
-    let names: Vec<&[u8]> = fields
-        .iter()
-        .map(|(k, _)| k.as_slice())
-        .chain(extra)
-        .collect();
-    names
-        .iter()
-        .enumerate()
-        .filter(|(i, k)| !names.get(i + 1..).unwrap_or_default().contains(k))
-        .count()
-}
-
-fn hash_len(ctx: &Context, key: &[u8]) -> usize {
-    // `RedisKey` has no length accessor (and its `to_raw_parts` closes the key it returns),
-    // so the key is opened and closed here through the raw API.
-    let name = rstr(ctx, key);
-    let inner = raw::open_key(ctx.ctx, name.inner, raw::KeyMode::READ);
-    if inner.is_null() {
-        return 0;
-    }
-    // SAFETY: `inner` is a key opened just above on the live context and not yet closed;
-    // ValueLength only reads it.
-    let n = unsafe { raw::RedisModule_ValueLength.map_or(0, |f| f(inner)) };
-    raw::close_key(inner);
-    n
-}
-
-fn remove_stale_fields(
-    ctx: &Context,
-    opts: &CallOptions,
-    key: &[u8],
-    fields: &[(RedisString, RedisString)],
-    extra: Option<&[u8]>,
-) -> Result<(), String> {
-    let r: CallResult = ctx.call_ext("HKEYS", &read_opts(), &[key][..]);
-    let Ok(CallReply::Array(names)) = r else {
-        return Err("HKEYS failed".into());
-    };
-    let stale: Vec<Vec<u8>> = names
-        .iter()
-        .filter_map(|n| n.ok().and_then(|n| bytes_of(&n)))
-        .filter(|n| {
-            !fields.iter().any(|(k, _)| k.as_slice() == n.as_slice()) && extra != Some(n.as_slice())
-        })
-        .collect();
-    if stale.is_empty() {
-        return Ok(());
-    }
-    let mut args: Vec<&[u8]> = vec![key];
-    args.extend(stale.iter().map(Vec::as_slice));
-    let r: CallResult = ctx.call_ext("HDEL", opts, args.as_slice());
-    reply_error(&r).map_or(Ok(()), Err)
+    Ok(p)
 }
 
 /// Re-projects up to `count` entries after `from`, in stream order, ignoring dedupe.
@@ -843,6 +789,7 @@ pub fn replay(ctx: &Context, from: EntryId, count: usize) -> Result<(u64, EntryI
     let mut last = from;
     let mut written = 0u64;
     let now = now_ms();
+    let w = Writer::new(ctx);
     while (written as usize) < count {
         let chunk = read_after(ctx, &stream, last, 1000);
         if chunk.is_empty() {
@@ -852,7 +799,7 @@ pub fn replay(ctx: &Context, from: EntryId, count: usize) -> Result<(u64, EntryI
             if written as usize >= count {
                 break;
             }
-            if project(ctx, &s, e, now, false)? == Projected::Written {
+            if let Projected::Written { .. } = project_whole(ctx, &w, &s, e, now, false)? {
                 written += 1;
             }
             last = e.id;

@@ -6,6 +6,7 @@
 //! and `metrics` are pure; the Redis glue lives in `engine`, `events` and `commands`.
 //! This file is the table of contents: the module definition and its thin shims.
 
+pub mod apply;
 pub mod clock;
 pub mod commands;
 pub mod config;

@@ -1,0 +1,187 @@
+//! Applies planned writes to Redis: the lookup hashes and strings, with their absolute
+//! expiry, through replicated calls (so replicas and the AOF get them in order).
+//!
+//! Arguments are the entry's own Redis strings, handed to the call without a copy: per
+//! decision that saves some sixty string allocations over byte-slice arguments.
+
+use redis_module::{CallOptions, CallOptionsBuilder, CallReply, CallResult, Context, RedisString};
+
+use crate::clock::now_ms;
+use crate::logging;
+use crate::metrics::{Stage, METRICS};
+use crate::projection;
+
+static FOREIGN_KEY_LOG: logging::RateLimit = logging::RateLimit::new(1000);
+
+/// A binary-safe Redis string. `Context::create_string` goes through a `CString` and
+/// panics on a NUL byte, which plan_ids and symbols may contain.
+pub fn rstr(ctx: &Context, bytes: &[u8]) -> RedisString {
+    RedisString::create_from_slice(ctx.ctx, bytes)
+}
+
+/// The last value of field `name` in an entry, as the entry's own string.
+pub fn field<'a>(fields: &'a [(RedisString, RedisString)], name: &[u8]) -> Option<&'a RedisString> {
+    fields
+        .iter()
+        .rev()
+        .find(|(k, _)| k.as_slice() == name)
+        .map(|(_, v)| v)
+}
+
+/// Options for reads: errors come back as replies.
+pub fn read_opts() -> CallOptions {
+    CallOptionsBuilder::new().errors_as_replies().build()
+}
+
+/// Writes the keys of decisions, holding the strings every write reuses.
+pub struct Writer<'c> {
+    ctx: &'c Context,
+    opts: CallOptions,
+    pxat: RedisString,
+    last_plan_id: RedisString,
+}
+
+impl<'c> Writer<'c> {
+    /// A writer for one drain step or command. Writes are replicated and respect maxmemory.
+    pub fn new(ctx: &'c Context) -> Writer<'c> {
+        Writer {
+            ctx,
+            opts: CallOptionsBuilder::new()
+                .replicate()
+                .verify_oom()
+                .errors_as_replies()
+                .build(),
+            pxat: rstr(ctx, b"PXAT"),
+            last_plan_id: rstr(ctx, projection::LAST_PLAN_ID_FIELD),
+        }
+    }
+
+    fn call(&self, cmd: &str, args: &[&RedisString]) -> Result<(), String> {
+        let r: CallResult = self.ctx.call_ext(cmd, &self.opts, args);
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) => Err(e
+                .to_utf8_string()
+                .unwrap_or_else(|| format!("{cmd} failed"))),
+        }
+    }
+
+    /// A Redis string for `bytes`.
+    pub fn string(&self, bytes: &[u8]) -> RedisString {
+        rstr(self.ctx, bytes)
+    }
+
+    /// `SET key value PXAT at`.
+    pub fn set_string(
+        &self,
+        key: &RedisString,
+        value: &RedisString,
+        at_ms: u64,
+    ) -> Result<(), String> {
+        let at = self.string(at_ms.to_string().as_bytes());
+        self.call("SET", &[key, value, &self.pxat, &at])
+    }
+
+    /// Makes the hash hold exactly `fields` (plus `last_plan_id` when given), expiring at
+    /// `at_ms`. It is overwritten in place and only fields the new decision lacks are
+    /// deleted, so the key never disappears in between. A key of another type is never
+    /// overwritten: that is counted as a write error and skipped, so it cannot block the
+    /// stream.
+    pub fn replace_hash(
+        &self,
+        key: &RedisString,
+        fields: &[(RedisString, RedisString)],
+        last_plan_id: Option<&RedisString>,
+        at_ms: u64,
+    ) -> Result<(), String> {
+        let mut args: Vec<&RedisString> = Vec::with_capacity(3 + 2 * fields.len());
+        args.push(key);
+        for (k, v) in fields {
+            args.push(k);
+            args.push(v);
+        }
+        if let Some(plan) = last_plan_id {
+            args.push(&self.last_plan_id);
+            args.push(plan);
+        }
+        if let Err(msg) = self.call("HSET", &args) {
+            if msg.starts_with("WRONGTYPE") {
+                let now = now_ms();
+                METRICS.count_error(Stage::Write, now);
+                if FOREIGN_KEY_LOG.check(now).is_some() {
+                    logging::error(&format!(
+                        "{} holds a non-hash value; decision not written there",
+                        logging::show_bytes(key.as_slice())
+                    ));
+                }
+                return Ok(());
+            }
+            return Err(msg);
+        }
+        let extra = last_plan_id.map(|_| projection::LAST_PLAN_ID_FIELD);
+        if self.hash_len(key) > distinct_fields(fields, extra) {
+            self.remove_stale_fields(key, fields, extra)?;
+        }
+        let at = self.string(at_ms.to_string().as_bytes());
+        self.call("PEXPIREAT", &[key, &at])
+    }
+
+    fn hash_len(&self, key: &RedisString) -> usize {
+        // `RedisKey` has no length accessor (and its `to_raw_parts` closes the key it
+        // returns), so the key is opened and closed here through the raw API.
+        let inner =
+            redis_module::raw::open_key(self.ctx.ctx, key.inner, redis_module::raw::KeyMode::READ);
+        if inner.is_null() {
+            return 0;
+        }
+        // SAFETY: `inner` is a key opened just above on the live context and not yet
+        // closed; ValueLength only reads it.
+        let n = unsafe { redis_module::raw::RedisModule_ValueLength.map_or(0, |f| f(inner)) };
+        redis_module::raw::close_key(inner);
+        n
+    }
+
+    fn remove_stale_fields(
+        &self,
+        key: &RedisString,
+        fields: &[(RedisString, RedisString)],
+        extra: Option<&[u8]>,
+    ) -> Result<(), String> {
+        let r: CallResult = self.ctx.call_ext("HKEYS", &read_opts(), &[key][..]);
+        let Ok(CallReply::Array(names)) = r else {
+            return Err("HKEYS failed".into());
+        };
+        let stale: Vec<RedisString> = names
+            .iter()
+            .filter_map(|n| match n {
+                Ok(CallReply::String(s)) => Some(s.as_bytes().to_vec()),
+                _ => None,
+            })
+            .filter(|n| {
+                !fields.iter().any(|(k, _)| k.as_slice() == n.as_slice())
+                    && extra != Some(n.as_slice())
+            })
+            .map(|n| self.string(&n))
+            .collect();
+        if stale.is_empty() {
+            return Ok(());
+        }
+        let mut args: Vec<&RedisString> = vec![key];
+        args.extend(stale.iter());
+        self.call("HDEL", &args)
+    }
+}
+
+/// Number of distinct field names among `fields` and `extra`.
+fn distinct_fields(fields: &[(RedisString, RedisString)], extra: Option<&[u8]>) -> usize {
+    let names: Vec<&[u8]> = fields
+        .iter()
+        .map(|(k, _)| k.as_slice())
+        .chain(extra)
+        .collect();
+    names
+        .iter()
+        .enumerate()
+        .filter(|(i, k)| !names.get(i + 1..).unwrap_or_default().contains(k))
+        .count()
+}
