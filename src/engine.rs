@@ -12,6 +12,7 @@
 //! after the XADD that caused them. Only a writable master that is not loading drains.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use redis_module::{
@@ -52,11 +53,36 @@ static POST_JOBS: AtomicU8 = AtomicU8::new(0);
 /// Wall ms of the last housekeeping tick.
 static LAST_TICK_MS: AtomicU64 = AtomicU64::new(0);
 
+/// The group cursor as this module last left it: (stream, group, cursor). Only the live
+/// path trusts it, to save an XINFO GROUPS per XADD; any other event on the stream key, a
+/// flush, a load or a role change forgets it, and every housekeeping tick re-reads the
+/// group, so a change made behind the module's back is reconciled within poll-ms.
+static CURSOR: Mutex<Option<(String, String, GroupInfo)>> = Mutex::new(None);
+
+/// Forgets the cached cursor; the next drain step reads the group.
+pub fn forget_cursor() {
+    *CURSOR.lock().unwrap_or_else(|e| e.into_inner()) = None;
+}
+
+fn cached_cursor(s: &Settings) -> Option<GroupInfo> {
+    let c = CURSOR.lock().unwrap_or_else(|e| e.into_inner());
+    match &*c {
+        Some((stream, group, g)) if *stream == s.stream && *group == s.group => Some(g.clone()),
+        _ => None,
+    }
+}
+
+fn remember_cursor(s: &Settings, g: GroupInfo) {
+    *CURSOR.lock().unwrap_or_else(|e| e.into_inner()) =
+        Some((s.stream.clone(), s.group.clone(), g));
+}
+
 static INVALID_LOG: RateLimit = RateLimit::new(1000);
 static ERROR_LOG: RateLimit = RateLimit::new(1000);
 
 /// Resets scheduling state (module load; statics survive an unload).
 pub fn reset() {
+    forget_cursor();
     TIMER_PENDING.store(false, Relaxed);
     JOB_PENDING.store(false, Relaxed);
     POST_JOBS.store(0, Relaxed);
@@ -143,7 +169,7 @@ pub fn on_xadd(ctx: &Context) {
             guard::contain("post-notification job", (), || {
                 JOB_PENDING.store(false, Relaxed);
                 guard::fault_point("job");
-                drain(ctx);
+                drain_with(ctx, true);
             })
         });
         match added {
@@ -196,6 +222,12 @@ enum Step {
 /// Drains for at most [`STEP_BUDGET`], then yields to clients with a 0 ms timer if entries
 /// remain. Nothing is done on a replica or while loading.
 pub fn drain(ctx: &Context) {
+    drain_with(ctx, false)
+}
+
+/// [`drain`]; the live path passes `trust_cursor` to skip reading the group when the
+/// module's own cached cursor is known.
+fn drain_with(ctx: &Context, trust_cursor: bool) {
     publish_role(ctx);
     if !can_write(ctx) {
         return;
@@ -204,7 +236,7 @@ pub fn drain(ctx: &Context) {
     let settings = config::current();
     let start = Instant::now();
     loop {
-        let step = step(ctx, &settings);
+        let step = step(ctx, &settings, trust_cursor);
         {
             let mut p = state::published();
             if step == Step::Failed {
@@ -239,7 +271,8 @@ pub struct GroupInfo {
 
 impl GroupInfo {
     /// The stream's entries-added counter, known when both the read counter and the lag
-    /// are (a valid lag means no deletion fragments the stream after the cursor).
+    /// are (a valid lag means no deletion fragments the stream after the cursor). Only for
+    /// info just read from the server: a cached cursor's lag is stale after an XADD.
     pub fn entries_added(&self) -> Option<u64> {
         self.entries_read.zip(self.lag).map(|(r, l)| r + l)
     }
@@ -372,7 +405,7 @@ fn read_one(ctx: &Context, stream: &RedisString, id: EntryId) -> Entry {
 }
 
 /// One drain step; see the module documentation.
-fn step(ctx: &Context, s: &Settings) -> Step {
+fn step(ctx: &Context, s: &Settings, trust_cursor: bool) -> Step {
     let started = Instant::now();
     let stream = rstr(ctx, s.stream.as_bytes());
     let st = stream_key_state(ctx, &stream);
@@ -380,7 +413,8 @@ fn step(ctx: &Context, s: &Settings) -> Step {
     if st != StreamState::Stream {
         return Step::CaughtUp;
     }
-    let group = match read_group(ctx, s) {
+    let cached = if trust_cursor { cached_cursor(s) } else { None };
+    let group = match cached.map_or_else(|| read_group(ctx, s), |g| Ok(Some(g))) {
         Ok(Some(g)) => g,
         Ok(None) => match create_group(ctx, s).and_then(|()| read_group(ctx, s)) {
             Ok(g) => g.unwrap_or_default(),
@@ -413,7 +447,10 @@ fn step(ctx: &Context, s: &Settings) -> Step {
         // Nothing after the cursor, yet the group may still show a lag: the entries after it
         // were deleted (XDEL, XTRIM). Moving the cursor to the stream's last ID makes the
         // group's lag 0 again.
-        if group.lag != Some(0) {
+        if group.lag == Some(0) && group.pending == 0 && group.entries_read.is_some() {
+            remember_cursor(s, group);
+        } else if group.lag != Some(0) {
+            forget_cursor();
             let added = stream_entries_added(ctx, s, &group);
             if let Err(e) = advance(ctx, s, "$", added) {
                 METRICS.count_error(Stage::Ack, now_ms());
@@ -481,15 +518,44 @@ fn step(ctx: &Context, s: &Settings) -> Step {
         // the lag exact even when entries after `last` were deleted.
         let handled = entries.iter().take_while(|e| e.id <= last).count() as u64;
         let (to, entries_read) = if !failed && entries.len() < s.batch {
-            ("$".to_string(), stream_entries_added(ctx, s, &group))
+            // Every entry after the cursor was read: with no deletion after the cursor (a
+            // valid lag), the read counter moves by exactly the entries handled.
+            let counter = group
+                .entries_read_after(handled)
+                .or_else(|| stream_entries_added(ctx, s, &group));
+            ("$".to_string(), counter)
         } else {
             (last.to_string(), group.entries_read_after(handled))
         };
-        if let Err(e) = advance(ctx, s, &to, entries_read) {
-            METRICS.count_error(Stage::Ack, now_ms());
-            log_error_limited(&format!("cannot advance group {}: {e}", s.group));
-            failed = true;
+        match advance(ctx, s, &to, entries_read) {
+            Ok(()) if group.pending == 0 && entries_read.is_some() => {
+                let at_end = to == "$";
+                remember_cursor(
+                    s,
+                    GroupInfo {
+                        last_id: last,
+                        pending: 0,
+                        // Cached, the lag only vouches that no deletion follows the cursor
+                        // (deletions forget the cache); new entries make its value stale.
+                        lag: if at_end {
+                            Some(0)
+                        } else {
+                            group.lag.map(|l| l.saturating_sub(handled))
+                        },
+                        entries_read,
+                    },
+                );
+            }
+            Ok(()) => forget_cursor(),
+            Err(e) => {
+                forget_cursor();
+                METRICS.count_error(Stage::Ack, now_ms());
+                log_error_limited(&format!("cannot advance group {}: {e}", s.group));
+                failed = true;
+            }
         }
+    } else {
+        forget_cursor();
     }
     METRICS.count_loop(started.elapsed().as_secs_f64() * 1000.0);
     if failed {

@@ -1,9 +1,11 @@
 //! Keyspace and server event handlers: filter, skip replicas and loading, schedule the drain.
 //! None of them writes; each runs inside a panic guard.
 
-use redis_module::server_events::{LoadingSubevent, ServerRole};
+use redis_module::server_events::{FlushSubevent, LoadingSubevent, ServerRole};
 use redis_module::{raw, Context, NotifyEvent};
-use redis_module_macros::{cron_event_handler, loading_event_handler, role_changed_event_handler};
+use redis_module_macros::{
+    cron_event_handler, flush_event_handler, loading_event_handler, role_changed_event_handler,
+};
 
 use crate::engine;
 use crate::guard;
@@ -15,14 +17,20 @@ fn selected_db(ctx: &Context) -> i32 {
     unsafe { raw::RedisModule_GetSelectedDb.map_or(0, |f| f(ctx.ctx)) }
 }
 
-/// Stream keyspace events: an XADD on `heatbridge.stream-in` in database 0 schedules a drain.
+/// Stream and generic keyspace events on `heatbridge.stream-in` in database 0: an XADD
+/// schedules a drain; anything else forgets the cached group cursor.
 pub fn on_stream_event(ctx: &Context, _kind: NotifyEvent, event: &str, key: &[u8]) {
     guard::contain("keyspace event", (), || {
-        if event != "xadd" || !crate::config::STREAM_IN.matches(key) || selected_db(ctx) != 0 {
+        if !crate::config::STREAM_IN.matches(key) || selected_db(ctx) != 0 {
             return;
         }
         guard::fault_point("event");
-        engine::on_xadd(ctx);
+        if event == "xadd" {
+            engine::on_xadd(ctx);
+        } else {
+            // XTRIM, XDEL, XGROUP, DEL, RENAME, EXPIRE...: the cached cursor may be stale.
+            engine::forget_cursor();
+        }
     })
 }
 
@@ -40,6 +48,7 @@ fn on_cron(ctx: &Context, _hz: u64) {
 fn on_loading(ctx: &Context, sub: LoadingSubevent) {
     guard::contain("loading event", (), || match sub {
         LoadingSubevent::Ended | LoadingSubevent::Failed => {
+            engine::forget_cursor();
             state::published().loading = false;
             engine::schedule(ctx);
         }
@@ -47,10 +56,17 @@ fn on_loading(ctx: &Context, sub: LoadingSubevent) {
     })
 }
 
+/// FLUSHALL/FLUSHDB drop the stream and its group.
+#[flush_event_handler]
+fn on_flush(_ctx: &Context, _sub: FlushSubevent) {
+    guard::contain("flush event", (), engine::forget_cursor)
+}
+
 /// A promoted replica resumes from the replicated group cursor.
 #[role_changed_event_handler]
 fn on_role_changed(ctx: &Context, role: ServerRole) {
     guard::contain("role event", (), || {
+        engine::forget_cursor();
         let master = role == ServerRole::Primary;
         state::published().is_master = master;
         logging::info(if master {

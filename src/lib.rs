@@ -141,7 +141,7 @@ redis_module! {
         ["heatbridge.replay", cmd_replay, "write deny-oom admin", 0, 0, 0, "", "admin dangerous write"],
     ],
     event_handlers: [
-        [@STREAM: events::on_stream_event],
+        [@STREAM @GENERIC: events::on_stream_event],
     ],
     configurations: [
         i64: [

@@ -397,3 +397,33 @@ fn memory_pressure_defers_and_loses_nothing() {
         assert_eq!(metric(&mut c, "p27_in_messages_total"), 300.0);
     });
 }
+
+/// The group belongs to HeatBridge, but an operator may move it: a rewind with XGROUP SETID
+/// is honoured by the very next drain (the live path's cached cursor is forgotten), and the
+/// re-read entries are projected again (retries are idempotent).
+#[test]
+fn operator_rewind_of_the_group_is_honoured() {
+    for_each_flavor(|flavor| {
+        let s = Options::new(flavor).without_exporter().start();
+        let mut c = s.conn();
+        fill(&mut c, STREAM, "rw", 5);
+        wait_drained(&mut c);
+        assert_eq!(metric(&mut c, "p27_in_messages_total"), 5.0);
+        let _: () = redis::cmd("XGROUP")
+            .arg("SETID")
+            .arg(STREAM)
+            .arg("heat_bridge")
+            .arg("0")
+            .query(&mut c)
+            .unwrap();
+        inject(&mut c, "SYM0", "rw_next");
+        wait_drained(&mut c);
+        assert_eq!(metric(&mut c, "p27_in_messages_total"), 11.0);
+        assert_eq!(
+            metric(&mut c, "p27_dedupe_skips_total"),
+            0.0,
+            "own-ID retries"
+        );
+        assert_eq!(count_keys(&mut c, &format!("{BY_PLAN}rw*")), 6);
+    });
+}
