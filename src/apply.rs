@@ -71,7 +71,8 @@ impl<'c> Writer<'c> {
         rstr(self.ctx, bytes)
     }
 
-    /// `SET key value PXAT at`.
+    /// `SET key value PXAT at`. (Doing this through the key API where the server has
+    /// `RM_SetAbsExpire` measured about 1% per decision: not worth a second write path.)
     pub fn set_string(
         &self,
         key: &RedisString,
@@ -122,8 +123,70 @@ impl<'c> Writer<'c> {
         if self.hash_len(key) > distinct_fields(fields, extra) {
             self.remove_stale_fields(key, fields, extra)?;
         }
-        let at = self.string(at_ms.to_string().as_bytes());
-        self.call("PEXPIREAT", &[key, &at])
+        match self.set_abs_expire(key, at_ms) {
+            Some(done) => done,
+            None => {
+                let at = self.string(at_ms.to_string().as_bytes());
+                self.call("PEXPIREAT", &[key, &at])
+            }
+        }
+    }
+
+    /// Sets `key` to expire at `at_ms` through the key API and replicates that as
+    /// `PEXPIREAT key at_ms`, with the `expire` keyspace event a command would fire. This
+    /// saves a whole command call per hash. `None` where the server lacks
+    /// `RM_SetAbsExpire` (Redis 7.0): there a relative expiry could land a millisecond
+    /// away from the replicated absolute one, so the caller uses PEXPIREAT itself.
+    fn set_abs_expire(&self, key: &RedisString, at_ms: u64) -> Option<Result<(), String>> {
+        use redis_module::raw;
+        // SAFETY: reading function pointers that the module API initialised at load.
+        let (set_abs, replicate, notify) = unsafe {
+            (
+                raw::RedisModule_SetAbsExpire?,
+                raw::RedisModule_Replicate?,
+                raw::RedisModule_NotifyKeyspaceEvent?,
+            )
+        };
+        let at = i64::try_from(at_ms).ok()?;
+        let inner = raw::open_key(self.ctx.ctx, key.inner, raw::KeyMode::WRITE);
+        if inner.is_null() {
+            return Some(Err("cannot open key to set its expiry".into()));
+        }
+        // SAFETY: `inner` is a key opened for writing just above on the live context and
+        // closed right after; `key.inner` and the C string literals outlive the calls, and the
+        // Replicate format "sl" matches its two arguments (a RedisModuleString* and a long
+        // long).
+        let rc = unsafe {
+            let rc = if raw::RedisModule_KeyType.map_or(0, |f| f(inner))
+                == raw::REDISMODULE_KEYTYPE_EMPTY as i32
+            {
+                raw::REDISMODULE_OK as i32
+            } else {
+                set_abs(inner, at)
+            };
+            raw::close_key(inner);
+            if rc == raw::REDISMODULE_OK as i32 {
+                replicate(
+                    self.ctx.ctx,
+                    c"PEXPIREAT".as_ptr(),
+                    c"sl".as_ptr(),
+                    key.inner,
+                    at as std::os::raw::c_longlong,
+                );
+                notify(
+                    self.ctx.ctx,
+                    raw::NotifyEvent::GENERIC.bits(),
+                    c"expire".as_ptr(),
+                    key.inner,
+                );
+            }
+            rc
+        };
+        Some(if rc == redis_module::raw::REDISMODULE_OK as i32 {
+            Ok(())
+        } else {
+            Err("RM_SetAbsExpire failed".into())
+        })
     }
 
     fn hash_len(&self, key: &RedisString) -> usize {

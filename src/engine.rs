@@ -369,24 +369,44 @@ pub struct Entry {
 }
 
 /// Reads up to `count` entries after `after` (exclusive), in stream order.
-fn read_after(ctx: &Context, stream: &RedisString, after: EntryId, count: usize) -> Vec<Entry> {
+///
+/// When few entries are expected (`few`: the live path, or a known lag within `count`),
+/// they are read backwards from the end of the stream: a forward iterator that seeks the
+/// newest entry walks its whole listpack node (up to 100 entries), while a backward one
+/// reaches it at once. If more than `count` entries turn out to follow the cursor, the
+/// oldest ones are read forwards as usual.
+fn read_after(
+    ctx: &Context,
+    stream: &RedisString,
+    after: EntryId,
+    count: usize,
+    few: bool,
+) -> Vec<Entry> {
     let key = ctx.open_key(stream);
     let from = raw::RedisModuleStreamID {
         ms: after.ms,
         seq: after.seq,
     };
+    let to_entry = |r: redis_module::stream::StreamRecord| Entry {
+        id: EntryId {
+            ms: r.id.ms,
+            seq: r.id.seq,
+        },
+        fields: Some(r.fields),
+    };
+    if few {
+        if let Ok(iter) = key.get_stream_range_iterator(Some(from), None, true, true) {
+            let mut newest: Vec<Entry> = iter.take(count.saturating_add(1)).map(to_entry).collect();
+            if newest.len() <= count {
+                newest.reverse();
+                return newest;
+            }
+        }
+    }
     let Ok(iter) = key.get_stream_range_iterator(Some(from), None, true, false) else {
         return Vec::new();
     };
-    iter.take(count)
-        .map(|r| Entry {
-            id: EntryId {
-                ms: r.id.ms,
-                seq: r.id.seq,
-            },
-            fields: Some(r.fields),
-        })
-        .collect()
+    iter.take(count).map(to_entry).collect()
 }
 
 /// Reads one entry by ID.
@@ -442,7 +462,8 @@ fn step(ctx: &Context, s: &Settings, trust_cursor: bool) -> Step {
         }
     }
 
-    let entries = read_after(ctx, &stream, group.last_id, s.batch);
+    let few = trust_cursor || group.lag.is_some_and(|l| l <= s.batch as u64);
+    let entries = read_after(ctx, &stream, group.last_id, s.batch, few);
     if entries.is_empty() {
         // Nothing after the cursor, yet the group may still show a lag: the entries after it
         // were deleted (XDEL, XTRIM). Moving the cursor to the stream's last ID makes the
@@ -857,7 +878,7 @@ pub fn replay(ctx: &Context, from: EntryId, count: usize) -> Result<(u64, EntryI
     let now = now_ms();
     let w = Writer::new(ctx);
     while (written as usize) < count {
-        let chunk = read_after(ctx, &stream, last, 1000);
+        let chunk = read_after(ctx, &stream, last, 1000, false);
         if chunk.is_empty() {
             break;
         }

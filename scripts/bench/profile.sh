@@ -7,7 +7,7 @@
 #
 #   scripts/bench/profile.sh [redis|valkey]        (PROFILE_N=10000 by default)
 #
-# PROFILE_DESIGNS picks the runs (default "raw lua heatbridge"); HB_ARGS adds module arguments,
+# PROFILE_DESIGNS picks the runs (default "raw pipeline lua heatbridge"); HB_ARGS adds module arguments,
 # e.g. HB_ARGS="poll-ms 60000" keeps the housekeeping tick out of the profile.
 # Needs valgrind (apt-get install -y valgrind); the report and callgrind.out files go to
 # PROFILE_DIR (default: a new temp dir). HB_SO picks the module (default target/release).
@@ -37,6 +37,7 @@ os.environ["BENCH_N"] = sys.argv[2]
 import bench
 bench.gen_xadd(os.path.join(sys.argv[1], "xadd.resp"), int(sys.argv[2]))
 bench.gen_lua(os.path.join(sys.argv[1], "lua.resp"), int(sys.argv[2]))
+bench.gen_pipeline(os.path.join(sys.argv[1], "pipeline.resp"), int(sys.argv[2]))
 PY
 
 port="$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')"
@@ -53,6 +54,8 @@ profile() { # design
   if [ "$design" = lua ]; then
     redis-cli -p "$port" -x FUNCTION LOAD REPLACE <scripts/bench/heatbench.lua >/dev/null
     redis-cli -p "$port" --pipe <"$out/lua.resp" >/dev/null
+  elif [ "$design" = pipeline ]; then
+    redis-cli -p "$port" --pipe <"$out/pipeline.resp" >/dev/null
   else
     redis-cli -p "$port" --pipe <"$out/xadd.resp" >/dev/null
   fi
@@ -67,7 +70,13 @@ profile() { # design
   callgrind_annotate --threshold=100 --inclusive=yes "$out/$design/callgrind.out" >"$out/$design/inclusive.txt" 2>/dev/null || true
   callgrind_annotate --threshold=100 "$out/$design/callgrind.out" >"$out/$design/self.txt" 2>/dev/null || true
 }
-for d in ${PROFILE_DESIGNS:-raw lua heatbridge}; do profile "$d"; done
+for d in ${PROFILE_DESIGNS:-raw pipeline lua heatbridge}; do profile "$d"; done
+# Whole-server instructions per decision (network parsing included): the fair comparison.
+echo "whole server, instructions per decision (PROGRAM TOTALS / $N):"
+for d in ${PROFILE_DESIGNS:-raw pipeline lua heatbridge}; do
+  total="$(sed -n 's/^ *\([0-9,]*\) (100.0%) *PROGRAM TOTALS.*/\1/p' "$out/$d/inclusive.txt" | tr -d ,)"
+  [ -n "$total" ] && printf '  %-12s %8d\n' "$d" "$((total / N))"
+done
 
 # Instructions per decision: the command (or the drain) inclusive cost divided by N.
 python3 scripts/bench/profile_summary.py "$out" "$N"
