@@ -298,6 +298,24 @@ fn int_of(r: &CallReply) -> Option<i64> {
     }
 }
 
+/// Calls `f` with each (name, value) pair of a flat XINFO reply.
+fn for_each_pair(reply: &CallReply<'_>, mut f: impl FnMut(&[u8], &CallReply<'_>)) {
+    let CallReply::Array(fields) = reply else {
+        return;
+    };
+    let mut i = 0;
+    while i + 1 < fields.len() {
+        let name: Option<Vec<u8>> = fields
+            .get(i)
+            .and_then(|k| k.ok())
+            .and_then(|k| bytes_of(&k));
+        if let (Some(name), Some(Ok(value))) = (name, fields.get(i + 1)) {
+            f(name.as_slice(), &value);
+        }
+        i += 2;
+    }
+}
+
 /// Reads the group's cursor, pending count and lag. `Ok(None)` when there is no such group.
 pub fn read_group(ctx: &Context, s: &Settings) -> Result<Option<GroupInfo>, String> {
     let r: CallResult = ctx.call_ext("XINFO", &read_opts(), &["GROUPS", s.stream.as_str()][..]);
@@ -306,34 +324,23 @@ pub fn read_group(ctx: &Context, s: &Settings) -> Result<Option<GroupInfo>, Stri
         return Err("unexpected XINFO GROUPS reply".into());
     };
     for g in groups.iter() {
-        let Ok(CallReply::Array(fields)) = g else {
+        let Ok(fields) = g else {
             continue;
         };
         let mut name = None;
         let mut info = GroupInfo::default();
-        let mut i = 0;
-        while i + 1 < fields.len() {
-            let k = fields
-                .get(i)
-                .and_then(|k| k.ok())
-                .and_then(|k| bytes_of(&k));
-            let v = fields.get(i + 1).and_then(|v| v.ok());
-            match (k.as_deref(), v) {
-                (Some(b"name"), Some(v)) => name = bytes_of(&v),
-                (Some(b"pending"), Some(v)) => info.pending = int_of(&v).unwrap_or(0).max(0) as u64,
-                (Some(b"last-delivered-id"), Some(v)) => {
-                    info.last_id = bytes_of(&v)
-                        .and_then(|b| EntryId::parse(&b))
-                        .unwrap_or_default()
-                }
-                (Some(b"lag"), Some(v)) => info.lag = int_of(&v).map(|l| l.max(0) as u64),
-                (Some(b"entries-read"), Some(v)) => {
-                    info.entries_read = int_of(&v).map(|l| l.max(0) as u64)
-                }
-                _ => {}
+        for_each_pair(&fields, |k, v| match k {
+            b"name" => name = bytes_of(v),
+            b"pending" => info.pending = int_of(v).unwrap_or(0).max(0) as u64,
+            b"last-delivered-id" => {
+                info.last_id = bytes_of(v)
+                    .and_then(|b| EntryId::parse(&b))
+                    .unwrap_or_default()
             }
-            i += 2;
-        }
+            b"lag" => info.lag = int_of(v).map(|l| l.max(0) as u64),
+            b"entries-read" => info.entries_read = int_of(v).map(|l| l.max(0) as u64),
+            _ => {}
+        });
         if name.as_deref() == Some(s.group.as_bytes()) {
             return Ok(Some(info));
         }
@@ -632,25 +639,16 @@ fn stream_entries_added(ctx: &Context, s: &Settings, group: &GroupInfo) -> Optio
         return Some(n);
     }
     let r: CallResult = ctx.call_ext("XINFO", &read_opts(), &["STREAM", s.stream.as_str()][..]);
-    let Ok(CallReply::Array(fields)) = r else {
+    let Ok(reply) = r else {
         return None;
     };
-    let mut i = 0;
-    while i + 1 < fields.len() {
-        let k = fields
-            .get(i)
-            .and_then(|k| k.ok())
-            .and_then(|k| bytes_of(&k));
-        if k.as_deref() == Some(b"entries-added") {
-            return fields
-                .get(i + 1)
-                .and_then(|v| v.ok())
-                .and_then(|v| int_of(&v))
-                .map(|n| n.max(0) as u64);
+    let mut added = None;
+    for_each_pair(&reply, |k, v| {
+        if k == b"entries-added" {
+            added = int_of(v).map(|n| n.max(0) as u64);
         }
-        i += 2;
-    }
-    None
+    });
+    added
 }
 
 /// Projects and acknowledges the entries pending for our consumer. Returns how many.
