@@ -109,7 +109,7 @@ impl<'c> Writer<'c> {
             if msg.starts_with("WRONGTYPE") {
                 let now = now_ms();
                 METRICS.count_error(Stage::Write, now);
-                if FOREIGN_KEY_LOG.check(now).is_some() {
+                if FOREIGN_KEY_LOG.check(crate::clock::mono_ms()).is_some() {
                     logging::error(&format!(
                         "{} holds a non-hash value; decision not written there",
                         logging::show_bytes(key.as_slice())

@@ -99,7 +99,10 @@ fn read_lookup(ctx: &Context, args: Vec<RedisString>, prefix: &[u8]) -> RedisRes
         )));
     }
     let opts = CallOptionsBuilder::new().errors_as_replies().build();
+    // The lookup keys live in database 0, whatever the caller selected.
+    let db = engine::Db0::select(ctx);
     let r: CallResult = ctx.call_ext("HGETALL", &opts, &[&key][..]);
+    drop(db);
     match r {
         Err(e) => Err(RedisError::String(
             e.to_utf8_string()

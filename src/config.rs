@@ -31,7 +31,7 @@ pub const MAX_POLL_MS: i64 = 60_000;
 /// Entries per drain step (P27_BATCH).
 pub const DEFAULT_BATCH: i64 = 10;
 /// Upper bound of batch.
-pub const MAX_BATCH: i64 = 10_000;
+pub const MAX_BATCH: i64 = 1_000;
 /// by_plan lifetime (P27_TTL_PLAN_SEC).
 pub const DEFAULT_TTL_PLAN_SEC: i64 = 1800;
 /// latest/latest_plan_id lifetime (P27_TTL_SYMBOL_SEC).
@@ -180,7 +180,13 @@ impl ConfigurationValue<RedisString> for StringSetting {
             let s = val
                 .try_as_str()
                 .map_err(|_| RedisError::Str("value must be valid UTF-8"))?;
-            self.try_set(s).map_err(RedisError::String)
+            // The crate turns this error into a C string with an unwrap: a NUL byte in it
+            // would abort the server, so NUL is refused up front and never echoed.
+            if s.contains('\0') {
+                return Err(RedisError::Str("value must not contain NUL bytes"));
+            }
+            self.try_set(s)
+                .map_err(|e| RedisError::String(e.replace('\0', "\\0")))
         })
     }
 }
@@ -201,9 +207,12 @@ pub fn validate_name(v: &str) -> Result<(), String> {
 
 /// The exporter address: an IPv4 or IPv6 literal.
 pub fn validate_bind(v: &str) -> Result<(), String> {
-    v.parse::<std::net::IpAddr>()
-        .map(|_| ())
-        .map_err(|_| format!("'{v}' is not an IP address"))
+    v.parse::<std::net::IpAddr>().map(|_| ()).map_err(|_| {
+        format!(
+            "'{}' is not an IP address",
+            crate::logging::show_bytes(v.as_bytes())
+        )
+    })
 }
 
 /// Validates `loadmodule` / `MODULE LOAD` arguments: `NAME VALUE` pairs of known settings
@@ -338,6 +347,17 @@ mod tests {
     }
 
     #[test]
+    fn setter_errors_never_carry_a_nul_byte() {
+        for v in ["1\0x", "\0", "%s\0%n"] {
+            for check in [validate_bind, validate_name] {
+                if let Err(e) = check(v) {
+                    assert!(!e.contains('\0'), "{e:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn bind_must_be_an_ip() {
         assert!(validate_bind("127.0.0.1").is_ok());
         assert!(validate_bind("0.0.0.0").is_ok());
@@ -385,7 +405,8 @@ mod tests {
         .is_ok());
         assert!(args(&["stream-in", "s:x", "group", "g", "consumer", "c"]).is_ok());
         assert!(args(&["bind", "::1", "log-level", "debug", "dedupe-ttl-sec", "0"]).is_ok());
-        assert!(args(&["batch", "10000", "poll-ms", "10", "ttl-symbol-sec", "1"]).is_ok());
+        assert!(args(&["batch", "1000", "poll-ms", "10", "ttl-symbol-sec", "1"]).is_ok());
+        assert!(args(&["batch", "1001"]).is_err());
     }
 
     #[test]

@@ -51,7 +51,10 @@ static JOB_PENDING: AtomicBool = AtomicBool::new(false);
 /// 0 unknown, 1 the server has post-notification jobs, 2 it does not.
 static POST_JOBS: AtomicU8 = AtomicU8::new(0);
 /// Wall ms of the last housekeeping tick.
-static LAST_TICK_MS: AtomicU64 = AtomicU64::new(0);
+static LAST_TICK_MS: AtomicU64 = AtomicU64::new(NEVER);
+
+/// No housekeeping tick yet: the first one runs at once (it starts catch-up at load).
+const NEVER: u64 = u64::MAX;
 
 /// The group cursor as this module last left it: (stream, group, cursor). Only the live
 /// path trusts it, to save an XINFO GROUPS per XADD; any other event on the stream key, a
@@ -86,7 +89,7 @@ pub fn reset() {
     TIMER_PENDING.store(false, Relaxed);
     JOB_PENDING.store(false, Relaxed);
     POST_JOBS.store(0, Relaxed);
-    LAST_TICK_MS.store(0, Relaxed);
+    LAST_TICK_MS.store(NEVER, Relaxed);
 }
 
 /// Whether post-notification jobs are in use (known after the first XADD).
@@ -120,7 +123,7 @@ fn reply_error(r: &CallResult) -> Option<String> {
 
 /// Logs an error at most once a second.
 fn log_error_limited(msg: &str) {
-    if let Some(suppressed) = ERROR_LOG.check(now_ms()) {
+    if let Some(suppressed) = ERROR_LOG.check(crate::clock::mono_ms()) {
         let extra = if suppressed > 0 {
             format!(" ({suppressed} similar lines suppressed)")
         } else {
@@ -145,12 +148,37 @@ fn publish_role(ctx: &Context) {
     p.loading = f.contains(ContextFlags::LOADING) || f.contains(ContextFlags::ASYNC_LOADING);
 }
 
-fn select_db0(ctx: &Context) {
-    // SAFETY: ctx.ctx is the live context handed to the current callback; SelectDb only
-    // switches its client's database.
-    unsafe {
-        if let Some(f) = raw::RedisModule_SelectDb {
-            f(ctx.ctx, 0);
+/// Database 0 for as long as the guard lives; then the context's client gets its own
+/// database back. In a command context that client is the caller's, whose `SELECT` must
+/// survive `HEATBRIDGE.*` (and every later command of a script that calls one).
+pub struct Db0<'c> {
+    ctx: &'c Context,
+    previous: i32,
+}
+
+impl<'c> Db0<'c> {
+    /// Selects database 0.
+    pub fn select(ctx: &'c Context) -> Db0<'c> {
+        // SAFETY: ctx.ctx is the live context of the current callback or command;
+        // GetSelectedDb only reads it and SelectDb only switches its client's database.
+        let previous = unsafe {
+            let previous = raw::RedisModule_GetSelectedDb.map_or(0, |f| f(ctx.ctx));
+            if let Some(f) = raw::RedisModule_SelectDb {
+                f(ctx.ctx, 0);
+            }
+            previous
+        };
+        Db0 { ctx, previous }
+    }
+}
+
+impl Drop for Db0<'_> {
+    fn drop(&mut self) {
+        // SAFETY: as in `select`; the context outlives the guard.
+        unsafe {
+            if let Some(f) = raw::RedisModule_SelectDb {
+                f(self.ctx.ctx, self.previous);
+            }
         }
     }
 }
@@ -232,7 +260,7 @@ fn drain_with(ctx: &Context, trust_cursor: bool) {
     if !can_write(ctx) {
         return;
     }
-    select_db0(ctx);
+    let _db = Db0::select(ctx);
     let settings = config::current();
     let start = Instant::now();
     loop {
@@ -758,7 +786,7 @@ pub fn project(
         Err(Invalid::Deleted) => return Ok(Projected::Invalid),
         Err(reason) => {
             METRICS.count_error(Stage::Parse, now);
-            if let Some(suppressed) = INVALID_LOG.check(now) {
+            if let Some(suppressed) = INVALID_LOG.check(crate::clock::mono_ms()) {
                 logging::warning(&format!(
                     "invalid entry {} skipped and acknowledged: {reason}{}",
                     e.id,
@@ -860,10 +888,16 @@ fn project_whole(
     Ok(p)
 }
 
-/// Re-projects up to `count` entries after `from`, in stream order, ignoring dedupe.
-/// Returns how many were written and the last ID looked at.
+/// Most bytes of fields one HEATBRIDGE.REPLAY re-projects: its writes reach replicas as one
+/// transaction, which must stay well inside a replica's output buffer.
+pub const REPLAY_MAX_BYTES: usize = 32 * 1024 * 1024;
+
+/// Re-projects the entries after `from`, in stream order, ignoring dedupe. It looks at no
+/// more than `count` entries and stops after [`REPLAY_MAX_BYTES`] of fields, so one call
+/// stays bounded in time and size; the caller pages on with the returned last ID.
+/// Returns how many entries were written and the last ID looked at.
 pub fn replay(ctx: &Context, from: EntryId, count: usize) -> Result<(u64, EntryId), String> {
-    select_db0(ctx);
+    let _db = Db0::select(ctx);
     let s = config::current();
     let stream = rstr(ctx, s.stream.as_bytes());
     match stream_key_state(ctx, &stream) {
@@ -873,21 +907,29 @@ pub fn replay(ctx: &Context, from: EntryId, count: usize) -> Result<(u64, EntryI
     }
     let mut last = from;
     let mut written = 0u64;
+    let mut examined = 0usize;
+    let mut bytes = 0usize;
     let now = now_ms();
     let w = Writer::new(ctx);
-    while (written as usize) < count {
-        let chunk = read_after(ctx, &stream, last, 1000, false);
+    'chunks: while examined < count {
+        let chunk = read_after(ctx, &stream, last, (count - examined).min(1000), false);
         if chunk.is_empty() {
             break;
         }
         for e in &chunk {
-            if written as usize >= count {
-                break;
-            }
             if let Projected::Written { .. } = project_whole(ctx, &w, &s, e, now, false)? {
                 written += 1;
             }
             last = e.id;
+            examined += 1;
+            bytes += e.fields.as_deref().map_or(0, |f| {
+                f.iter()
+                    .map(|(k, v)| k.as_slice().len() + v.as_slice().len())
+                    .sum()
+            });
+            if bytes >= REPLAY_MAX_BYTES {
+                break 'chunks;
+            }
         }
     }
     METRICS.count_replayed(written);
@@ -901,7 +943,7 @@ pub fn refresh(ctx: &Context) {
     if f.contains(ContextFlags::LOADING) {
         return;
     }
-    select_db0(ctx);
+    let _db = Db0::select(ctx);
     let s = config::current();
     let stream = rstr(ctx, s.stream.as_bytes());
     let st = stream_key_state(ctx, &stream);
@@ -971,9 +1013,10 @@ fn stream_len(ctx: &Context, s: &Settings) -> u64 {
 /// The periodic tick, driven by the cron server event: retries and catch-up on a master,
 /// then fresh backlog and health for everyone. Runs at most every `heatbridge.poll-ms`.
 pub fn housekeeping(ctx: &Context) {
-    let now = now_ms();
+    let now = crate::clock::mono_ms();
     let period = config::POLL_MS.load(Relaxed).max(config::MIN_POLL_MS) as u64;
-    if now.saturating_sub(LAST_TICK_MS.load(Relaxed)) < period {
+    let last = LAST_TICK_MS.load(Relaxed);
+    if last != NEVER && now.saturating_sub(last) < period {
         return;
     }
     LAST_TICK_MS.store(now, Relaxed);

@@ -56,6 +56,34 @@ fn on_loading(ctx: &Context, sub: LoadingSubevent) {
     })
 }
 
+/// SWAPDB sends no keyspace event, yet it can swap another stream in under the name.
+extern "C" fn on_swapdb(
+    _ctx: *mut raw::RedisModuleCtx,
+    _eid: raw::RedisModuleEvent,
+    _subevent: u64,
+    _data: *mut std::os::raw::c_void,
+) {
+    guard::contain("swapdb event", (), engine::forget_cursor)
+}
+
+/// Subscribes to SWAPDB, which the crate's event macros do not cover.
+pub fn subscribe_swapdb(ctx: &Context) {
+    // SAFETY: ctx.ctx is the live load context; the callback is a plain extern "C" fn that
+    // lives as long as the module and contains every panic.
+    unsafe {
+        if let Some(subscribe) = raw::RedisModule_SubscribeToServerEvent {
+            subscribe(
+                ctx.ctx,
+                raw::RedisModuleEvent {
+                    id: raw::REDISMODULE_EVENT_SWAPDB,
+                    dataver: 1,
+                },
+                Some(on_swapdb),
+            );
+        }
+    }
+}
+
 /// FLUSHALL/FLUSHDB drop the stream and its group.
 #[flush_event_handler]
 fn on_flush(_ctx: &Context, _sub: FlushSubevent) {

@@ -94,7 +94,9 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
         // The crate registers module arguments as config defaults, which the server does
         // not range-check, so invalid ones are refused here and the load fails cleanly.
         if let Err(e) = config::check_module_redis_args(args) {
-            ctx.log_warning(&format!("heatbridge not loaded: {e}"));
+            // Our logger, not ctx.log_*: the message holds user input, which the crate's
+            // logger would use as a printf format.
+            logging::warning(&format!("heatbridge not loaded: {e}"));
             return Status::Err;
         }
         metrics::METRICS.reset();
@@ -102,6 +104,7 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
         engine::reset();
         let level = *config::LOG_LEVEL.lock().unwrap_or_else(|e| e.into_inner());
         logging::set_threshold(level.threshold());
+        events::subscribe_swapdb(ctx);
         exporter::start();
         exporter::reconfigure();
         logging::info(&format!(
@@ -141,7 +144,7 @@ redis_module! {
         ["heatbridge.replay", cmd_replay, "write deny-oom admin", 0, 0, 0, "", "admin dangerous write"],
     ],
     event_handlers: [
-        [@STREAM @GENERIC: events::on_stream_event],
+        [@STREAM @GENERIC @EXPIRED @EVICTED: events::on_stream_event],
     ],
     configurations: [
         i64: [

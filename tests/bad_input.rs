@@ -135,3 +135,42 @@ fn foreign_key_of_wrong_type_is_left_alone() {
         wait_drained(&mut c);
     });
 }
+
+/// Values that reach C string and printf APIs: a NUL byte in CONFIG SET, printf directives
+/// in a refused module argument. Each is refused with an error; the server stays up.
+#[test]
+fn nul_bytes_and_printf_directives_in_settings_are_refused_not_fatal() {
+    for_each_flavor(|flavor| {
+        let mut s = Options::new(flavor).without_exporter().start();
+        let mut c = s.conn();
+        for (name, value) in [
+            ("heatbridge.bind", &b"1\x00x"[..]),
+            ("heatbridge.stream-in", b"a\x00b"),
+            ("heatbridge.bind", b"%s%s%s%s%n"),
+        ] {
+            let r: redis::RedisResult<()> = redis::cmd("CONFIG")
+                .arg("SET")
+                .arg(name)
+                .arg(value)
+                .query(&mut c);
+            assert!(r.is_err(), "{name} {value:?} accepted");
+        }
+        assert_eq!(config_get(&mut c, "heatbridge.bind"), "127.0.0.1");
+        let _: () = redis::cmd("MODULE")
+            .arg("UNLOAD")
+            .arg("heatbridge")
+            .query(&mut c)
+            .unwrap();
+        let r: redis::RedisResult<()> = redis::cmd("MODULE")
+            .arg("LOAD")
+            .arg(module_path().display().to_string())
+            .arg("bind")
+            .arg("%s%s%s%s%s%s%s%s")
+            .query(&mut c);
+        assert!(r.is_err());
+        assert!(s.alive(), "server died");
+        let pong: String = redis::cmd("PING").query(&mut c).unwrap();
+        assert_eq!(pong, "PONG");
+        assert!(s.log().contains("heatbridge not loaded: invalid bind"));
+    });
+}

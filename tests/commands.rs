@@ -497,15 +497,18 @@ fn replay_reprojects_in_stream_order_ignoring_dedupe_with_entry_time_expiry() {
         let t = ttl(&mut c, &format!("{BY_PLAN}r2"));
         assert!((1790..=1800).contains(&t), "replayed r2 TTL {t}");
 
-        // Paging: COUNT n re-projects n entries; passing last-id back goes on from there.
+        // Paging: COUNT n looks at n entries (the stale one counts, unwritten), so each call
+        // stays bounded; passing last-id back goes on from there.
         let (n, last) = replay(&mut c, &["COUNT", "2"]);
         assert_eq!(
             (n, last.as_str()),
-            (2, e1.as_str()),
-            "old skipped, mid and e1"
+            (1, mid.as_str()),
+            "old looked at but not written, then mid"
         );
         let (n, last) = replay(&mut c, &["FROM", &last, "COUNT", "2"]);
-        assert_eq!((n, last.as_str()), (2, e3.as_str()));
+        assert_eq!((n, last.as_str()), (2, e2.as_str()));
+        let (n, last) = replay(&mut c, &["FROM", &last, "COUNT", "2"]);
+        assert_eq!((n, last.as_str()), (1, e3.as_str()));
         let (n, last) = replay(&mut c, &["FROM", &last, "COUNT", "2"]);
         assert_eq!(
             (n, last.as_str()),
@@ -780,5 +783,63 @@ fn replay_is_in_the_dangerous_category_where_categories_exist() {
         let e = call_err(&mut safe, &["HEATBRIDGE.REPLAY"]);
         assert!(e.starts_with("NOPERM"), "{e}");
         assert_eq!(call(&mut safe, &["HEATBRIDGE.GET", "none"]), Value::Nil);
+    });
+}
+
+/// HEATBRIDGE.* commands leave the caller's selected database alone, and GET/LATEST read
+/// the lookup keys in database 0 whatever the caller selected.
+#[test]
+fn commands_keep_the_callers_database() {
+    for_each_flavor(|flavor| {
+        let s = Options::new(flavor).without_exporter().start();
+        let mut c = s.conn();
+        inject(&mut c, "DBSYM", "db_plan");
+        let _: () = redis::cmd("SELECT").arg(5).query(&mut c).unwrap();
+        for cmd in [
+            &["HEATBRIDGE.HEALTH"][..],
+            &["HEATBRIDGE.METRICS"],
+            &["HEATBRIDGE.REPLAY", "COUNT", "1"],
+        ] {
+            let _ = call(&mut c, cmd);
+        }
+        assert_ne!(call(&mut c, &["HEATBRIDGE.GET", "db_plan"]), Value::Nil);
+        assert_ne!(call(&mut c, &["HEATBRIDGE.LATEST", "DBSYM"]), Value::Nil);
+        let _: () = redis::cmd("SET")
+            .arg("probe")
+            .arg("x")
+            .query(&mut c)
+            .unwrap();
+        let in_5: i64 = redis::cmd("EXISTS").arg("probe").query(&mut c).unwrap();
+        assert_eq!(in_5, 1, "the client is still on database 5");
+        let _: () = redis::cmd("SELECT").arg(0).query(&mut c).unwrap();
+        let in_0: i64 = redis::cmd("EXISTS").arg("probe").query(&mut c).unwrap();
+        assert_eq!(in_0, 0);
+    });
+}
+
+/// REPLAY looks at no more than COUNT entries, written or not, so a call stays bounded
+/// over a stream of stale entries; the caller pages with the returned last ID.
+#[test]
+fn replay_examines_at_most_count_entries() {
+    for_each_flavor(|flavor| {
+        let s = Options::new(flavor).without_exporter().start();
+        let mut c = s.conn();
+        let now = server_now_ms(&mut c);
+        let mut ids = Vec::new();
+        for i in 0..5u64 {
+            let id = format!("{}-0", now - 5_000_000 + i);
+            xadd(
+                &mut c,
+                STREAM,
+                &id,
+                &decision("OLD", &format!("old{i}"), &[]),
+            );
+            ids.push(id);
+        }
+        inject(&mut c, "NEW", "fresh");
+        let (n, last) = replay(&mut c, &["COUNT", "2"]);
+        assert_eq!((n, last.as_str()), (0, ids[1].as_str()));
+        let (n, _) = replay(&mut c, &["FROM", &ids[4], "COUNT", "10"]);
+        assert_eq!(n, 1);
     });
 }

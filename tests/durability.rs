@@ -427,3 +427,40 @@ fn operator_rewind_of_the_group_is_honoured() {
         assert_eq!(count_keys(&mut c, &format!("{BY_PLAN}rw*")), 6);
     });
 }
+
+/// SWAPDB sends no keyspace event, yet it swaps another stream (with its own group) in under
+/// the name: nothing of it may be skipped. (The live path's cached cursor must be forgotten.)
+#[test]
+fn swapdb_brings_in_another_stream_and_nothing_is_skipped() {
+    for_each_flavor(|flavor| {
+        let s = Options::new(flavor).without_exporter().start();
+        let mut c = s.conn();
+        fill(&mut c, STREAM, "e", 3);
+        wait_drained(&mut c);
+        let mut other = s.conn();
+        let _: () = redis::cmd("SELECT").arg(1).query(&mut other).unwrap();
+        let _: () = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(STREAM)
+            .arg("heat_bridge")
+            .arg("0")
+            .arg("MKSTREAM")
+            .query(&mut other)
+            .unwrap();
+        fill(&mut other, STREAM, "f", 2);
+        inject(&mut c, "SYM0", "e_after");
+        let _: () = redis::cmd("SWAPDB").arg(0).arg(1).query(&mut c).unwrap();
+        inject(&mut c, "SYM0", "g_after_swap");
+        wait_drained(&mut c);
+        for plan in ["f0", "f1", "g_after_swap"] {
+            assert!(
+                exists(&mut c, &format!("{BY_PLAN}{plan}")),
+                "{plan} skipped"
+            );
+        }
+        assert_eq!(
+            group_field(&mut c, STREAM, "heat_bridge", "lag").as_deref(),
+            Some("0")
+        );
+    });
+}
