@@ -260,6 +260,70 @@ pub fn check_module_args(args: &[&[u8]]) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks the module arguments, then applies them as defaults: a setting that a config line
+/// (`heatbridge.<name>` in redis.conf, `--heatbridge.<name>`, or one written by CONFIG
+/// REWRITE) already moved off its default keeps that value.
+///
+/// The crate's own handling of module arguments (`module_args_as_configuration`) hands them
+/// to `CString::new(..).unwrap()` and to printf-style logging before HeatBridge's code runs,
+/// so a NUL byte or a `%` in one crashed the server at load. They are parsed here instead.
+pub fn apply_module_args(args: &[&[u8]]) -> Result<(), String> {
+    check_module_args(args)?;
+    let numeric: [(&str, &AtomicI64, i64); 7] = [
+        ("poll-ms", &POLL_MS, DEFAULT_POLL_MS),
+        ("batch", &BATCH, DEFAULT_BATCH),
+        ("ttl-plan-sec", &TTL_PLAN_SEC, DEFAULT_TTL_PLAN_SEC),
+        ("ttl-symbol-sec", &TTL_SYMBOL_SEC, DEFAULT_TTL_SYMBOL_SEC),
+        ("dedupe-ttl-sec", &DEDUPE_TTL_SEC, DEFAULT_DEDUPE_TTL_SEC),
+        ("metrics-port", &METRICS_PORT, DEFAULT_METRICS_PORT),
+        ("health-port", &HEALTH_PORT, DEFAULT_HEALTH_PORT),
+    ];
+    let strings: [(&str, &StringSetting); 4] = [
+        ("stream-in", &STREAM_IN),
+        ("group", &GROUP),
+        ("consumer", &CONSUMER),
+        ("bind", &BIND),
+    ];
+    for pair in args.chunks(2) {
+        let [name, value] = pair else { continue };
+        let (Ok(name), Ok(value)) = (std::str::from_utf8(name), std::str::from_utf8(value)) else {
+            continue;
+        };
+        if let Some((_, atomic, default)) = numeric.iter().find(|(n, _, _)| *n == name) {
+            let v: i64 = value
+                .trim()
+                .parse()
+                .map_err(|_| format!("invalid {name}"))?;
+            if atomic.load(Relaxed) == *default {
+                atomic.store(v, Relaxed);
+            }
+        } else if let Some((_, setting)) = strings.iter().find(|(n, _)| *n == name) {
+            if setting.get() == setting.default {
+                setting
+                    .try_set(value)
+                    .map_err(|e| format!("invalid {name}: {e}"))?;
+            }
+        } else if name == "log-level" {
+            let mut level = LOG_LEVEL.lock().unwrap_or_else(|e| e.into_inner());
+            if *level == LogLevel::INFO {
+                *level = match value.to_ascii_uppercase().as_str() {
+                    "DEBUG" => LogLevel::DEBUG,
+                    "WARNING" => LogLevel::WARNING,
+                    "ERROR" => LogLevel::ERROR,
+                    _ => LogLevel::INFO,
+                };
+            }
+        }
+    }
+    Ok(())
+}
+
+/// [`apply_module_args`] over the arguments as the server hands them to init.
+pub fn apply_module_redis_args(args: &[RedisString]) -> Result<(), String> {
+    let raw: Vec<&[u8]> = args.iter().map(RedisString::as_slice).collect();
+    apply_module_args(&raw)
+}
+
 /// [`check_module_args`] over the arguments as the server hands them to init.
 pub fn check_module_redis_args(args: &[RedisString]) -> Result<(), String> {
     let raw: Vec<&[u8]> = args.iter().map(RedisString::as_slice).collect();

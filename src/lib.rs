@@ -91,9 +91,9 @@ fn on_log_level(_: &ConfigurationContext, _: &str, v: &'static std::sync::Mutex<
 /// module right after init (a config it rejected) must find nothing pending.
 fn init(ctx: &Context, args: &[RedisString]) -> Status {
     guard::contain("module load", Status::Err, || {
-        // The crate registers module arguments as config defaults, which the server does
-        // not range-check, so invalid ones are refused here and the load fails cleanly.
-        if let Err(e) = config::check_module_redis_args(args) {
+        // Module arguments are checked and applied here, not by the crate (see
+        // config::apply_module_args); an invalid one fails the load cleanly.
+        if let Err(e) = config::apply_module_redis_args(args) {
             // Our logger, not ctx.log_*: the message holds user input, which the crate's
             // logger would use as a printf format.
             logging::warning(&format!("heatbridge not loaded: {e}"));
@@ -166,6 +166,6 @@ redis_module! {
         enum: [
             ["log-level", &config::LOG_LEVEL, config::LogLevel::INFO, ConfigurationFlags::DEFAULT, Some(Box::new(on_log_level))],
         ],
-        module_args_as_configuration: true,
+        module_args_as_configuration: false,
     ]
 }

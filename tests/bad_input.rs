@@ -161,13 +161,24 @@ fn nul_bytes_and_printf_directives_in_settings_are_refused_not_fatal() {
             .arg("heatbridge")
             .query(&mut c)
             .unwrap();
-        let r: redis::RedisResult<()> = redis::cmd("MODULE")
-            .arg("LOAD")
-            .arg(module_path().display().to_string())
-            .arg("bind")
-            .arg("%s%s%s%s%s%s%s%s")
-            .query(&mut c);
-        assert!(r.is_err());
+        // Module arguments with NUL bytes or printf directives: the crate used to hand
+        // these to CString::new(..).unwrap() and to printf before HeatBridge saw them.
+        for (name, value) in [
+            ("bind", &b"%s%s%s%s%s%s%s%s"[..]),
+            ("log-level", b"%s%s%s%s%s%s%s%s"),
+            ("stream-in", b"a\x00b"),
+            ("log-level", b"a\x00b"),
+            ("ttl-plan-sec", b"%n%n\x00"),
+        ] {
+            let r: redis::RedisResult<()> = redis::cmd("MODULE")
+                .arg("LOAD")
+                .arg(module_path().display().to_string())
+                .arg(name)
+                .arg(value)
+                .query(&mut c);
+            assert!(r.is_err(), "{name} {value:?} loaded");
+            assert!(s.alive(), "server died on {name} {value:?}");
+        }
         assert!(s.alive(), "server died");
         let pong: String = redis::cmd("PING").query(&mut c).unwrap();
         assert_eq!(pong, "PONG");
