@@ -12,7 +12,6 @@
 //! after the XADD that caused them. Only a writable master that is not loading drains.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use redis_module::{
@@ -56,36 +55,11 @@ static LAST_TICK_MS: AtomicU64 = AtomicU64::new(NEVER);
 /// No housekeeping tick yet: the first one runs at once (it starts catch-up at load).
 const NEVER: u64 = u64::MAX;
 
-/// The group cursor as this module last left it: (stream, group, cursor). Only the live
-/// path trusts it, to save an XINFO GROUPS per XADD; any other event on the stream key, a
-/// flush, a load or a role change forgets it, and every housekeeping tick re-reads the
-/// group, so a change made behind the module's back is reconciled within poll-ms.
-static CURSOR: Mutex<Option<(String, String, GroupInfo)>> = Mutex::new(None);
-
-/// Forgets the cached cursor; the next drain step reads the group.
-pub fn forget_cursor() {
-    *CURSOR.lock().unwrap_or_else(|e| e.into_inner()) = None;
-}
-
-fn cached_cursor(s: &Settings) -> Option<GroupInfo> {
-    let c = CURSOR.lock().unwrap_or_else(|e| e.into_inner());
-    match &*c {
-        Some((stream, group, g)) if *stream == s.stream && *group == s.group => Some(g.clone()),
-        _ => None,
-    }
-}
-
-fn remember_cursor(s: &Settings, g: GroupInfo) {
-    *CURSOR.lock().unwrap_or_else(|e| e.into_inner()) =
-        Some((s.stream.clone(), s.group.clone(), g));
-}
-
 static INVALID_LOG: RateLimit = RateLimit::new(1000);
 static ERROR_LOG: RateLimit = RateLimit::new(1000);
 
 /// Resets scheduling state (module load; statics survive an unload).
 pub fn reset() {
-    forget_cursor();
     TIMER_PENDING.store(false, Relaxed);
     JOB_PENDING.store(false, Relaxed);
     POST_JOBS.store(0, Relaxed);
@@ -197,7 +171,7 @@ pub fn on_xadd(ctx: &Context) {
             guard::contain("post-notification job", (), || {
                 JOB_PENDING.store(false, Relaxed);
                 guard::fault_point("job");
-                drain_with(ctx, true);
+                drain(ctx);
             })
         });
         match added {
@@ -250,12 +224,6 @@ enum Step {
 /// Drains for at most [`STEP_BUDGET`], then yields to clients with a 0 ms timer if entries
 /// remain. Nothing is done on a replica or while loading.
 pub fn drain(ctx: &Context) {
-    drain_with(ctx, false)
-}
-
-/// [`drain`]; the live path passes `trust_cursor` to skip reading the group when the
-/// module's own cached cursor is known.
-fn drain_with(ctx: &Context, trust_cursor: bool) {
     publish_role(ctx);
     if !can_write(ctx) {
         return;
@@ -264,7 +232,7 @@ fn drain_with(ctx: &Context, trust_cursor: bool) {
     let settings = config::current();
     let start = Instant::now();
     loop {
-        let step = step(ctx, &settings, trust_cursor);
+        let step = step(ctx, &settings);
         {
             let mut p = state::published();
             if step == Step::Failed {
@@ -299,8 +267,7 @@ pub struct GroupInfo {
 
 impl GroupInfo {
     /// The stream's entries-added counter, known when both the read counter and the lag
-    /// are (a valid lag means no deletion fragments the stream after the cursor). Only for
-    /// info just read from the server: a cached cursor's lag is stale after an XADD.
+    /// are (a valid lag means no deletion fragments the stream after the cursor).
     pub fn entries_added(&self) -> Option<u64> {
         self.entries_read.zip(self.lag).map(|(r, l)| r + l)
     }
@@ -460,7 +427,7 @@ fn read_one(ctx: &Context, stream: &RedisString, id: EntryId) -> Entry {
 }
 
 /// One drain step; see the module documentation.
-fn step(ctx: &Context, s: &Settings, trust_cursor: bool) -> Step {
+fn step(ctx: &Context, s: &Settings) -> Step {
     let started = Instant::now();
     let stream = rstr(ctx, s.stream.as_bytes());
     let st = stream_key_state(ctx, &stream);
@@ -468,8 +435,7 @@ fn step(ctx: &Context, s: &Settings, trust_cursor: bool) -> Step {
     if st != StreamState::Stream {
         return Step::CaughtUp;
     }
-    let cached = if trust_cursor { cached_cursor(s) } else { None };
-    let group = match cached.map_or_else(|| read_group(ctx, s), |g| Ok(Some(g))) {
+    let group = match read_group(ctx, s) {
         Ok(Some(g)) => g,
         Ok(None) => match create_group(ctx, s).and_then(|()| read_group(ctx, s)) {
             Ok(g) => g.unwrap_or_default(),
@@ -497,16 +463,24 @@ fn step(ctx: &Context, s: &Settings, trust_cursor: bool) -> Step {
         }
     }
 
-    let few = trust_cursor || group.lag.is_some_and(|l| l <= s.batch as u64);
+    let few = group.lag.is_some_and(|l| l <= s.batch as u64);
     let entries = read_after(ctx, &stream, group.last_id, s.batch, few);
+    project_step(ctx, s, group, entries, started)
+}
+
+/// The rest of a drain step: project `entries` (read after `group`'s cursor) and advance.
+fn project_step(
+    ctx: &Context,
+    s: &Settings,
+    group: GroupInfo,
+    entries: Vec<Entry>,
+    started: Instant,
+) -> Step {
     if entries.is_empty() {
         // Nothing after the cursor, yet the group may still show a lag: the entries after it
         // were deleted (XDEL, XTRIM). Moving the cursor to the stream's last ID makes the
         // group's lag 0 again.
-        if group.lag == Some(0) && group.pending == 0 && group.entries_read.is_some() {
-            remember_cursor(s, group);
-        } else if group.lag != Some(0) {
-            forget_cursor();
+        if group.lag != Some(0) {
             let added = stream_entries_added(ctx, s, &group);
             if let Err(e) = advance(ctx, s, "$", added) {
                 METRICS.count_error(Stage::Ack, now_ms());
@@ -583,35 +557,11 @@ fn step(ctx: &Context, s: &Settings, trust_cursor: bool) -> Step {
         } else {
             (last.to_string(), group.entries_read_after(handled))
         };
-        match advance(ctx, s, &to, entries_read) {
-            Ok(()) if group.pending == 0 && entries_read.is_some() => {
-                let at_end = to == "$";
-                remember_cursor(
-                    s,
-                    GroupInfo {
-                        last_id: last,
-                        pending: 0,
-                        // Cached, the lag only vouches that no deletion follows the cursor
-                        // (deletions forget the cache); new entries make its value stale.
-                        lag: if at_end {
-                            Some(0)
-                        } else {
-                            group.lag.map(|l| l.saturating_sub(handled))
-                        },
-                        entries_read,
-                    },
-                );
-            }
-            Ok(()) => forget_cursor(),
-            Err(e) => {
-                forget_cursor();
-                METRICS.count_error(Stage::Ack, now_ms());
-                log_error_limited(&format!("cannot advance group {}: {e}", s.group));
-                failed = true;
-            }
+        if let Err(e) = advance(ctx, s, &to, entries_read) {
+            METRICS.count_error(Stage::Ack, now_ms());
+            log_error_limited(&format!("cannot advance group {}: {e}", s.group));
+            failed = true;
         }
-    } else {
-        forget_cursor();
     }
     METRICS.count_loop(started.elapsed().as_secs_f64() * 1000.0);
     if failed {

@@ -1,11 +1,9 @@
 //! Keyspace and server event handlers: filter, skip replicas and loading, schedule the drain.
 //! None of them writes; each runs inside a panic guard.
 
-use redis_module::server_events::{FlushSubevent, LoadingSubevent, ServerRole};
+use redis_module::server_events::{LoadingSubevent, ServerRole};
 use redis_module::{raw, Context, NotifyEvent};
-use redis_module_macros::{
-    cron_event_handler, flush_event_handler, loading_event_handler, role_changed_event_handler,
-};
+use redis_module_macros::{cron_event_handler, loading_event_handler, role_changed_event_handler};
 
 use crate::engine;
 use crate::guard;
@@ -17,8 +15,9 @@ fn selected_db(ctx: &Context) -> i32 {
     unsafe { raw::RedisModule_GetSelectedDb.map_or(0, |f| f(ctx.ctx)) }
 }
 
-/// Stream and generic keyspace events on `heatbridge.stream-in` in database 0: an XADD
-/// schedules a drain; anything else forgets the cached group cursor.
+/// Stream keyspace events: an XADD on `heatbridge.stream-in` in database 0 schedules a
+/// drain. (Only stream events are subscribed: on Valkey 8.1 a module subscribed to generic or
+/// new-key events makes COPY ... DB and MOVE leave the client on the other database.)
 pub fn on_stream_event(ctx: &Context, _kind: NotifyEvent, event: &str, key: &[u8]) {
     guard::contain("keyspace event", (), || {
         if !crate::config::STREAM_IN.matches(key) || selected_db(ctx) != 0 {
@@ -27,9 +26,6 @@ pub fn on_stream_event(ctx: &Context, _kind: NotifyEvent, event: &str, key: &[u8
         guard::fault_point("event");
         if event == "xadd" {
             engine::on_xadd(ctx);
-        } else {
-            // XTRIM, XDEL, XGROUP, DEL, RENAME, EXPIRE...: the cached cursor may be stale.
-            engine::forget_cursor();
         }
     })
 }
@@ -48,7 +44,6 @@ fn on_cron(ctx: &Context, _hz: u64) {
 fn on_loading(ctx: &Context, sub: LoadingSubevent) {
     guard::contain("loading event", (), || match sub {
         LoadingSubevent::Ended | LoadingSubevent::Failed => {
-            engine::forget_cursor();
             state::published().loading = false;
             engine::schedule(ctx);
         }
@@ -56,45 +51,10 @@ fn on_loading(ctx: &Context, sub: LoadingSubevent) {
     })
 }
 
-/// SWAPDB sends no keyspace event, yet it can swap another stream in under the name.
-extern "C" fn on_swapdb(
-    _ctx: *mut raw::RedisModuleCtx,
-    _eid: raw::RedisModuleEvent,
-    _subevent: u64,
-    _data: *mut std::os::raw::c_void,
-) {
-    guard::contain("swapdb event", (), engine::forget_cursor)
-}
-
-/// Subscribes to SWAPDB, which the crate's event macros do not cover.
-pub fn subscribe_swapdb(ctx: &Context) {
-    // SAFETY: ctx.ctx is the live load context; the callback is a plain extern "C" fn that
-    // lives as long as the module and contains every panic.
-    unsafe {
-        if let Some(subscribe) = raw::RedisModule_SubscribeToServerEvent {
-            subscribe(
-                ctx.ctx,
-                raw::RedisModuleEvent {
-                    id: raw::REDISMODULE_EVENT_SWAPDB,
-                    dataver: 1,
-                },
-                Some(on_swapdb),
-            );
-        }
-    }
-}
-
-/// FLUSHALL/FLUSHDB drop the stream and its group.
-#[flush_event_handler]
-fn on_flush(_ctx: &Context, _sub: FlushSubevent) {
-    guard::contain("flush event", (), engine::forget_cursor)
-}
-
 /// A promoted replica resumes from the replicated group cursor.
 #[role_changed_event_handler]
 fn on_role_changed(ctx: &Context, role: ServerRole) {
     guard::contain("role event", (), || {
-        engine::forget_cursor();
         let master = role == ServerRole::Primary;
         state::published().is_master = master;
         logging::info(if master {

@@ -89,7 +89,7 @@ fn on_log_level(_: &ConfigurationContext, _: &str, v: &'static std::sync::Mutex<
 /// have stayed mapped since an unload) and the exporter starts. Catch-up starts on the first
 /// cron tick, not here: init leaves no timer behind, because a server that unloads the
 /// module right after init (a config it rejected) must find nothing pending.
-fn init(ctx: &Context, args: &[RedisString]) -> Status {
+fn init(_ctx: &Context, args: &[RedisString]) -> Status {
     guard::contain("module load", Status::Err, || {
         // Module arguments are checked and applied here, not by the crate (see
         // config::apply_module_args); an invalid one fails the load cleanly.
@@ -104,7 +104,6 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
         engine::reset();
         let level = *config::LOG_LEVEL.lock().unwrap_or_else(|e| e.into_inner());
         logging::set_threshold(level.threshold());
-        events::subscribe_swapdb(ctx);
         exporter::start();
         exporter::reconfigure();
         logging::info(&format!(
@@ -144,7 +143,7 @@ redis_module! {
         ["heatbridge.replay", cmd_replay, "write deny-oom admin", 0, 0, 0, "", "admin dangerous write"],
     ],
     event_handlers: [
-        [@STREAM @GENERIC @EXPIRED @EVICTED: events::on_stream_event],
+        [@STREAM: events::on_stream_event],
     ],
     configurations: [
         i64: [

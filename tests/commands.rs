@@ -843,3 +843,32 @@ fn replay_examines_at_most_count_entries() {
         assert_eq!(n, 1);
     });
 }
+
+/// Loading HeatBridge must not change which database a client is on after COPY ... DB or
+/// MOVE. (Valkey 8.1 does move the client when a module subscribes to generic or new-key
+/// events, so HeatBridge subscribes to stream events only.)
+#[test]
+fn copy_and_move_leave_the_client_on_its_database() {
+    for_each_flavor(|flavor| {
+        let s = Options::new(flavor).without_exporter().start();
+        let mut c = s.conn();
+        for cmd in [&["COPY", "k", "k2", "DB", "1"][..], &["MOVE", "m", "2"]] {
+            let _: () = redis::cmd("SELECT").arg(0).query(&mut c).unwrap();
+            let _: () = redis::cmd("SET")
+                .arg(cmd[1])
+                .arg("v")
+                .query(&mut c)
+                .unwrap();
+            let _ = call(&mut c, cmd);
+            let _: () = redis::cmd("SET")
+                .arg("probe")
+                .arg("x")
+                .query(&mut c)
+                .unwrap();
+            let _: () = redis::cmd("SELECT").arg(0).query(&mut c).unwrap();
+            let n: i64 = redis::cmd("EXISTS").arg("probe").query(&mut c).unwrap();
+            assert_eq!(n, 1, "after {cmd:?} the client left database 0");
+            let _: i64 = redis::cmd("DEL").arg("probe").query(&mut c).unwrap();
+        }
+    });
+}
