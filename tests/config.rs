@@ -479,7 +479,7 @@ fn config_set_takes_effect_at_once() {
 
         // The rest are accepted and read back.
         for (name, value) in [
-            ("heatbridge.batch", "500"),
+            ("heatbridge.batch", "200"),
             ("heatbridge.poll-ms", "100"),
             ("heatbridge.bind", "0.0.0.0"),
             ("heatbridge.bind", "::1"),
