@@ -30,6 +30,16 @@ fn fill(c: &mut Connection, stream: &str, prefix: &str, n: usize) {
     }
 }
 
+/// `XGROUP <sub> <stream> heat_bridge 0 [extra...]` on the default stream.
+fn xgroup(c: &mut Connection, sub: &str, extra: &[&str]) {
+    let mut cmd = redis::cmd("XGROUP");
+    cmd.arg(sub).arg(STREAM).arg("heat_bridge").arg("0");
+    for a in extra {
+        cmd.arg(*a);
+    }
+    cmd.query::<()>(c).expect("XGROUP");
+}
+
 fn count_keys(c: &mut Connection, pattern: &str) -> usize {
     let keys: Vec<Vec<u8>> = redis::cmd("KEYS").arg(pattern).query(c).expect("KEYS");
     keys.len()
@@ -227,13 +237,7 @@ fn sidecar_group_with_pending_entries_is_finished() {
         let s = Options::new(flavor).without_module().start();
         let mut c = s.conn();
         fill(&mut c, STREAM, "side", 50);
-        let _: () = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(STREAM)
-            .arg("heat_bridge")
-            .arg("0")
-            .query(&mut c)
-            .unwrap();
+        xgroup(&mut c, "CREATE", &[]);
         // The sidecar read 20 and acknowledged 5 of them before it stopped.
         let read: redis::Value = redis::cmd("XREADGROUP")
             .arg("GROUP")
@@ -368,13 +372,7 @@ fn memory_pressure_defers_and_loses_nothing() {
         config_set(&mut c, "heatbridge.stream-in", "parked").unwrap();
         fill(&mut c, STREAM, "mem", 300);
         // The group normally exists already (under OOM even creating it is refused).
-        let _: () = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(STREAM)
-            .arg("heat_bridge")
-            .arg("0")
-            .query(&mut c)
-            .unwrap();
+        xgroup(&mut c, "CREATE", &[]);
         let used: String = redis::cmd("INFO").arg("memory").query(&mut c).unwrap();
         let used: u64 = used
             .lines()
@@ -399,8 +397,8 @@ fn memory_pressure_defers_and_loses_nothing() {
 }
 
 /// The group belongs to HeatBridge, but an operator may move it: a rewind with XGROUP SETID
-/// is honoured by the very next drain (the live path's cached cursor is forgotten), and the
-/// re-read entries are projected again (retries are idempotent).
+/// is honoured by the very next drain (every step reads the group), and the re-read entries
+/// are projected again (retries are idempotent).
 #[test]
 fn operator_rewind_of_the_group_is_honoured() {
     for_each_flavor(|flavor| {
@@ -409,13 +407,7 @@ fn operator_rewind_of_the_group_is_honoured() {
         fill(&mut c, STREAM, "rw", 5);
         wait_drained(&mut c);
         assert_eq!(metric(&mut c, "p27_in_messages_total"), 5.0);
-        let _: () = redis::cmd("XGROUP")
-            .arg("SETID")
-            .arg(STREAM)
-            .arg("heat_bridge")
-            .arg("0")
-            .query(&mut c)
-            .unwrap();
+        xgroup(&mut c, "SETID", &[]);
         inject(&mut c, "SYM0", "rw_next");
         wait_drained(&mut c);
         assert_eq!(metric(&mut c, "p27_in_messages_total"), 11.0);
@@ -429,7 +421,7 @@ fn operator_rewind_of_the_group_is_honoured() {
 }
 
 /// SWAPDB sends no keyspace event, yet it swaps another stream (with its own group) in under
-/// the name: nothing of it may be skipped. (The live path's cached cursor must be forgotten.)
+/// the name: nothing of it may be skipped.
 #[test]
 fn swapdb_brings_in_another_stream_and_nothing_is_skipped() {
     for_each_flavor(|flavor| {
@@ -439,14 +431,7 @@ fn swapdb_brings_in_another_stream_and_nothing_is_skipped() {
         wait_drained(&mut c);
         let mut other = s.conn();
         let _: () = redis::cmd("SELECT").arg(1).query(&mut other).unwrap();
-        let _: () = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(STREAM)
-            .arg("heat_bridge")
-            .arg("0")
-            .arg("MKSTREAM")
-            .query(&mut other)
-            .unwrap();
+        xgroup(&mut other, "CREATE", &["MKSTREAM"]);
         fill(&mut other, STREAM, "f", 2);
         inject(&mut c, "SYM0", "e_after");
         let _: () = redis::cmd("SWAPDB").arg(0).arg(1).query(&mut c).unwrap();
