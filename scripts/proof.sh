@@ -140,8 +140,9 @@ LATEST_BEFORE="$(sample 'p27_written_total{kind="latest_symbol"}')"
 
 echo
 echo "[A] Test: Basic injection → lookup keys created"
+# inject runs in this shell, so DECISION still holds the exact arguments it sent (ts_epoch
+# included: recomputing it could cross a second boundary).
 inject "$PLAN_A" FULL_CLOSE_PROPOSED warm >/dev/null
-decision_args "$PLAN_A" FULL_CLOSE_PROPOSED warm
 EXPECTED_A=("${DECISION[@]}")
 if wait_until key_exists "$BY_PLAN$PLAN_A"; then
   mapfile -t got < <(rcli HMGET "$BY_PLAN$PLAN_A" "${FIELDS[@]}")

@@ -48,15 +48,20 @@ fn text(o: &Output) -> String {
 
 /// Runs scripts/proof.sh against `redis_port` and the given exporter ports.
 fn proof(redis_port: u16, metrics_port: u16, health_port: u16) -> Output {
-    Command::new("bash")
-        .arg(repo().join("scripts/proof.sh"))
+    proof_command(redis_port, metrics_port, health_port)
+        .output()
+        .expect("run scripts/proof.sh")
+}
+
+fn proof_command(redis_port: u16, metrics_port: u16, health_port: u16) -> Command {
+    let mut cmd = Command::new("bash");
+    cmd.arg(repo().join("scripts/proof.sh"))
         .env("REDIS_HOST", "127.0.0.1")
         .env("REDIS_PORT", redis_port.to_string())
         .env("P27_METRICS_PORT", metrics_port.to_string())
         .env("P27_HEALTH_PORT", health_port.to_string())
-        .env_remove("REDISCLI_AUTH")
-        .output()
-        .expect("run scripts/proof.sh")
+        .env_remove("REDISCLI_AUTH");
+    cmd
 }
 
 /// Runs scripts/inject.py against `port` with `args`.
@@ -97,6 +102,52 @@ fn proof_passes_against_the_module_and_repeats() {
             0.0,
             "the proof's decisions are valid"
         );
+    });
+}
+
+/// Each `date +%s` in proof.sh crosses a second boundary: the script must compare the by_plan
+/// key with the ts_epoch it sent, not with a second reading of the clock. The shim goes back one
+/// second per call, so the TTL window of test A still holds.
+#[test]
+fn proof_compares_with_the_fields_it_sent_across_second_boundaries() {
+    for_each_flavor(|flavor| {
+        let s = Server::new(flavor);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let shim = dir.path();
+        let count = shim.join("calls");
+        let date = shim.join("date");
+        std::fs::write(
+            &date,
+            format!(
+                "#!/bin/bash\n\
+                 if [ \"$1\" = \"+%s\" ]; then\n\
+                 n=$(cat '{count}' 2>/dev/null || echo 0); echo $((n + 1)) > '{count}'\n\
+                 echo $(( $(/usr/bin/date +%s) - n )); exit 0\n\
+                 fi\n\
+                 exec /usr/bin/date \"$@\"\n",
+                count = count.display()
+            ),
+        )
+        .expect("write the date shim");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&date, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod the date shim");
+        let path = format!(
+            "{}:{}",
+            shim.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let out = proof_command(s.port, s.metrics_port, s.health_port)
+            .env("PATH", path)
+            .output()
+            .expect("run scripts/proof.sh");
+        let report = text(&out);
+        let calls: u32 = std::fs::read_to_string(&count)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0);
+        assert!(calls >= 2, "the shim was used ({calls} calls): {report}");
+        assert_eq!(out.status.code(), Some(0), "{report}");
     });
 }
 
