@@ -3,14 +3,16 @@
 //! A drain step reads at most `heatbridge.batch` entries. It first finishes the entries that
 //! are pending for `heatbridge.consumer` (left by the sidecar, for example), then reads the
 //! entries after the group's last-delivered ID with the stream iterator and projects them in
-//! stream order. It then moves the group cursor once with `XGROUP SETID`, so nothing is
-//! pending and the lag is 0 afterwards. If a write fails, the cursor stops before that
-//! entry, which stays in the backlog and is retried on the next tick (at-least-once;
-//! projection is idempotent).
+//! stream order. The steps of one drain pass (one callback, at most [`STEP_BUDGET`]) share
+//! one read of the group, one write of latest per symbol and one move of the group cursor
+//! with `XGROUP SETID`, at the end, so nothing is pending and the lag is 0 afterwards. If a
+//! write fails, the cursor stops before that entry, which stays in the backlog and is
+//! retried on the next tick (at-least-once; projection is idempotent).
 //!
 //! Every write goes through a replicated call, so replicas and the AOF receive the writes
 //! after the XADD that caused them. Only a writable master that is not loading drains.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
@@ -223,6 +225,12 @@ enum Step {
 
 /// Drains for at most [`STEP_BUDGET`], then yields to clients with a 0 ms timer if entries
 /// remain. Nothing is done on a replica or while loading.
+///
+/// One call is one *pass*: a series of steps of at most `heatbridge.batch` entries, run inside
+/// one callback. Nothing else runs between the steps of a pass, so no client, replica or AOF
+/// can tell its steps apart. The pass therefore reads the group once, writes latest and its
+/// pointer once per symbol (for the symbol's last projected entry), and moves the group
+/// cursor once, after every other write.
 pub fn drain(ctx: &Context) {
     publish_role(ctx);
     if !can_write(ctx) {
@@ -231,23 +239,111 @@ pub fn drain(ctx: &Context) {
     let _db = Db0::select(ctx);
     let settings = config::current();
     let start = Instant::now();
-    loop {
-        let step = step(ctx, &settings);
-        {
-            let mut p = state::published();
-            if step == Step::Failed {
-                p.failing_steps += 1;
-            } else {
-                p.failing_steps = 0;
+    let mut pass = Pass::new(ctx);
+    let mut last = loop {
+        match step(ctx, &settings, &mut pass) {
+            Step::More if start.elapsed() < STEP_BUDGET => {}
+            Step::More => {
+                schedule(ctx);
+                break Step::More;
+            }
+            done => break done,
+        }
+    };
+    if !pass.finish(ctx, &settings) {
+        last = Step::Failed;
+    }
+    let mut p = state::published();
+    if last == Step::Failed {
+        p.failing_steps += 1;
+    } else {
+        p.failing_steps = 0;
+    }
+}
+
+/// Where a pass leaves the group cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cursor {
+    /// The stream's last ID (`$`): every entry was read.
+    End,
+    /// This entry, the last one handled.
+    At(EntryId),
+}
+
+/// What a drain pass carries from one step to the next; see [`drain`].
+struct Pass<'c> {
+    w: Writer<'c>,
+    /// The group as this pass has left it, once read; `None` until then, and again after
+    /// pending entries were finished (XACK changes it on the server).
+    group: Option<GroupInfo>,
+    /// Our consumer's pending entries are done for this pass (others' may remain).
+    pending_checked: bool,
+    /// The last projected entry of each symbol, with the expiry of its latest keys.
+    latest: HashMap<Vec<u8>, (Entry, u64)>,
+    /// The cursor move still to make, with the group's read counter when it is known.
+    advance: Option<(Cursor, Option<u64>)>,
+    /// Entries read by this pass's steps, counted once they are acknowledged.
+    read: u64,
+}
+
+impl<'c> Pass<'c> {
+    fn new(ctx: &'c Context) -> Pass<'c> {
+        Pass {
+            w: Writer::new(ctx),
+            group: None,
+            pending_checked: false,
+            latest: HashMap::new(),
+            advance: None,
+            read: 0,
+        }
+    }
+
+    /// Keeps `e` as its symbol's latest entry when it is the newest seen so far.
+    fn keep_latest(&mut self, e: Entry, at: u64) {
+        let Some(sym) = e.fields.as_deref().and_then(|f| apply::field(f, b"symbol")) else {
+            return;
+        };
+        match self.latest.get_mut(sym.as_slice()) {
+            Some(slot) => *slot = (e, at),
+            None => {
+                let key = sym.as_slice().to_vec();
+                self.latest.insert(key, (e, at));
             }
         }
-        match step {
-            Step::CaughtUp | Step::Failed => return,
-            Step::More if start.elapsed() >= STEP_BUDGET => {
-                schedule(ctx);
-                return;
+    }
+
+    /// Writes latest and the pointers, then moves the cursor. If a latest write fails,
+    /// nothing of the pass is acknowledged: the retry rewrites it all (idempotent).
+    /// Returns false on a failure.
+    fn finish(self, ctx: &Context, s: &Settings) -> bool {
+        let mut latest: Vec<(Entry, u64)> = self.latest.into_values().collect();
+        latest.sort_by_key(|(e, _)| e.id);
+        for (e, at) in &latest {
+            if let Err(msg) = write_latest(&self.w, e, *at) {
+                METRICS.count_error(Stage::Write, now_ms());
+                log_error_limited(&format!(
+                    "write failed for the latest keys of entry {}: {msg}; the entries stay in \
+                     the backlog and are retried",
+                    e.id
+                ));
+                return false;
             }
-            Step::More => {}
+        }
+        METRICS.count_in(self.read);
+        let Some((to, entries_read)) = self.advance else {
+            return true;
+        };
+        let id = match to {
+            Cursor::End => "$".to_string(),
+            Cursor::At(id) => id.to_string(),
+        };
+        match advance(ctx, s, &id, entries_read) {
+            Ok(()) => true,
+            Err(e) => {
+                METRICS.count_error(Stage::Ack, now_ms());
+                log_error_limited(&format!("cannot advance group {}: {e}", s.group));
+                false
+            }
         }
     }
 }
@@ -426,8 +522,8 @@ fn read_one(ctx: &Context, stream: &RedisString, id: EntryId) -> Entry {
     Entry { id, fields }
 }
 
-/// One drain step; see the module documentation.
-fn step(ctx: &Context, s: &Settings) -> Step {
+/// One drain step of a pass; see the module documentation.
+fn step(ctx: &Context, s: &Settings, pass: &mut Pass) -> Step {
     let started = Instant::now();
     let stream = rstr(ctx, s.stream.as_bytes());
     let st = stream_key_state(ctx, &stream);
@@ -435,26 +531,29 @@ fn step(ctx: &Context, s: &Settings) -> Step {
     if st != StreamState::Stream {
         return Step::CaughtUp;
     }
-    let group = match read_group(ctx, s) {
-        Ok(Some(g)) => g,
-        Ok(None) => match create_group(ctx, s).and_then(|()| read_group(ctx, s)) {
-            Ok(g) => g.unwrap_or_default(),
+    let group = match pass.group.take() {
+        Some(g) => g,
+        None => match read_group(ctx, s) {
+            Ok(Some(g)) => g,
+            Ok(None) => match create_group(ctx, s).and_then(|()| read_group(ctx, s)) {
+                Ok(g) => g.unwrap_or_default(),
+                Err(e) => {
+                    METRICS.count_error(Stage::Ack, now_ms());
+                    log_error_limited(&format!("cannot create group {}: {e}", s.group));
+                    return Step::Failed;
+                }
+            },
             Err(e) => {
-                METRICS.count_error(Stage::Ack, now_ms());
-                log_error_limited(&format!("cannot create group {}: {e}", s.group));
+                METRICS.count_error(Stage::Read, now_ms());
+                log_error_limited(&format!("cannot read group {}: {e}", s.group));
                 return Step::Failed;
             }
         },
-        Err(e) => {
-            METRICS.count_error(Stage::Read, now_ms());
-            log_error_limited(&format!("cannot read group {}: {e}", s.group));
-            return Step::Failed;
-        }
     };
 
-    if group.pending > 0 {
+    if group.pending > 0 && !pass.pending_checked {
         match finish_pending(ctx, s, &stream) {
-            Ok(0) => {}
+            Ok(0) => pass.pending_checked = true,
             Ok(_) => {
                 METRICS.count_loop(started.elapsed().as_secs_f64() * 1000.0);
                 return Step::More;
@@ -465,13 +564,15 @@ fn step(ctx: &Context, s: &Settings) -> Step {
 
     let few = group.lag.is_some_and(|l| l <= s.batch as u64);
     let entries = read_after(ctx, &stream, group.last_id, s.batch, few);
-    project_step(ctx, s, group, entries, started)
+    project_step(ctx, s, pass, group, entries, started)
 }
 
-/// The rest of a drain step: project `entries` (read after `group`'s cursor) and advance.
+/// The rest of a drain step: project `entries` (read after `group`'s cursor) and record in
+/// `pass` where the cursor goes.
 fn project_step(
     ctx: &Context,
     s: &Settings,
+    pass: &mut Pass,
     group: GroupInfo,
     entries: Vec<Entry>,
     started: Instant,
@@ -481,42 +582,24 @@ fn project_step(
         // were deleted (XDEL, XTRIM). Moving the cursor to the stream's last ID makes the
         // group's lag 0 again.
         if group.lag != Some(0) {
-            let added = stream_entries_added(ctx, s, &group);
-            if let Err(e) = advance(ctx, s, "$", added) {
-                METRICS.count_error(Stage::Ack, now_ms());
-                log_error_limited(&format!("cannot advance group {}: {e}", s.group));
-                return Step::Failed;
-            }
+            pass.advance = Some((Cursor::End, stream_entries_added(ctx, s, &group)));
         }
         return Step::CaughtUp;
     }
     let now = now_ms();
-    let w = Writer::new(ctx);
     let mut done: Option<EntryId> = None;
     let mut failed = false;
-    // Latest and its pointer are written once per symbol, for its last projected entry of
-    // the step: the step is atomic, so nobody can see the intermediate values.
-    let mut latest: Vec<(&[u8], &Entry, u64)> = Vec::new();
-    for e in &entries {
-        match project(ctx, &w, s, e, now, true) {
-            Ok(p) => {
-                if let (
-                    Projected::Written {
-                        latest_at: Some(at),
-                    },
-                    Some(sym),
-                ) = (
-                    p,
-                    e.fields.as_deref().and_then(|f| apply::field(f, b"symbol")),
-                ) {
-                    let sym = sym.as_slice();
-                    match latest.iter_mut().find(|(s2, _, _)| *s2 == sym) {
-                        Some(slot) => *slot = (sym, e, at),
-                        None => latest.push((sym, e, at)),
-                    }
-                }
+    // Entries whose latest keys are still to be written (index, expiry).
+    let mut latest: Vec<(usize, u64)> = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        match project(ctx, &pass.w, s, e, now, true) {
+            Ok(Projected::Written {
+                latest_at: Some(at),
+            }) => {
+                latest.push((i, at));
                 done = Some(e.id);
             }
+            Ok(_) => done = Some(e.id),
             Err(msg) => {
                 METRICS.count_error(Stage::Write, now_ms());
                 log_error_limited(&format!(
@@ -528,45 +611,41 @@ fn project_step(
             }
         }
     }
-    for (_, e, at) in &latest {
-        if let Err(msg) = write_latest(&w, e, *at) {
-            METRICS.count_error(Stage::Write, now_ms());
-            log_error_limited(&format!(
-                "write failed for the latest keys of entry {}: {msg}; the step is retried",
-                e.id
-            ));
-            // Nothing of this step is acknowledged; the retry is idempotent.
-            failed = true;
-            done = None;
-            break;
+    let read = entries.len();
+    // An entry whose write failed is read again on the retry; it is counted then.
+    let handled = entries.iter().take_while(|e| Some(e.id) <= done).count() as u64;
+    pass.read += handled;
+    let mut marks = latest.into_iter().peekable();
+    for (i, e) in entries.into_iter().enumerate() {
+        if let Some((_, at)) = marks.next_if(|(j, _)| *j == i) {
+            pass.keep_latest(e, at);
         }
     }
-    // An entry whose write failed is read again on the retry; it is counted then.
-    METRICS.count_in(entries.iter().take_while(|e| Some(e.id) <= done).count() as u64);
     if let Some(last) = done {
-        // At the end of the stream the cursor goes to `$`, the stream's last ID, which keeps
-        // the lag exact even when entries after `last` were deleted.
-        let handled = entries.iter().take_while(|e| e.id <= last).count() as u64;
-        let (to, entries_read) = if !failed && entries.len() < s.batch {
+        let to = if !failed && read < s.batch {
             // Every entry after the cursor was read: with no deletion after the cursor (a
-            // valid lag), the read counter moves by exactly the entries handled.
+            // valid lag), the read counter moves by exactly the entries handled. At the end
+            // of the stream the cursor goes to `$`, the stream's last ID, which keeps the lag
+            // exact even when entries after `last` were deleted.
             let counter = group
                 .entries_read_after(handled)
                 .or_else(|| stream_entries_added(ctx, s, &group));
-            ("$".to_string(), counter)
+            (Cursor::End, counter)
         } else {
-            (last.to_string(), group.entries_read_after(handled))
+            (Cursor::At(last), group.entries_read_after(handled))
         };
-        if let Err(e) = advance(ctx, s, &to, entries_read) {
-            METRICS.count_error(Stage::Ack, now_ms());
-            log_error_limited(&format!("cannot advance group {}: {e}", s.group));
-            failed = true;
-        }
+        pass.advance = Some(to);
+        pass.group = Some(GroupInfo {
+            last_id: last,
+            pending: group.pending,
+            lag: group.lag.map(|l| l.saturating_sub(handled)),
+            entries_read: group.entries_read_after(handled),
+        });
     }
     METRICS.count_loop(started.elapsed().as_secs_f64() * 1000.0);
     if failed {
         Step::Failed
-    } else if entries.len() >= s.batch {
+    } else if read >= s.batch {
         Step::More
     } else {
         Step::CaughtUp

@@ -368,6 +368,77 @@ fn transaction_projects_when_exec_ends() {
     });
 }
 
+/// 25 entries added at once (one transaction) are one drain pass of three steps of at most
+/// `heatbridge.batch` (10): every key is right, latest and its pointer are written once per
+/// symbol for the pass, and the group ends with nothing pending, lag 0 and an exact read
+/// counter.
+#[test]
+fn one_pass_writes_latest_once_per_symbol() {
+    for_each_flavor(|flavor| {
+        let s = Options::new(flavor).without_exporter().start();
+        let mut c = s.conn();
+        inject(&mut c, "A", "warmup");
+        wait_drained(&mut c);
+        let loops = metric(&mut c, "p27_loops_total");
+        let latest = metric(&mut c, "p27_written_total{kind=\"latest_symbol\"}");
+        let by_plan = metric(&mut c, "p27_written_total{kind=\"by_plan\"}");
+        let read = metric(&mut c, "p27_in_messages_total");
+
+        let symbols = ["A", "B", "C"];
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for i in 0..25 {
+            let sym = symbols[i % 3];
+            let fields = decision(sym, &format!("t{i}"), &[("heat_level", &i.to_string())]);
+            let cmd = pipe.cmd("XADD").arg(STREAM).arg("*");
+            for (k, v) in &fields {
+                cmd.arg(k).arg(v);
+            }
+        }
+        let _: Vec<String> = pipe.query(&mut c).expect("MULTI of 25 XADDs");
+        wait_drained(&mut c);
+
+        for i in 0..25 {
+            assert!(exists(&mut c, &format!("{BY_PLAN}t{i}")), "by_plan t{i}");
+        }
+        for (sym, last) in [("A", 24), ("B", 22), ("C", 23)] {
+            let plan = format!("t{last}");
+            assert_eq!(get(&mut c, &format!("{POINTER}{sym}")), Some(plan.clone()));
+            assert_eq!(
+                hget(&mut c, &format!("{LATEST}{sym}"), "last_plan_id"),
+                Some(plan)
+            );
+            assert_eq!(
+                hget(&mut c, &format!("{LATEST}{sym}"), "heat_level"),
+                Some(last.to_string())
+            );
+        }
+        assert_eq!(
+            metric(&mut c, "p27_loops_total") - loops,
+            3.0,
+            "steps of 10, 10, 5"
+        );
+        assert_eq!(
+            metric(&mut c, "p27_written_total{kind=\"latest_symbol\"}") - latest,
+            3.0,
+            "one latest write per symbol for the pass"
+        );
+        assert_eq!(
+            metric(&mut c, "p27_written_total{kind=\"by_plan\"}") - by_plan,
+            25.0
+        );
+        assert_eq!(metric(&mut c, "p27_in_messages_total") - read, 25.0);
+        assert_eq!(
+            group_field(&mut c, STREAM, "heat_bridge", "entries-read").as_deref(),
+            Some("26")
+        );
+        assert_eq!(
+            group_field(&mut c, STREAM, "heat_bridge", "pending").as_deref(),
+            Some("0")
+        );
+    });
+}
+
 #[test]
 fn binary_values_are_copied_byte_for_byte() {
     for_each_flavor(|flavor| {
