@@ -190,18 +190,7 @@ impl<'c> Writer<'c> {
     }
 
     fn hash_len(&self, key: &RedisString) -> usize {
-        // `RedisKey` has no length accessor (and its `to_raw_parts` closes the key it
-        // returns), so the key is opened and closed here through the raw API.
-        let inner =
-            redis_module::raw::open_key(self.ctx.ctx, key.inner, redis_module::raw::KeyMode::READ);
-        if inner.is_null() {
-            return 0;
-        }
-        // SAFETY: `inner` is a key opened just above on the live context and not yet
-        // closed; ValueLength only reads it.
-        let n = unsafe { redis_module::raw::RedisModule_ValueLength.map_or(0, |f| f(inner)) };
-        redis_module::raw::close_key(inner);
-        n
+        value_len(self.ctx, key)
     }
 
     fn remove_stale_fields(
@@ -233,6 +222,21 @@ impl<'c> Writer<'c> {
         args.extend(stale.iter());
         self.call("HDEL", &args)
     }
+}
+
+/// The length of the value at `key` (fields of a hash, entries of a stream), 0 if none.
+pub fn value_len(ctx: &Context, key: &RedisString) -> usize {
+    // `RedisKey` has no length accessor (and its `to_raw_parts` closes the key it returns),
+    // so the key is opened and closed here through the raw API.
+    let inner = redis_module::raw::open_key(ctx.ctx, key.inner, redis_module::raw::KeyMode::READ);
+    if inner.is_null() {
+        return 0;
+    }
+    // SAFETY: `inner` is a key opened just above on the live context and not yet closed;
+    // ValueLength only reads it.
+    let n = unsafe { redis_module::raw::RedisModule_ValueLength.map_or(0, |f| f(inner)) };
+    redis_module::raw::close_key(inner);
+    n
 }
 
 /// Number of distinct field names among `fields` and `extra`.

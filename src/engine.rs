@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use redis_module::{
@@ -57,11 +58,81 @@ static LAST_TICK_MS: AtomicU64 = AtomicU64::new(NEVER);
 /// No housekeeping tick yet: the first one runs at once (it starts catch-up at load).
 const NEVER: u64 = u64::MAX;
 
+/// The group as the last clean pass left it; see [`Known`].
+static KNOWN: Mutex<Option<Known>> = Mutex::new(None);
+/// True while a drain pass runs: the stream events it causes (its own XGROUP calls) are not
+/// changes made behind its back.
+static IN_PASS: AtomicBool = AtomicBool::new(false);
+
+/// The group as the last drain pass left it, when that pass ended at the end of the stream
+/// with nothing pending. A later pass trusts it instead of reading the group (XINFO GROUPS,
+/// the largest fixed cost of a one-entry pass) only while nothing but XADDs touched the
+/// stream since. That is checked three ways:
+/// - every stream event on the key other than xadd (XDEL, XTRIM, XSETID, any XGROUP
+///   subcommand), a role change and a load forget it. So does every housekeeping tick, so a
+///   change that no event reports (another reader's XREADGROUP or XCLAIM) is seen within
+///   poll-ms, as before;
+/// - the stream must hold exactly `len` entries plus the XADDs counted since, and exactly
+///   that many must follow `last`. A stream deleted and recreated (DEL, FLUSHALL, expiry,
+///   eviction) holds at most the XADDs since and fails it, and so does any other stream put
+///   in its place (RENAME, RESTORE, SWAPDB) unless it is a copy of this one at this point;
+/// - the cursor move at the end of the pass must succeed, so the group must exist.
+///
+/// Generic keyspace events would say more, but subscribing to them makes Valkey 8.1 leave
+/// clients on the wrong database after COPY ... DB and MOVE.
+#[derive(Debug, Clone)]
+struct Known {
+    stream: String,
+    group: String,
+    /// The newest entry of the stream; the cursor is on it (or on a deleted later ID).
+    last: EntryId,
+    /// The stream's length then.
+    len: u64,
+    /// The group's read counter then.
+    entries_read: u64,
+    /// XADDs on the stream since.
+    xadds: u64,
+}
+
+fn known() -> std::sync::MutexGuard<'static, Option<Known>> {
+    KNOWN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Forgets the known group: the next pass reads it.
+pub fn forget_group() {
+    *known() = None;
+}
+
+/// A stream event other than xadd on the input stream.
+pub fn on_stream_change() {
+    if !IN_PASS.load(Relaxed) {
+        forget_group();
+    }
+}
+
+/// Marks a drain pass as running, until dropped.
+struct InPass;
+
+impl InPass {
+    fn enter() -> InPass {
+        IN_PASS.store(true, Relaxed);
+        InPass
+    }
+}
+
+impl Drop for InPass {
+    fn drop(&mut self) {
+        IN_PASS.store(false, Relaxed);
+    }
+}
+
 static INVALID_LOG: RateLimit = RateLimit::new(1000);
 static ERROR_LOG: RateLimit = RateLimit::new(1000);
 
 /// Resets scheduling state (module load; statics survive an unload).
 pub fn reset() {
+    forget_group();
+    IN_PASS.store(false, Relaxed);
     TIMER_PENDING.store(false, Relaxed);
     JOB_PENDING.store(false, Relaxed);
     POST_JOBS.store(0, Relaxed);
@@ -163,7 +234,11 @@ impl Drop for Db0<'_> {
 /// it schedules a post-notification job where the server has them, else a 0 ms timer.
 pub fn on_xadd(ctx: &Context) {
     if !can_write(ctx) {
+        forget_group();
         return;
+    }
+    if let Some(k) = known().as_mut() {
+        k.xadds += 1;
     }
     if JOB_PENDING.load(Relaxed) {
         return;
@@ -237,9 +312,13 @@ pub fn drain(ctx: &Context) {
         return;
     }
     let _db = Db0::select(ctx);
+    let _in_pass = InPass::enter();
     let settings = config::current();
     let start = Instant::now();
     let mut pass = Pass::new(ctx);
+    pass.known = known()
+        .take()
+        .filter(|k| k.stream == settings.stream && k.group == settings.group);
     let mut last = loop {
         match step(ctx, &settings, &mut pass) {
             Step::More if start.elapsed() < STEP_BUDGET => {}
@@ -284,6 +363,11 @@ struct Pass<'c> {
     advance: Option<(Cursor, Option<u64>)>,
     /// Entries read by this pass's steps, counted once they are acknowledged.
     read: u64,
+    /// The group as the previous pass left it, until the first step checks it.
+    known: Option<Known>,
+    /// The newest entry and the read counter, when the pass reaches the end of the stream
+    /// with nothing pending and an exact counter: what the next pass may trust.
+    end: Option<(EntryId, u64)>,
 }
 
 impl<'c> Pass<'c> {
@@ -295,6 +379,8 @@ impl<'c> Pass<'c> {
             latest: HashMap::new(),
             advance: None,
             read: 0,
+            known: None,
+            end: None,
         }
     }
 
@@ -338,7 +424,20 @@ impl<'c> Pass<'c> {
             Cursor::At(id) => id.to_string(),
         };
         match advance(ctx, s, &id, entries_read) {
-            Ok(()) => true,
+            Ok(()) => {
+                if let (Cursor::End, Some((last, entries_read))) = (to, self.end) {
+                    let stream = rstr(ctx, s.stream.as_bytes());
+                    *known() = Some(Known {
+                        stream: s.stream.clone(),
+                        group: s.group.clone(),
+                        last,
+                        len: apply::value_len(ctx, &stream) as u64,
+                        entries_read,
+                        xadds: 0,
+                    });
+                }
+                true
+            }
             Err(e) => {
                 METRICS.count_error(Stage::Ack, now_ms());
                 log_error_limited(&format!("cannot advance group {}: {e}", s.group));
@@ -375,9 +474,10 @@ impl GroupInfo {
     }
 }
 
-fn bytes_of(r: &CallReply) -> Option<Vec<u8>> {
+/// The bytes of a string reply, borrowed from it.
+fn str_of<'a>(r: &'a CallReply<'_>) -> Option<&'a [u8]> {
     match r {
-        CallReply::String(s) => Some(s.as_bytes().to_vec()),
+        CallReply::String(s) => Some(s.as_bytes()),
         _ => None,
     }
 }
@@ -389,19 +489,18 @@ fn int_of(r: &CallReply) -> Option<i64> {
     }
 }
 
-/// Calls `f` with each (name, value) pair of a flat XINFO reply.
+/// Calls `f` with each (name, value) pair of a flat XINFO reply. Nothing is copied: this
+/// runs for every drain pass.
 fn for_each_pair(reply: &CallReply<'_>, mut f: impl FnMut(&[u8], &CallReply<'_>)) {
     let CallReply::Array(fields) = reply else {
         return;
     };
     let mut i = 0;
     while i + 1 < fields.len() {
-        let name: Option<Vec<u8>> = fields
-            .get(i)
-            .and_then(|k| k.ok())
-            .and_then(|k| bytes_of(&k));
-        if let (Some(name), Some(Ok(value))) = (name, fields.get(i + 1)) {
-            f(name.as_slice(), &value);
+        if let (Some(Ok(CallReply::String(name))), Some(Ok(value))) =
+            (fields.get(i), fields.get(i + 1))
+        {
+            f(name.as_bytes(), &value);
         }
         i += 2;
     }
@@ -418,21 +517,19 @@ pub fn read_group(ctx: &Context, s: &Settings) -> Result<Option<GroupInfo>, Stri
         let Ok(fields) = g else {
             continue;
         };
-        let mut name = None;
+        let mut ours = false;
         let mut info = GroupInfo::default();
         for_each_pair(&fields, |k, v| match k {
-            b"name" => name = bytes_of(v),
+            b"name" => ours = str_of(v) == Some(s.group.as_bytes()),
             b"pending" => info.pending = int_of(v).unwrap_or(0).max(0) as u64,
             b"last-delivered-id" => {
-                info.last_id = bytes_of(v)
-                    .and_then(|b| EntryId::parse(&b))
-                    .unwrap_or_default()
+                info.last_id = str_of(v).and_then(EntryId::parse).unwrap_or_default()
             }
             b"lag" => info.lag = int_of(v).map(|l| l.max(0) as u64),
             b"entries-read" => info.entries_read = int_of(v).map(|l| l.max(0) as u64),
             _ => {}
         });
-        if name.as_deref() == Some(s.group.as_bytes()) {
+        if ours {
             return Ok(Some(info));
         }
     }
@@ -531,6 +628,11 @@ fn step(ctx: &Context, s: &Settings, pass: &mut Pass) -> Step {
     if st != StreamState::Stream {
         return Step::CaughtUp;
     }
+    if let Some(k) = pass.known.take() {
+        if let Some((group, entries)) = trust_known(ctx, s, &stream, &k) {
+            return project_step(ctx, s, pass, group, entries, started);
+        }
+    }
     let group = match pass.group.take() {
         Some(g) => g,
         None => match read_group(ctx, s) {
@@ -565,6 +667,31 @@ fn step(ctx: &Context, s: &Settings, pass: &mut Pass) -> Step {
     let few = group.lag.is_some_and(|l| l <= s.batch as u64);
     let entries = read_after(ctx, &stream, group.last_id, s.batch, few);
     project_step(ctx, s, pass, group, entries, started)
+}
+
+/// The group as `k` knows it and the entries added since, if the stream passes the checks
+/// of [`Known`]; else `None`, and the step reads the group.
+fn trust_known(
+    ctx: &Context,
+    s: &Settings,
+    stream: &RedisString,
+    k: &Known,
+) -> Option<(GroupInfo, Vec<Entry>)> {
+    let added = usize::try_from(k.xadds).ok()?;
+    if added == 0 || added > s.batch || apply::value_len(ctx, stream) as u64 != k.len + k.xadds {
+        return None;
+    }
+    let entries = read_after(ctx, stream, k.last, s.batch, true);
+    if entries.len() != added {
+        return None;
+    }
+    let group = GroupInfo {
+        last_id: k.last,
+        pending: 0,
+        lag: Some(k.xadds),
+        entries_read: Some(k.entries_read),
+    };
+    Some((group, entries))
 }
 
 /// The rest of a drain step: project `entries` (read after `group`'s cursor) and record in
@@ -630,6 +757,9 @@ fn project_step(
             let counter = group
                 .entries_read_after(handled)
                 .or_else(|| stream_entries_added(ctx, s, &group));
+            if group.pending == 0 {
+                pass.end = counter.map(|n| (last, n));
+            }
             (Cursor::End, counter)
         } else {
             (Cursor::At(last), group.entries_read_after(handled))
@@ -730,8 +860,7 @@ fn finish_pending(ctx: &Context, s: &Settings, stream: &RedisString) -> Result<u
                 Ok(CallReply::Array(cols)) => cols
                     .get(0)
                     .and_then(|c| c.ok())
-                    .and_then(|c| bytes_of(&c))
-                    .and_then(|b| EntryId::parse(&b)),
+                    .and_then(|c| str_of(&c).and_then(EntryId::parse)),
                 _ => None,
             })
             .collect(),
@@ -1052,6 +1181,8 @@ pub fn housekeeping(ctx: &Context) {
     // Between commands no post-notification job can still be pending; clearing the flag
     // keeps one lost job from turning live projection into tick-driven projection.
     JOB_PENDING.store(false, Relaxed);
+    // The tick always reads the group, so changes no event reports are seen within poll-ms.
+    forget_group();
     if can_write(ctx) && !timer_pending() {
         drain(ctx);
     }

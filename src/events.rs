@@ -26,6 +26,8 @@ pub fn on_stream_event(ctx: &Context, _kind: NotifyEvent, event: &str, key: &[u8
         guard::fault_point("event");
         if event == "xadd" {
             engine::on_xadd(ctx);
+        } else {
+            engine::on_stream_change();
         }
     })
 }
@@ -44,6 +46,7 @@ fn on_cron(ctx: &Context, _hz: u64) {
 fn on_loading(ctx: &Context, sub: LoadingSubevent) {
     guard::contain("loading event", (), || match sub {
         LoadingSubevent::Ended | LoadingSubevent::Failed => {
+            engine::forget_group();
             state::published().loading = false;
             engine::schedule(ctx);
         }
@@ -56,6 +59,7 @@ fn on_loading(ctx: &Context, sub: LoadingSubevent) {
 fn on_role_changed(ctx: &Context, role: ServerRole) {
     guard::contain("role event", (), || {
         let master = role == ServerRole::Primary;
+        engine::forget_group();
         state::published().is_master = master;
         logging::info(if master {
             "now a master: projecting from the group cursor"

@@ -298,6 +298,59 @@ fn stream_deleted_recreated_and_flushall() {
     });
 }
 
+/// A stream deleted and recreated inside one transaction, with entry IDs after the old
+/// cursor: the module cannot see the DEL (it hears stream events only), yet it must notice
+/// the new stream, recreate its group and project every entry, with no error.
+#[test]
+fn stream_recreated_in_one_transaction_is_noticed() {
+    for_each_flavor(|flavor| {
+        let s = Options::new(flavor).without_exporter().start();
+        let mut c = s.conn();
+        let ms = server_now_ms(&mut c);
+        xadd(
+            &mut c,
+            STREAM,
+            &format!("{ms}-1"),
+            &decision("R", "r1", &[]),
+        );
+        wait_drained(&mut c);
+        for round in 2..=3u64 {
+            let mut p = redis::pipe();
+            p.atomic().cmd("DEL").arg(STREAM).ignore();
+            for n in 1..round {
+                let cmd = p
+                    .cmd("XADD")
+                    .arg(STREAM)
+                    .arg(format!("{ms}-{}", 10 * round + n));
+                for (k, v) in decision("R", &format!("r{round}_{n}"), &[]) {
+                    cmd.arg(k).arg(v);
+                }
+                cmd.ignore();
+            }
+            p.query::<()>(&mut c).expect("MULTI DEL XADD");
+            wait_drained(&mut c);
+            for n in 1..round {
+                assert!(
+                    exists(&mut c, &format!("{BY_PLAN}r{round}_{n}")),
+                    "round {round}: r{round}_{n}"
+                );
+            }
+            assert_eq!(
+                group_field(&mut c, STREAM, "heat_bridge", "entries-read"),
+                Some((round - 1).to_string()),
+                "round {round}: the group was recreated"
+            );
+        }
+        for stage in ["read", "write", "ack"] {
+            assert_eq!(
+                metric(&mut c, &format!("p27_errors_total{{stage=\"{stage}\"}}")),
+                0.0,
+                "{stage} errors"
+            );
+        }
+    });
+}
+
 /// A stream key of the wrong type: health reports it, nothing crashes, and projection
 /// resumes once the key is a stream again.
 #[test]
@@ -427,15 +480,43 @@ fn swapdb_brings_in_another_stream_and_nothing_is_skipped() {
     for_each_flavor(|flavor| {
         let s = Options::new(flavor).without_exporter().start();
         let mut c = s.conn();
-        fill(&mut c, STREAM, "e", 3);
+        // Explicit IDs: the other stream's entries come before the module's cursor, and only
+        // one entry follows it after the swap, as if nothing but one XADD had happened.
+        let ms = server_now_ms(&mut c);
+        for (n, plan) in ["e0", "e1", "e2"].iter().enumerate() {
+            xadd(
+                &mut c,
+                STREAM,
+                &format!("{ms}-{}", 10 + n),
+                &decision("SYM0", plan, &[]),
+            );
+        }
         wait_drained(&mut c);
         let mut other = s.conn();
         let _: () = redis::cmd("SELECT").arg(1).query(&mut other).unwrap();
         xgroup(&mut other, "CREATE", &["MKSTREAM"]);
-        fill(&mut other, STREAM, "f", 2);
-        inject(&mut c, "SYM0", "e_after");
+        for (n, plan) in ["f0", "f1"].iter().enumerate() {
+            xadd(
+                &mut other,
+                STREAM,
+                &format!("{ms}-{}", 1 + n),
+                &decision("SYM0", plan, &[]),
+            );
+        }
+        xadd(
+            &mut c,
+            STREAM,
+            &format!("{ms}-20"),
+            &decision("SYM0", "e_after", &[]),
+        );
+        wait_drained(&mut c);
         let _: () = redis::cmd("SWAPDB").arg(0).arg(1).query(&mut c).unwrap();
-        inject(&mut c, "SYM0", "g_after_swap");
+        xadd(
+            &mut c,
+            STREAM,
+            &format!("{ms}-30"),
+            &decision("SYM0", "g_after_swap", &[]),
+        );
         wait_drained(&mut c);
         for plan in ["f0", "f1", "g_after_swap"] {
             assert!(
