@@ -4,8 +4,11 @@
 //! Arguments are the entry's own Redis strings, handed to the call without a copy: per
 //! decision that saves some sixty string allocations over byte-slice arguments.
 
+use std::ffi::CStr;
+
 use redis_module::{CallOptions, CallOptionsBuilder, CallReply, CallResult, Context, RedisString};
 
+use crate::call;
 use crate::clock::now_ms;
 use crate::logging;
 use crate::metrics::{Stage, METRICS};
@@ -36,7 +39,6 @@ pub fn read_opts() -> CallOptions {
 /// Writes the keys of decisions, holding the strings every write reuses.
 pub struct Writer<'c> {
     ctx: &'c Context,
-    opts: CallOptions,
     pxat: RedisString,
     last_plan_id: RedisString,
 }
@@ -46,24 +48,14 @@ impl<'c> Writer<'c> {
     pub fn new(ctx: &'c Context) -> Writer<'c> {
         Writer {
             ctx,
-            opts: CallOptionsBuilder::new()
-                .replicate()
-                .verify_oom()
-                .errors_as_replies()
-                .build(),
             pxat: rstr(ctx, b"PXAT"),
             last_plan_id: rstr(ctx, projection::LAST_PLAN_ID_FIELD),
         }
     }
 
-    fn call(&self, cmd: &str, args: &[&RedisString]) -> Result<(), String> {
-        let r: CallResult = self.ctx.call_ext(cmd, &self.opts, args);
-        match r {
-            Ok(_) => Ok(()),
-            Err(e) => Err(e
-                .to_utf8_string()
-                .unwrap_or_else(|| format!("{cmd} failed"))),
-        }
+    /// A replicated write; returns its integer reply, if it has one.
+    fn call(&self, cmd: &CStr, args: &[&RedisString]) -> Result<Option<i64>, String> {
+        call::call(self.ctx, cmd, call::WRITE, args).map(|r| r.integer())
     }
 
     /// A Redis string for `bytes`.
@@ -80,7 +72,7 @@ impl<'c> Writer<'c> {
         at_ms: u64,
     ) -> Result<(), String> {
         let at = self.string(at_ms.to_string().as_bytes());
-        self.call("SET", &[key, value, &self.pxat, &at])
+        self.call(c"SET", &[key, value, &self.pxat, &at]).map(drop)
     }
 
     /// Makes the hash hold exactly `fields` (plus `last_plan_id` when given), expiring at
@@ -105,8 +97,9 @@ impl<'c> Writer<'c> {
             args.push(&self.last_plan_id);
             args.push(plan);
         }
-        if let Err(msg) = self.call("HSET", &args) {
-            if msg.starts_with("WRONGTYPE") {
+        let added = match self.call(c"HSET", &args) {
+            Ok(added) => added.unwrap_or(0),
+            Err(msg) if msg.starts_with("WRONGTYPE") => {
                 let now = now_ms();
                 METRICS.count_error(Stage::Write, now);
                 if FOREIGN_KEY_LOG.check(crate::clock::mono_ms()).is_some() {
@@ -117,17 +110,20 @@ impl<'c> Writer<'c> {
                 }
                 return Ok(());
             }
-            return Err(msg);
-        }
+            Err(msg) => return Err(msg),
+        };
+        // Fields of an earlier value may be left over only if the hash existed before: then
+        // it holds more fields than the HSET added. A new hash (every by_plan key) is done.
+        let len = self.hash_len(key);
         let extra = last_plan_id.map(|_| projection::LAST_PLAN_ID_FIELD);
-        if self.hash_len(key) > distinct_fields(fields, extra) {
+        if len as i64 > added && len > distinct_fields(fields, extra) {
             self.remove_stale_fields(key, fields, extra)?;
         }
         match self.set_abs_expire(key, at_ms) {
             Some(done) => done,
             None => {
                 let at = self.string(at_ms.to_string().as_bytes());
-                self.call("PEXPIREAT", &[key, &at])
+                self.call(c"PEXPIREAT", &[key, &at]).map(drop)
             }
         }
     }
@@ -220,7 +216,7 @@ impl<'c> Writer<'c> {
         }
         let mut args: Vec<&RedisString> = vec![key];
         args.extend(stale.iter());
-        self.call("HDEL", &args)
+        self.call(c"HDEL", &args).map(drop)
     }
 }
 

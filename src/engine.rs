@@ -22,6 +22,7 @@ use redis_module::{
 };
 
 use crate::apply::{self, read_opts, Writer};
+use crate::call;
 use crate::clock::now_ms;
 use crate::config::{self, Settings};
 use crate::decision::{self, EntryId, Invalid};
@@ -809,13 +810,21 @@ fn create_group(ctx: &Context, s: &Settings) -> Result<(), String> {
 /// the group's read counter stays valid, so XINFO GROUPS (and the backlog) know the lag
 /// even while the cursor is in the middle of the stream.
 fn advance(ctx: &Context, s: &Settings, id: &str, entries_read: Option<u64>) -> Result<(), String> {
-    let counter = entries_read.map(|n| n.to_string());
-    let mut args = vec!["SETID", s.stream.as_str(), s.group.as_str(), id];
-    if let Some(n) = counter.as_deref() {
-        args.extend(["ENTRIESREAD", n]);
-    }
-    let r: CallResult = ctx.call_ext("XGROUP", &write_opts(), args.as_slice());
-    reply_error(&r).map_or(Ok(()), Err)
+    let strings: Vec<RedisString> = [
+        "SETID",
+        s.stream.as_str(),
+        s.group.as_str(),
+        id,
+        "ENTRIESREAD",
+    ]
+    .iter()
+    .map(|a| rstr(ctx, a.as_bytes()))
+    .chain(entries_read.map(|n| rstr(ctx, n.to_string().as_bytes())))
+    .collect();
+    // Without a counter, the ENTRIESREAD keyword is left out too.
+    let n = if entries_read.is_some() { 6 } else { 4 };
+    let args: Vec<&RedisString> = strings.iter().take(n).collect();
+    call::call(ctx, c"XGROUP", call::WRITE, &args).map(drop)
 }
 
 /// The stream's entries-added counter: from the group when it can tell, else from

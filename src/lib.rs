@@ -7,6 +7,7 @@
 //! This file is the table of contents: the module definition and its thin shims.
 
 pub mod apply;
+pub mod call;
 pub mod clock;
 pub mod commands;
 pub mod config;

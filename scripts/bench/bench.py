@@ -19,6 +19,10 @@ Environment:
   BENCH_PROBE_N    sequential decisions in the visibility probe (2000)
   BENCH_SCRAPE_N   GETs per redis-benchmark run in the scraper test (100000; 0 skips it)
   BENCH_ROWS       comma list of rows to run (raw,pipeline,lua,heatbridge)
+  BENCH_ROUNDS     rounds of the throughput rows (3). The rows run interleaved, round after
+                   round, and the table gives each row's median; the visibility probe runs in
+                   the first round only. On a shared machine one sample per row is not enough:
+                   rates swing by a third from one minute to the next.
   BENCH_OUT        where to write the JSON results (default: a file in the temp dir)
   HB_SO            the module (default target/release/libheatbridge.so)
   HB_ARGS          extra module arguments for the heatbridge rows, e.g. "batch 100"
@@ -58,6 +62,8 @@ CATCHUP_N = int(os.environ.get("BENCH_CATCHUP_N", "1000000"))
 PROBE_N = int(os.environ.get("BENCH_PROBE_N", "2000"))
 SCRAPE_N = int(os.environ.get("BENCH_SCRAPE_N", "100000"))
 ROWS = os.environ.get("BENCH_ROWS", "raw,pipeline,lua,heatbridge").split(",")
+ROUNDS = max(1, int(os.environ.get("BENCH_ROUNDS", "3")))
+DESIGNS = ["raw", "pipeline", "lua", "heatbridge"]
 HB_SO = os.environ.get("HB_SO", os.path.join(ROOT, "target/release/libheatbridge.so"))
 HB_ARGS = os.environ.get("HB_ARGS", "").split()
 PIDFILE = os.environ.get("BENCH_PIDFILE")
@@ -388,7 +394,7 @@ class Helper:
 
 # ---------------------------------------------------------------- the rows
 
-def run_row(kind, design, tmp, files, base_mem):
+def run_row(kind, design, tmp, files, base_mem, probe=True):
     log(f"[{kind}] {design}: fresh server")
     module = (["metrics-port", "0", "health-port", "0"] + HB_ARGS) if design == "heatbridge" else None
     srv = Server(kind, tmp, module)
@@ -417,7 +423,7 @@ def run_row(kind, design, tmp, files, base_mem):
                "mem_bytes": mem}
         if base_mem is not None and design != "raw":
             row["mem_per_decision"] = (mem - base_mem) / N
-        if design != "raw" and PROBE_N > 0:
+        if design != "raw" and PROBE_N > 0 and probe:
             lat, first = probe_visibility(srv, design, PROBE_N)
             row.update(vis_p50_us=pct(lat, 50), vis_p99_us=pct(lat, 99), vis_max_us=lat[-1],
                        vis_first_read=first / len(lat))
@@ -550,6 +556,29 @@ def run_scraper(kind, tmp, n, rounds=3):
 
 # ---------------------------------------------------------------- report
 
+def merge_rounds(rows):
+    """One row from the rounds of a design: the first round's row (visibility, memory) with
+    the median rate, and every round's rate."""
+    row = dict(rows[0])
+    rates = [r["rate"] for r in rows]
+    row["rates"] = rates
+    row["rate"] = statistics.median(rates)
+    row["seconds"] = statistics.median(r["seconds"] for r in rows)
+    return row
+
+
+def round_ratios(kind, runs):
+    """HeatBridge against Lua and the pipelined client within each round (same minute)."""
+    out = []
+    for i, hb in enumerate(runs.get("heatbridge", [])):
+        r = {"server": kind, "round": i + 1}
+        for other in ("lua", "pipeline", "raw"):
+            if other in runs and i < len(runs[other]):
+                r[f"vs_{other}"] = hb["rate"] / runs[other][i]["rate"]
+        out.append(r)
+    return out
+
+
 def fmt_ratio(a, b):
     return f"{a / b:.2f}x" if a and b else "-"
 
@@ -601,13 +630,16 @@ def main():
         gen_lua(files["lua"], N)
         for kind in kinds:
             base_mem = None
-            for design in ["raw", "pipeline", "lua", "heatbridge"]:
-                if design not in ROWS:
-                    continue
-                row = run_row(kind, design, tmp, files, base_mem)
-                if design == "raw":
-                    base_mem = row["mem_bytes"]
-                results["rows"].append(row)
+            runs = {d: [] for d in DESIGNS if d in ROWS}
+            for rnd in range(ROUNDS):
+                log(f"[{kind}] round {rnd + 1} of {ROUNDS}")
+                for design in runs:
+                    row = run_row(kind, design, tmp, files, base_mem, probe=rnd == 0)
+                    if design == "raw" and base_mem is None:
+                        base_mem = row["mem_bytes"]
+                    runs[design].append(row)
+            results["rows"].extend(merge_rounds(runs[d]) for d in runs)
+            results["rounds"] = results.get("rounds", []) + round_ratios(kind, runs)
             if CATCHUP_N > 0 and "heatbridge" in ROWS:
                 results["catchup"].append(run_catchup(kind, tmp, CATCHUP_N))
             if SCRAPE_N > 0 and "heatbridge" in ROWS:
@@ -627,6 +659,14 @@ def report(results, out_path):
           f"redis-cli --pipe; {results['machine']['nproc']} cores; "
           f"{results['seconds']:.0f} s in all\n")
     print(table(results["rows"]))
+    print(f"\nRates are medians of {ROUNDS} interleaved rounds; every round's rates (k/s):")
+    for r in results["rows"]:
+        print(f"  {r['server']:6} {r['design']:10} " + " ".join(f"{x / 1000:6.1f}" for x in r["rates"]))
+    if results.get("rounds"):
+        print("HeatBridge within each round (vs Lua, vs pipelined):")
+        for r in results["rounds"]:
+            print(f"  {r['server']:6} round {r['round']}: "
+                  f"{r.get('vs_lua', 0):.2f}x, {r.get('vs_pipeline', 0):.2f}x")
     live = {r["server"]: r["rate"] for r in results["rows"] if r["design"] == "heatbridge"}
     if results["catchup"]:
         print("\n| server | catch-up backlog | catch-up/s | vs live | longest PING (ms) | "

@@ -1,0 +1,113 @@
+//! `RM_Call` for the drain's hot path.
+//!
+//! `Context::call_ext` builds a `CString` for the command name, a `Vec` of argument pointers,
+//! and a new Redis string for every `&str` argument, then frees them all again. The drain
+//! makes four or five calls per decision, so [`call`] skips that work. It takes the arguments
+//! as existing Redis strings (format `v`) and a static format string, and returns the reply
+//! as an owned handle that is freed on drop. Errors always come back as replies (`E`) and
+//! are turned into `Err` with the server's message.
+
+use std::ffi::CStr;
+use std::ptr::NonNull;
+
+use redis_module::{raw, Context, RedisString};
+
+/// Flags of a replicated write: replicate (`!`), refuse under maxmemory (`M`), errors as
+/// replies (`E`), arguments as a vector (`v`).
+pub const WRITE: &CStr = c"!MEv";
+/// Flags of a read: errors as replies, arguments as a vector.
+pub const READ: &CStr = c"Ev";
+
+/// Arguments up to this many are passed from the stack.
+const STACK_ARGS: usize = 48;
+
+/// A call's reply, freed on drop.
+pub struct Reply(NonNull<raw::RedisModuleCallReply>);
+
+impl Reply {
+    fn kind(&self) -> i32 {
+        // SAFETY: `self.0` is a live reply owned by this handle.
+        unsafe { raw::RedisModule_CallReplyType.map_or(-1, |f| f(self.0.as_ptr())) }
+    }
+
+    /// The value of an integer reply.
+    pub fn integer(&self) -> Option<i64> {
+        if self.kind() != raw::REDISMODULE_REPLY_INTEGER as i32 {
+            return None;
+        }
+        // SAFETY: as in `kind`; the reply is an integer.
+        unsafe { raw::RedisModule_CallReplyInteger.map(|f| f(self.0.as_ptr())) }
+    }
+
+    fn text(&self) -> String {
+        let mut len = 0usize;
+        // SAFETY: as in `kind`; StringPtr returns a pointer into the reply (valid while the
+        // reply lives) and its length, or null.
+        unsafe {
+            let p = raw::RedisModule_CallReplyStringPtr
+                .map_or(std::ptr::null(), |f| f(self.0.as_ptr(), &mut len));
+            if p.is_null() {
+                return String::new();
+            }
+            String::from_utf8_lossy(std::slice::from_raw_parts(p.cast::<u8>(), len)).into_owned()
+        }
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        // SAFETY: the reply is owned by this handle and freed exactly once, here.
+        unsafe {
+            if let Some(free) = raw::RedisModule_FreeCallReply {
+                free(self.0.as_ptr());
+            }
+        }
+    }
+}
+
+/// Calls `cmd` with `args`. `flags` is [`WRITE`] or [`READ`] (it must end in `v`).
+pub fn call(
+    ctx: &Context,
+    cmd: &CStr,
+    flags: &CStr,
+    args: &[&RedisString],
+) -> Result<Reply, String> {
+    let mut stack = [std::ptr::null_mut::<raw::RedisModuleString>(); STACK_ARGS];
+    let mut heap = Vec::new();
+    let argv: &mut [*mut raw::RedisModuleString] = match stack.get_mut(..args.len()) {
+        Some(slots) => {
+            for (slot, a) in slots.iter_mut().zip(args) {
+                *slot = a.inner;
+            }
+            slots
+        }
+        None => {
+            heap.extend(args.iter().map(|a| a.inner));
+            &mut heap
+        }
+    };
+    // SAFETY: reading a function pointer that the module API set at load.
+    let Some(rm_call) = (unsafe { raw::RedisModule_Call }) else {
+        return Err("RM_Call is not available".into());
+    };
+    // SAFETY: `ctx.ctx` is the live context of the current callback. `cmd` and `flags` are
+    // NUL-terminated and outlive the call. The format ends in `v`, which takes exactly the
+    // two variadic arguments passed: an array of `argv.len()` valid Redis strings (borrowed
+    // from `args`, which outlive the call; RM_Call retains what it keeps) and its length.
+    let reply = unsafe {
+        rm_call(
+            ctx.ctx,
+            cmd.as_ptr(),
+            flags.as_ptr(),
+            argv.as_mut_ptr(),
+            argv.len(),
+        )
+    };
+    let Some(reply) = NonNull::new(reply).map(Reply) else {
+        return Err(format!("{} could not be called", cmd.to_string_lossy()));
+    };
+    if reply.kind() == raw::REDISMODULE_REPLY_ERROR as i32 {
+        return Err(reply.text());
+    }
+    Ok(reply)
+}
