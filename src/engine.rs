@@ -369,6 +369,8 @@ struct Pass<'c> {
     /// The newest entry and the read counter, when the pass reaches the end of the stream
     /// with nothing pending and an exact counter: what the next pass may trust.
     end: Option<(EntryId, u64)>,
+    /// The stream's length, when the pass already knows it.
+    len: Option<u64>,
 }
 
 impl<'c> Pass<'c> {
@@ -382,6 +384,7 @@ impl<'c> Pass<'c> {
             read: 0,
             known: None,
             end: None,
+            len: None,
         }
     }
 
@@ -427,12 +430,14 @@ impl<'c> Pass<'c> {
         match advance(ctx, s, &id, entries_read) {
             Ok(()) => {
                 if let (Cursor::End, Some((last, entries_read))) = (to, self.end) {
-                    let stream = rstr(ctx, s.stream.as_bytes());
+                    let len = self
+                        .len
+                        .unwrap_or_else(|| stream_shape(ctx, &rstr(ctx, s.stream.as_bytes())).1);
                     *known() = Some(Known {
                         stream: s.stream.clone(),
                         group: s.group.clone(),
                         last,
-                        len: apply::value_len(ctx, &stream) as u64,
+                        len,
                         entries_read,
                         xadds: 0,
                     });
@@ -538,11 +543,30 @@ pub fn read_group(ctx: &Context, s: &Settings) -> Result<Option<GroupInfo>, Stri
 }
 
 fn stream_key_state(ctx: &Context, stream: &RedisString) -> StreamState {
-    let key = ctx.open_key(stream);
-    match key.key_type() {
-        raw::KeyType::Empty => StreamState::Missing,
-        raw::KeyType::Stream => StreamState::Stream,
-        _ => StreamState::WrongType,
+    stream_shape(ctx, stream).0
+}
+
+/// The stream key's state and, for a stream, its length, from one open of the key.
+fn stream_shape(ctx: &Context, stream: &RedisString) -> (StreamState, u64) {
+    let inner = raw::open_key(ctx.ctx, stream.inner, raw::KeyMode::READ);
+    if inner.is_null() {
+        return (StreamState::Missing, 0);
+    }
+    // SAFETY: `inner` is a key opened just above on the live context and closed right
+    // after; KeyType and ValueLength only read it.
+    let (kind, len) = unsafe {
+        (
+            raw::RedisModule_KeyType.map_or(raw::REDISMODULE_KEYTYPE_EMPTY as i32, |f| f(inner)),
+            raw::RedisModule_ValueLength.map_or(0, |f| f(inner)),
+        )
+    };
+    raw::close_key(inner);
+    if kind == raw::REDISMODULE_KEYTYPE_EMPTY as i32 {
+        (StreamState::Missing, 0)
+    } else if kind == raw::REDISMODULE_KEYTYPE_STREAM as i32 {
+        (StreamState::Stream, len as u64)
+    } else {
+        (StreamState::WrongType, 0)
     }
 }
 
@@ -624,13 +648,15 @@ fn read_one(ctx: &Context, stream: &RedisString, id: EntryId) -> Entry {
 fn step(ctx: &Context, s: &Settings, pass: &mut Pass) -> Step {
     let started = Instant::now();
     let stream = rstr(ctx, s.stream.as_bytes());
-    let st = stream_key_state(ctx, &stream);
+    let (st, len) = stream_shape(ctx, &stream);
     set_stream_state(st, &s.stream);
     if st != StreamState::Stream {
         return Step::CaughtUp;
     }
     if let Some(k) = pass.known.take() {
-        if let Some((group, entries)) = trust_known(ctx, s, &stream, &k) {
+        if let Some((group, entries)) = trust_known(ctx, s, &stream, len, &k) {
+            // The pass adds no entry, so the length stays what the next pass will check.
+            pass.len = Some(len);
             return project_step(ctx, s, pass, group, entries, started);
         }
     }
@@ -676,10 +702,11 @@ fn trust_known(
     ctx: &Context,
     s: &Settings,
     stream: &RedisString,
+    len: u64,
     k: &Known,
 ) -> Option<(GroupInfo, Vec<Entry>)> {
     let added = usize::try_from(k.xadds).ok()?;
-    if added == 0 || added > s.batch || apply::value_len(ctx, stream) as u64 != k.len + k.xadds {
+    if added == 0 || added > s.batch || len != k.len + k.xadds {
         return None;
     }
     let entries = read_after(ctx, stream, k.last, s.batch, true);
