@@ -333,11 +333,30 @@ pub fn drain(ctx: &Context) {
     if !pass.finish(ctx, &settings) {
         last = Step::Failed;
     }
+    latency_sample(start.elapsed());
     let mut p = state::published();
     if last == Step::Failed {
         p.failing_steps += 1;
     } else {
         p.failing_steps = 0;
+    }
+}
+
+/// Reports a pass to the server's latency monitor as event `heatbridge-drain`, so that
+/// `LATENCY LATEST` shows the longest pass (the server records it only at or above
+/// `latency-monitor-threshold`). Timer callbacks and post-notification jobs are not timed
+/// by the server itself.
+fn latency_sample(elapsed: Duration) {
+    // SAFETY: reading a function pointer that the module API set at load; the event name is
+    // a static C string.
+    unsafe {
+        if let Some(add) = raw::RedisModule_LatencyAddSample {
+            add(
+                c"heatbridge-drain".as_ptr(),
+                // Rounded up, so that the monitor never understates a pass.
+                elapsed.as_micros().div_ceil(1000).min(i64::MAX as u128) as raw::mstime_t,
+            );
+        }
     }
 }
 
