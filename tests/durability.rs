@@ -351,6 +351,32 @@ fn stream_recreated_in_one_transaction_is_noticed() {
     });
 }
 
+/// Drain passes are reported to the server's latency monitor as `heatbridge-drain` (the
+/// server does not time module timers or jobs itself), so an operator sees the longest one
+/// with LATENCY LATEST.
+#[test]
+fn drain_passes_show_in_the_latency_monitor() {
+    for_each_flavor(|flavor| {
+        let s = Options::new(flavor).without_exporter().start();
+        let mut c = s.conn();
+        config_set(&mut c, "heatbridge.stream-in", "parked").unwrap();
+        fill(&mut c, STREAM, "lat", 5000);
+        config_set(&mut c, "latency-monitor-threshold", "1").unwrap();
+        config_set(&mut c, "heatbridge.stream-in", STREAM).unwrap();
+        wait_drained(&mut c);
+        // Each row: event, time, latest ms, max ms (and more on newer servers).
+        let latest: Vec<Vec<redis::Value>> =
+            redis::cmd("LATENCY").arg("LATEST").query(&mut c).unwrap();
+        let drain = latest.iter().find(|row| {
+            matches!(row.first(), Some(redis::Value::BulkString(b)) if b == b"heatbridge-drain")
+        });
+        assert!(
+            matches!(drain.and_then(|row| row.get(3)), Some(redis::Value::Int(max)) if *max >= 1),
+            "LATENCY LATEST: {latest:?}"
+        );
+    });
+}
+
 /// A stream key of the wrong type: health reports it, nothing crashes, and projection
 /// resumes once the key is a stream again.
 #[test]
