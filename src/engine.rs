@@ -336,9 +336,9 @@ pub fn drain(ctx: &Context) {
     latency_sample(start.elapsed());
     let mut p = state::published();
     if last == Step::Failed {
-        p.failing_steps += 1;
+        p.failing_passes += 1;
     } else {
-        p.failing_steps = 0;
+        p.failing_passes = 0;
     }
 }
 

@@ -9,8 +9,8 @@ pub const CONTENT_TYPE: &str = "application/json";
 pub const ERROR_WINDOW_MS: u64 = 60_000;
 /// How far back the backlog is compared to decide that projection is not keeping up.
 pub const BACKLOG_WINDOW_MS: u64 = 5_000;
-/// Consecutive failed drain steps after which the status is error.
-pub const FAILING_STEPS: u64 = 3;
+/// Consecutive failed drain passes after which the status is error.
+pub const FAILING_PASSES: u64 = 3;
 
 /// The overall status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,8 +76,8 @@ pub struct Input {
     pub backlog_before: Option<u64>,
     /// Wall-clock ms of the last error, 0 if none.
     pub last_error_ms: u64,
-    /// Drain steps that failed in a row.
-    pub failing_steps: u64,
+    /// Drain passes that failed in a row.
+    pub failing_passes: u64,
     /// ts_epoch of the last projected entry.
     pub last_ts_epoch: Option<f64>,
     /// Duration of the last drain step, ms.
@@ -108,8 +108,8 @@ pub fn evaluate(i: &Input) -> Report {
     if i.stream_state == StreamState::WrongType {
         errors.push(format!("stream key {} is not a stream", i.stream));
     }
-    if i.is_master && i.failing_steps >= FAILING_STEPS {
-        errors.push(format!("the last {} drain steps failed", i.failing_steps));
+    if i.is_master && i.failing_passes >= FAILING_PASSES {
+        errors.push(format!("the last {} drain passes failed", i.failing_passes));
     }
     if i.last_error_ms != 0 && i.now_ms.saturating_sub(i.last_error_ms) < ERROR_WINDOW_MS {
         let ago = i.now_ms.saturating_sub(i.last_error_ms) / 1000;
@@ -246,7 +246,7 @@ mod tests {
     }
 
     #[test]
-    fn wrong_type_and_failing_steps_are_errors() {
+    fn wrong_type_and_failing_passes_are_errors() {
         let mut i = base();
         i.stream_state = StreamState::WrongType;
         let r = evaluate(&i);
@@ -254,7 +254,7 @@ mod tests {
         assert_eq!(r.status.http_code(), 503);
         assert!(r.reasons[0].contains("not a stream"));
         let mut i = base();
-        i.failing_steps = FAILING_STEPS;
+        i.failing_passes = FAILING_PASSES;
         assert_eq!(evaluate(&i).status, Status::Error);
     }
 

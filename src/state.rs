@@ -25,7 +25,7 @@ pub struct Published {
     /// Whether the latest backlog reading succeeded.
     backlog_known: bool,
     /// Drain steps failed in a row.
-    pub failing_steps: u64,
+    pub failing_passes: u64,
     /// Human-readable status of each exporter endpoint (metrics, health).
     pub exporter_status: [String; 2],
     /// Whether each exporter endpoint is bound (metrics, health).
@@ -40,7 +40,7 @@ impl Published {
             stream_state: StreamState::Unknown,
             backlog: VecDeque::new(),
             backlog_known: false,
-            failing_steps: 0,
+            failing_passes: 0,
             exporter_status: [String::new(), String::new()],
             exporter_up: [false, false],
         }
@@ -112,7 +112,7 @@ pub fn health_input() -> health::Input {
         backlog: p.backlog(),
         backlog_before: p.backlog_before(now),
         last_error_ms: METRICS.last_error_ms(),
-        failing_steps: p.failing_steps,
+        failing_passes: p.failing_passes,
         last_ts_epoch: snap.last_ts_epoch,
         last_loop_ms: snap.last_loop_ms,
         errors_total: snap.errors_total(),
