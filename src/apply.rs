@@ -153,15 +153,16 @@ impl<'c> Writer<'c> {
         // Replicate format "sl" matches its two arguments (a RedisModuleString* and a long
         // long).
         let rc = unsafe {
-            let rc = if raw::RedisModule_KeyType.map_or(0, |f| f(inner))
-                == raw::REDISMODULE_KEYTYPE_EMPTY as i32
-            {
+            let empty = raw::RedisModule_KeyType.map_or(0, |f| f(inner))
+                == raw::REDISMODULE_KEYTYPE_EMPTY as i32;
+            let rc = if empty {
                 raw::REDISMODULE_OK as i32
             } else {
                 set_abs(inner, at)
             };
             raw::close_key(inner);
-            if rc == raw::REDISMODULE_OK as i32 {
+            // Nothing to replicate or announce for a key that is not there.
+            if !empty && rc == raw::REDISMODULE_OK as i32 {
                 replicate(
                     self.ctx.ctx,
                     c"PEXPIREAT".as_ptr(),

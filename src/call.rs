@@ -12,11 +12,30 @@ use std::ptr::NonNull;
 
 use redis_module::{raw, Context, RedisString};
 
-/// Flags of a replicated write: replicate (`!`), refuse under maxmemory (`M`), errors as
-/// replies (`E`), arguments as a vector (`v`).
-pub const WRITE: &CStr = c"!MEv";
-/// Flags of a read: errors as replies, arguments as a vector.
-pub const READ: &CStr = c"Ev";
+/// What kind of call: it picks the format string, which always ends in `v` and holds no
+/// other argument specifier (the variadic arguments passed must match it).
+#[derive(Clone, Copy, Debug)]
+pub enum Kind {
+    /// A replicated write: replicate (`!`), refuse under maxmemory (`M`), errors as replies
+    /// (`E`), arguments as a vector (`v`).
+    Write,
+    /// A read: errors as replies, arguments as a vector.
+    Read,
+}
+
+impl Kind {
+    fn format(self) -> &'static CStr {
+        match self {
+            Kind::Write => c"!MEv",
+            Kind::Read => c"Ev",
+        }
+    }
+}
+
+/// [`Kind::Write`].
+pub const WRITE: Kind = Kind::Write;
+/// [`Kind::Read`].
+pub const READ: Kind = Kind::Read;
 
 /// Arguments up to this many are passed from the stack.
 const STACK_ARGS: usize = 48;
@@ -65,13 +84,9 @@ impl Drop for Reply {
     }
 }
 
-/// Calls `cmd` with `args`. `flags` is [`WRITE`] or [`READ`] (it must end in `v`).
-pub fn call(
-    ctx: &Context,
-    cmd: &CStr,
-    flags: &CStr,
-    args: &[&RedisString],
-) -> Result<Reply, String> {
+/// Calls `cmd` with `args`.
+pub fn call(ctx: &Context, cmd: &CStr, kind: Kind, args: &[&RedisString]) -> Result<Reply, String> {
+    let flags = kind.format();
     let mut stack = [std::ptr::null_mut::<raw::RedisModuleString>(); STACK_ARGS];
     let mut heap = Vec::new();
     let argv: &mut [*mut raw::RedisModuleString] = match stack.get_mut(..args.len()) {
@@ -91,7 +106,8 @@ pub fn call(
         return Err("RM_Call is not available".into());
     };
     // SAFETY: `ctx.ctx` is the live context of the current callback. `cmd` and `flags` are
-    // NUL-terminated and outlive the call. The format ends in `v`, which takes exactly the
+    // NUL-terminated and outlive the call. The format (from `Kind`) ends in `v` and has no
+    // other argument specifier, so it takes exactly the
     // two variadic arguments passed: an array of `argv.len()` valid Redis strings (borrowed
     // from `args`, which outlive the call; RM_Call retains what it keeps) and its length.
     let reply = unsafe {
@@ -104,7 +120,13 @@ pub fn call(
         )
     };
     let Some(reply) = NonNull::new(reply).map(Reply) else {
-        return Err(format!("{} could not be called", cmd.to_string_lossy()));
+        // RM_Call sets errno (ENOENT unknown command, EINVAL arity, ENOSPC OOM, EACCES ACL,
+        // EROFS read-only replica, ...).
+        return Err(format!(
+            "{} could not be called ({})",
+            cmd.to_string_lossy(),
+            std::io::Error::last_os_error()
+        ));
     };
     if reply.kind() == raw::REDISMODULE_REPLY_ERROR as i32 {
         return Err(reply.text());

@@ -99,9 +99,18 @@ fn known() -> std::sync::MutexGuard<'static, Option<Known>> {
     KNOWN.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Whether a pass may remember the group at all (not without the command filter).
+static TRUST_KNOWN: AtomicBool = AtomicBool::new(true);
+
 /// Forgets the known group: the next pass reads it.
 pub fn forget_group() {
     *known() = None;
+}
+
+/// Never remember the group (the server has no command filters to keep it honest).
+pub fn distrust_known_group() {
+    TRUST_KNOWN.store(false, Relaxed);
+    forget_group();
 }
 
 /// A stream event other than xadd on the input stream.
@@ -132,6 +141,7 @@ static ERROR_LOG: RateLimit = RateLimit::new(1000);
 
 /// Resets scheduling state (module load; statics survive an unload).
 pub fn reset() {
+    TRUST_KNOWN.store(true, Relaxed);
     forget_group();
     IN_PASS.store(false, Relaxed);
     TIMER_PENDING.store(false, Relaxed);
@@ -353,8 +363,13 @@ fn latency_sample(elapsed: Duration) {
         if let Some(add) = raw::RedisModule_LatencyAddSample {
             add(
                 c"heatbridge-drain".as_ptr(),
-                // Rounded up, so that the monitor never understates a pass.
-                elapsed.as_micros().div_ceil(1000).min(i64::MAX as u128) as raw::mstime_t,
+                // Rounded up, so that the monitor never understates a pass; a pass under
+                // 1 ms is 0, which the monitor ignores.
+                if elapsed < Duration::from_millis(1) {
+                    0
+                } else {
+                    elapsed.as_micros().div_ceil(1000).min(i64::MAX as u128) as raw::mstime_t
+                },
             );
         }
     }
@@ -438,8 +453,8 @@ impl<'c> Pass<'c> {
                 return false;
             }
         }
-        METRICS.count_in(self.read);
         let Some((to, entries_read)) = self.advance else {
+            METRICS.count_in(self.read);
             return true;
         };
         let id = match to {
@@ -448,7 +463,11 @@ impl<'c> Pass<'c> {
         };
         match advance(ctx, s, &id, entries_read) {
             Ok(()) => {
-                if let (Cursor::End, Some((last, entries_read))) = (to, self.end) {
+                // Counted once acknowledged: a failed move re-reads (and counts) them.
+                METRICS.count_in(self.read);
+                if let (true, Cursor::End, Some((last, entries_read))) =
+                    (TRUST_KNOWN.load(Relaxed), to, self.end)
+                {
                     let len = self
                         .len
                         .unwrap_or_else(|| stream_shape(ctx, &rstr(ctx, s.stream.as_bytes())).1);
@@ -937,7 +956,15 @@ fn finish_pending(ctx: &Context, s: &Settings, stream: &RedisString) -> Result<u
     let mut acked: Vec<String> = Vec::with_capacity(ids.len());
     for id in &ids {
         let e = read_one(ctx, stream, *id);
-        if let Err(msg) = project_whole(ctx, &w, s, &e, now, true) {
+        // A pending entry can be older than what latest already holds (an entry XCLAIMed to
+        // our consumer after newer ones were projected): then latest keeps the newer one.
+        let done = project(ctx, &w, s, &e, now, true).and_then(|p| match p {
+            Projected::Written {
+                latest_at: Some(at),
+            } if !latest_is_newer(ctx, &e) => write_latest(&w, &e, at),
+            _ => Ok(()),
+        });
+        if let Err(msg) = done {
             METRICS.count_error(Stage::Write, now_ms());
             log_error_limited(&format!("write failed for pending entry {id}: {msg}"));
             break;
@@ -1055,6 +1082,26 @@ pub fn project(
     Ok(Projected::Written {
         latest_at: plan.latest_at,
     })
+}
+
+/// Whether the latest keys of `e`'s symbol already show a newer entry: the pointer names a
+/// plan whose dedupe key holds a later entry ID. Once that dedupe key has expired
+/// (`heatbridge.dedupe-ttl-sec`) this cannot be told, and `e` is written as before.
+fn latest_is_newer(ctx: &Context, e: &Entry) -> bool {
+    let Some(symbol) = e.fields.as_deref().and_then(|f| apply::field(f, b"symbol")) else {
+        return false;
+    };
+    let read = |key: Vec<u8>| -> Option<Vec<u8>> {
+        let k = ctx.open_key(&rstr(ctx, &key));
+        k.read().ok().flatten().map(<[u8]>::to_vec)
+    };
+    read(projection::key(
+        projection::POINTER_PREFIX,
+        symbol.as_slice(),
+    ))
+    .and_then(|plan| read(projection::key(projection::DEDUPE_PREFIX, &plan)))
+    .and_then(|id| EntryId::parse(&id))
+    .is_some_and(|newest| newest > e.id)
 }
 
 /// Writes the latest hash and the latest_plan_id pointer of an entry's symbol.

@@ -5,6 +5,7 @@ use redis_module::server_events::{LoadingSubevent, ServerRole};
 use redis_module::{raw, Context, NotifyEvent};
 use redis_module_macros::{cron_event_handler, loading_event_handler, role_changed_event_handler};
 
+use crate::config;
 use crate::engine;
 use crate::guard;
 use crate::logging;
@@ -70,4 +71,104 @@ fn on_role_changed(ctx: &Context, role: ServerRole) {
             engine::schedule(ctx);
         }
     })
+}
+
+/// Commands that can change the group (its cursor or pending list) or put another stream under
+/// the stream's name without a stream keyspace event, when one of their arguments is the
+/// stream's name. Lowercase.
+const KEYED_UNSEEN: [&[u8]; 12] = [
+    b"xreadgroup",
+    b"xclaim",
+    b"xautoclaim",
+    b"xack",
+    b"rename",
+    b"renamenx",
+    b"restore",
+    b"restore-asking",
+    b"copy",
+    b"move",
+    b"del",
+    b"unlink",
+];
+
+/// Commands that forget the known group whatever their arguments: they change whole
+/// databases, the settings, or run queued commands (a MULTI's commands pass the filter when
+/// they are queued, not when EXEC runs them). Lowercase.
+const ALWAYS_UNSEEN: [&[u8]; 7] = [
+    b"exec",
+    b"swapdb",
+    b"flushall",
+    b"flushdb",
+    b"config",
+    b"debug",
+    b"migrate",
+];
+
+/// The bytes of a filter argument, borrowed from it.
+///
+/// SAFETY: `fctx` must be the live filter context of the current callback; the slice is
+/// valid until the filter returns.
+unsafe fn filter_arg<'a>(
+    fctx: *mut raw::RedisModuleCommandFilterCtx,
+    pos: i32,
+) -> Option<&'a [u8]> {
+    let arg = raw::RedisModule_CommandFilterArgGet?(fctx, pos);
+    if arg.is_null() {
+        return None;
+    }
+    let mut len = 0usize;
+    let p = raw::RedisModule_StringPtrLen?(arg, &mut len);
+    if p.is_null() {
+        return None;
+    }
+    Some(std::slice::from_raw_parts(p.cast::<u8>(), len))
+}
+
+/// Runs before every command (also inside scripts, and when MULTI queues it), except the
+/// module's own calls. It forgets the known group (see `engine::Known`) before a command
+/// that could change the group or the stream unseen, so the next drain pass reads the group.
+/// It never changes the command.
+unsafe extern "C" fn command_filter(fctx: *mut raw::RedisModuleCommandFilterCtx) {
+    guard::contain("command filter", (), || {
+        // SAFETY: `fctx` is the live filter context of this callback.
+        let Some(name) = (unsafe { filter_arg(fctx, 0) }) else {
+            return;
+        };
+        let is = |list: &[&[u8]]| list.iter().any(|c| c.eq_ignore_ascii_case(name));
+        if is(&ALWAYS_UNSEEN) {
+            engine::forget_group();
+            return;
+        }
+        if !is(&KEYED_UNSEEN) {
+            return;
+        }
+        // SAFETY: as above.
+        let count = unsafe { raw::RedisModule_CommandFilterArgsCount.map_or(0, |f| f(fctx)) };
+        let names_stream = (1..count)
+            .any(|i| unsafe { filter_arg(fctx, i) }.is_some_and(|a| config::STREAM_IN.matches(a)));
+        if names_stream {
+            engine::forget_group();
+        }
+    })
+}
+
+/// Registers [`command_filter`] (module load). The server drops it at unload.
+pub fn register_command_filter(ctx: &Context) {
+    // SAFETY: `ctx.ctx` is the live context of the load; the callback is a plain function
+    // that stays valid while the module is loaded.
+    let filter = unsafe {
+        raw::RedisModule_RegisterCommandFilter.map(|f| {
+            f(
+                ctx.ctx,
+                Some(command_filter),
+                raw::REDISMODULE_CMDFILTER_NOSELF as i32,
+            )
+        })
+    };
+    if filter.is_none_or(|f| f.is_null()) {
+        logging::warning(
+            "command filters unavailable: every drain pass reads the group (XINFO GROUPS)",
+        );
+        engine::distrust_known_group();
+    }
 }

@@ -90,7 +90,7 @@ fn on_log_level(_: &ConfigurationContext, _: &str, v: &'static std::sync::Mutex<
 /// have stayed mapped since an unload) and the exporter starts. Catch-up starts on the first
 /// cron tick, not here: init leaves no timer behind, because a server that unloads the
 /// module right after init (a config it rejected) must find nothing pending.
-fn init(_ctx: &Context, args: &[RedisString]) -> Status {
+fn init(ctx: &Context, args: &[RedisString]) -> Status {
     guard::contain("module load", Status::Err, || {
         // Module arguments are checked and applied here, not by the crate (see
         // config::apply_module_args); an invalid one fails the load cleanly.
@@ -103,6 +103,7 @@ fn init(_ctx: &Context, args: &[RedisString]) -> Status {
         metrics::METRICS.reset();
         state::reset();
         engine::reset();
+        events::register_command_filter(ctx);
         let level = *config::LOG_LEVEL.lock().unwrap_or_else(|e| e.into_inner());
         logging::set_threshold(level.threshold());
         exporter::start();
