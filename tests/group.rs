@@ -28,6 +28,25 @@ fn queue_xadd(p: &mut redis::Pipeline, stream: &str, id: &str, symbol: &str, pla
     c.ignore();
 }
 
+/// Adds `XREADGROUP GROUP heat_bridge <consumer> COUNT 1 STREAMS <stream> >` to a pipeline:
+/// another reader taking one entry and never acknowledging it.
+fn queue_read_one(p: &mut redis::Pipeline, consumer: &str) {
+    queue(
+        p,
+        "XREADGROUP",
+        &[
+            "GROUP",
+            "heat_bridge",
+            consumer,
+            "COUNT",
+            "1",
+            "STREAMS",
+            STREAM,
+            ">",
+        ],
+    );
+}
+
 /// A server whose housekeeping tick (which always reads the group) stays out of the way, so
 /// that every pass after the first may trust what the last one left.
 fn quiet_server(flavor: Flavor) -> Server {
@@ -196,20 +215,7 @@ fn entry_read_by_our_consumer_between_xadds_keeps_latest_newest() {
         let mut p = redis::pipe();
         p.atomic();
         queue_xadd(&mut p, STREAM, "*", "A", "p1");
-        queue(
-            &mut p,
-            "XREADGROUP",
-            &[
-                "GROUP",
-                "heat_bridge",
-                "heat_bridge_1",
-                "COUNT",
-                "1",
-                "STREAMS",
-                STREAM,
-                ">",
-            ],
-        );
+        queue_read_one(&mut p, "heat_bridge_1");
         queue_xadd(&mut p, STREAM, "*", "A", "p2");
         p.query::<()>(&mut c).unwrap();
         wait_drained(&mut c);
@@ -230,20 +236,7 @@ fn claimed_older_entry_keeps_latest_newest() {
         let mut p = redis::pipe();
         p.atomic();
         queue_xadd(&mut p, STREAM, "*", "A", "p1");
-        queue(
-            &mut p,
-            "XREADGROUP",
-            &[
-                "GROUP",
-                "heat_bridge",
-                "other",
-                "COUNT",
-                "1",
-                "STREAMS",
-                STREAM,
-                ">",
-            ],
-        );
+        queue_read_one(&mut p, "other");
         p.query::<()>(&mut c).unwrap();
         let pending: Vec<(String, String, i64, i64)> = redis::cmd("XPENDING")
             .arg(STREAM)
