@@ -1007,7 +1007,7 @@ pub enum Projected {
 }
 
 /// Projects one entry's dedupe and by_plan keys; the caller writes latest (once per symbol
-/// per drain step). `Err` only for a write failure that should be retried.
+/// per drain pass). `Err` only for a write failure that should be retried.
 pub fn project(
     ctx: &Context,
     w: &Writer,
@@ -1129,7 +1129,8 @@ pub fn write_latest(w: &Writer, e: &Entry, at_ms: u64) -> Result<(), String> {
     Ok(())
 }
 
-/// Projects one entry completely (latest included), as pending entries and REPLAY do.
+/// Projects one entry completely (latest included), as REPLAY does (in stream order, so
+/// latest ends on the newest entry it re-projects).
 fn project_whole(
     ctx: &Context,
     w: &Writer,
