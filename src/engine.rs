@@ -28,6 +28,7 @@ use crate::config::{self, Settings};
 use crate::decision::{self, EntryId, Invalid};
 use crate::guard;
 use crate::health::StreamState;
+use crate::ids::IdWalk;
 use crate::logging::{self, RateLimit};
 use crate::metrics::{Stage, METRICS};
 use crate::projection::{self, Dedupe};
@@ -1226,40 +1227,16 @@ pub fn refresh(ctx: &Context) {
 }
 
 /// Counts entries after the cursor when the server cannot tell the lag. It walks IDs only
-/// (no field is read) and stops at a bound, so a housekeeping tick stays cheap.
+/// (fields are skipped, not read) and stops at a bound, so a housekeeping tick stays cheap.
 fn count_after(ctx: &Context, stream: &RedisString, after: EntryId) -> u64 {
     const CAP: u64 = 10_000;
-    let inner = raw::open_key(ctx.ctx, stream.inner, raw::KeyMode::READ);
-    if inner.is_null() {
+    let Some(mut walk) = IdWalk::after(ctx, stream, after, false) else {
         return 0;
-    }
-    let mut from = raw::RedisModuleStreamID {
-        ms: after.ms,
-        seq: after.seq,
     };
     let mut n = 0u64;
-    // SAFETY: `inner` is a stream key opened above on the live context; the iterator is
-    // started, advanced and deleted on it before the key is closed, and the ID and count
-    // out-parameters point to locals that outlive each call.
-    unsafe {
-        if let (Some(start), Some(next), Some(delete)) = (
-            raw::RedisModule_StreamIteratorStart,
-            raw::RedisModule_StreamIteratorNextID,
-            raw::RedisModule_StreamIteratorDelete,
-        ) {
-            let flags = raw::REDISMODULE_STREAM_ITERATOR_EXCLUSIVE as i32;
-            if start(inner, flags, &mut from, std::ptr::null_mut()) == raw::REDISMODULE_OK as i32 {
-                let mut id = raw::RedisModuleStreamID { ms: 0, seq: 0 };
-                let mut numfields: std::os::raw::c_long = 0;
-                while n < CAP && next(inner, &mut id, &mut numfields) == raw::REDISMODULE_OK as i32
-                {
-                    n += 1;
-                }
-                delete(inner);
-            }
-        }
+    while n < CAP && walk.next_id().is_some() {
+        n += 1;
     }
-    raw::close_key(inner);
     n
 }
 

@@ -18,6 +18,7 @@ pub mod exporter;
 pub mod guard;
 pub mod health;
 pub mod http;
+pub mod ids;
 pub mod logging;
 pub mod metrics;
 pub mod projection;

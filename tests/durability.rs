@@ -475,6 +475,59 @@ fn memory_pressure_defers_and_loses_nothing() {
     });
 }
 
+/// A backlog with an entry deleted after the cursor: the server cannot tell the lag, so the
+/// housekeeping tick counts the unread entries itself. Walking IDs without consuming each
+/// entry's fields made the server's stream iterator misread its listpack and stop
+/// redis-server on an assertion; the count must come out right instead.
+#[test]
+fn unknown_lag_is_counted_without_crashing() {
+    for_each_flavor(|flavor| {
+        let s = Options::new(flavor)
+            .without_exporter()
+            .module_arg("poll-ms", "100")
+            .start();
+        let mut c = s.conn();
+        config_set(&mut c, "heatbridge.stream-in", "parked").unwrap();
+        fill(&mut c, STREAM, "gap", 300);
+        xgroup(&mut c, "CREATE", &["ENTRIESREAD", "0"]);
+        let ids: Vec<String> = redis::cmd("XRANGE")
+            .arg(STREAM)
+            .arg("-")
+            .arg("+")
+            .query::<Vec<(String, Vec<String>)>>(&mut c)
+            .unwrap()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        let _: i64 = redis::cmd("XDEL")
+            .arg(STREAM)
+            .arg(&ids[150])
+            .query(&mut c)
+            .unwrap();
+        // Writes fail under maxmemory, so the backlog stays while the ticks count it.
+        let used: String = redis::cmd("INFO").arg("memory").query(&mut c).unwrap();
+        let used: u64 = used
+            .lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap();
+        config_set(&mut c, "maxmemory-policy", "noeviction").unwrap();
+        config_set(&mut c, "maxmemory", &(used / 2).to_string()).unwrap();
+        config_set(&mut c, "heatbridge.stream-in", STREAM).unwrap();
+        // Nil: the server cannot tell the lag.
+        assert_eq!(
+            group_field(&mut c, STREAM, "heat_bridge", "lag").as_deref(),
+            Some("")
+        );
+        wait_for(10, "the tick to count 299 unread entries", || {
+            health(&mut c)["backlog"].as_u64() == Some(299)
+        });
+        config_set(&mut c, "maxmemory", "0").unwrap();
+        wait_drained(&mut c);
+        assert_eq!(count_keys(&mut c, &format!("{BY_PLAN}gap*")), 299);
+    });
+}
+
 /// The group belongs to HeatBridge, but an operator may move it: a rewind with XGROUP SETID
 /// is honoured by the very next drain (every step reads the group), and the re-read entries
 /// are projected again (retries are idempotent).
