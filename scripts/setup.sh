@@ -12,6 +12,7 @@ command -v redis-server >/dev/null 2>&1 || apt_pkgs+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || apt_pkgs+=(redis-tools)
 dpkg -s libclang-dev >/dev/null 2>&1 || apt_pkgs+=(libclang-dev)
 command -v promtool >/dev/null 2>&1 || apt_pkgs+=(prometheus)
+command -v cc >/dev/null 2>&1 || apt_pkgs+=(gcc)   # tests/capture.rs builds a second test module
 command -v curl >/dev/null 2>&1 || apt_pkgs+=(curl)
 command -v jq >/dev/null 2>&1 || apt_pkgs+=(jq)
 command -v python3 >/dev/null 2>&1 || apt_pkgs+=(python3 python3-pip)

@@ -23,6 +23,7 @@ use redis_module::{
 
 use crate::apply::{self, read_opts, Writer};
 use crate::call;
+use crate::capture;
 use crate::clock::now_ms;
 use crate::config::{self, Settings};
 use crate::decision::{self, EntryId, Invalid};
@@ -106,6 +107,7 @@ static TRUST_KNOWN: AtomicBool = AtomicBool::new(true);
 /// Forgets the known group: the next pass reads it.
 pub fn forget_group() {
     *known() = None;
+    capture::clear();
 }
 
 /// Never remember the group (the server has no command filters to keep it honest).
@@ -244,14 +246,19 @@ impl Drop for Db0<'_> {
 
 /// Called from the keyspace notification for an XADD on the input stream. Never writes:
 /// it schedules a post-notification job where the server has them, else a 0 ms timer.
-pub fn on_xadd(ctx: &Context) {
+pub fn on_xadd(ctx: &Context, key: &[u8]) {
     if !can_write(ctx) {
         forget_group();
         return;
     }
-    if let Some(k) = known().as_mut() {
-        k.xadds += 1;
-    }
+    let counted = match known().as_mut() {
+        Some(k) => {
+            k.xadds += 1;
+            true
+        }
+        None => false,
+    };
+    capture::on_xadd(key, counted);
     if JOB_PENDING.load(Relaxed) {
         return;
     }
@@ -331,6 +338,8 @@ pub fn drain(ctx: &Context) {
     pass.known = known()
         .take()
         .filter(|k| k.stream == settings.stream && k.group == settings.group);
+    pass.commands = capture::take().filter(|_| pass.known.is_some());
+    capture::set_limit(settings.batch);
     let mut last = loop {
         match step(ctx, &settings, &mut pass) {
             Step::More if start.elapsed() < STEP_BUDGET => {}
@@ -406,6 +415,8 @@ struct Pass<'c> {
     end: Option<(EntryId, u64)>,
     /// The stream's length, when the pass already knows it.
     len: Option<u64>,
+    /// The arguments of the XADDs counted in `known`, when every one was kept.
+    commands: Option<Vec<capture::Command>>,
 }
 
 impl<'c> Pass<'c> {
@@ -420,6 +431,7 @@ impl<'c> Pass<'c> {
             known: None,
             end: None,
             len: None,
+            commands: None,
         }
     }
 
@@ -520,7 +532,7 @@ impl GroupInfo {
 }
 
 /// The bytes of a string reply, borrowed from it.
-fn str_of<'a>(r: &'a CallReply<'_>) -> Option<&'a [u8]> {
+pub(crate) fn str_of<'a>(r: &'a CallReply<'_>) -> Option<&'a [u8]> {
     match r {
         CallReply::String(s) => Some(s.as_bytes()),
         _ => None,
@@ -536,7 +548,7 @@ fn int_of(r: &CallReply) -> Option<i64> {
 
 /// Calls `f` with each (name, value) pair of a flat XINFO reply. Nothing is copied: this
 /// runs for every drain pass.
-fn for_each_pair(reply: &CallReply<'_>, mut f: impl FnMut(&[u8], &CallReply<'_>)) {
+pub(crate) fn for_each_pair(reply: &CallReply<'_>, mut f: impl FnMut(&[u8], &CallReply<'_>)) {
     let CallReply::Array(fields) = reply else {
         return;
     };
@@ -693,7 +705,8 @@ fn step(ctx: &Context, s: &Settings, pass: &mut Pass) -> Step {
         return Step::CaughtUp;
     }
     if let Some(k) = pass.known.take() {
-        if let Some((group, entries)) = trust_known(ctx, s, &stream, len, &k) {
+        let commands = pass.commands.take();
+        if let Some((group, entries)) = trust_known(ctx, s, &stream, len, &k, commands) {
             // The pass adds no entry, so the length stays what the next pass will check.
             pass.len = Some(len);
             return project_step(ctx, s, pass, group, entries, started);
@@ -743,12 +756,16 @@ fn trust_known(
     stream: &RedisString,
     len: u64,
     k: &Known,
+    commands: Option<Vec<capture::Command>>,
 ) -> Option<(GroupInfo, Vec<Entry>)> {
     let added = usize::try_from(k.xadds).ok()?;
     if added == 0 || added > s.batch || len != k.len + k.xadds {
         return None;
     }
-    let entries = read_after(ctx, stream, k.last, s.batch, true);
+    let entries = commands
+        .filter(|c| c.len() == added)
+        .and_then(|c| entries_from_commands(ctx, stream, k.last, c))
+        .unwrap_or_else(|| read_after(ctx, stream, k.last, s.batch, true));
     if entries.len() != added {
         return None;
     }
@@ -759,6 +776,45 @@ fn trust_known(
         entries_read: Some(k.entries_read),
     };
     Some((group, entries))
+}
+
+/// The entries after `after`, built from the arguments of the XADDs that added them (see
+/// [`capture`]) instead of read back from the stream: only the IDs and field counts are
+/// read. `None` unless exactly as many entries follow `after` and each one's ID and field
+/// count agree with its command.
+fn entries_from_commands(
+    ctx: &Context,
+    stream: &RedisString,
+    after: EntryId,
+    commands: Vec<capture::Command>,
+) -> Option<Vec<Entry>> {
+    let mut walk = IdWalk::after(ctx, stream, after, true)?;
+    let mut ids = Vec::with_capacity(commands.len() + 1);
+    while ids.len() <= commands.len() {
+        let Some(id) = walk.next_id() else { break };
+        ids.push(id);
+    }
+    drop(walk);
+    if ids.len() != commands.len() {
+        return None;
+    }
+    let mut entries = Vec::with_capacity(ids.len());
+    for ((id, numfields), c) in ids.into_iter().rev().zip(commands) {
+        let Some(fields) = c.into_entry(id, numfields) else {
+            capture::MISMATCHED.fetch_add(1, Relaxed);
+            log_error_limited(&format!(
+                "the arguments of the XADD of entry {id} do not match it; entries are read \
+                 back from the stream"
+            ));
+            return None;
+        };
+        entries.push(Entry {
+            id,
+            fields: Some(fields),
+        });
+    }
+    capture::TAKEN.fetch_add(entries.len() as u64, Relaxed);
+    Some(entries)
 }
 
 /// The rest of a drain step: project `entries` (read after `group`'s cursor) and record in
@@ -1263,6 +1319,7 @@ pub fn housekeeping(ctx: &Context) {
     JOB_PENDING.store(false, Relaxed);
     // The tick always reads the group, so changes no event reports are seen within poll-ms.
     forget_group();
+    capture::check_modules(ctx, crate::MODULE_NAME);
     if can_write(ctx) && !timer_pending() {
         drain(ctx);
     }

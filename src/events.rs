@@ -1,10 +1,14 @@
 //! Keyspace and server event handlers: filter, skip replicas and loading, schedule the drain.
 //! None of them writes; each runs inside a panic guard.
 
-use redis_module::server_events::{LoadingSubevent, ServerRole};
+use redis_module::server_events::{LoadingSubevent, ModuleChangeSubevent, ServerRole};
 use redis_module::{raw, Context, NotifyEvent};
-use redis_module_macros::{cron_event_handler, loading_event_handler, role_changed_event_handler};
+use redis_module_macros::{
+    cron_event_handler, loading_event_handler, module_changed_event_handler,
+    role_changed_event_handler,
+};
 
+use crate::capture;
 use crate::config;
 use crate::engine;
 use crate::guard;
@@ -26,7 +30,7 @@ pub fn on_stream_event(ctx: &Context, _kind: NotifyEvent, event: &str, key: &[u8
         }
         guard::fault_point("event");
         if event == "xadd" {
-            engine::on_xadd(ctx);
+            engine::on_xadd(ctx, key);
         } else {
             engine::on_stream_change();
         }
@@ -132,8 +136,11 @@ unsafe extern "C" fn command_filter(fctx: *mut raw::RedisModuleCommandFilterCtx)
     guard::contain("command filter", (), || {
         // SAFETY: `fctx` is the live filter context of this callback.
         let Some(name) = (unsafe { filter_arg(fctx, 0) }) else {
+            capture::clear();
             return;
         };
+        // SAFETY: as above.
+        unsafe { capture::on_command(fctx, name, |a| config::STREAM_IN.matches(a)) };
         let is = |list: &[&[u8]]| list.iter().any(|c| c.eq_ignore_ascii_case(name));
         if is(&ALWAYS_UNSEEN) {
             engine::forget_group();
@@ -150,6 +157,13 @@ unsafe extern "C" fn command_filter(fctx: *mut raw::RedisModuleCommandFilterCtx)
             engine::forget_group();
         }
     })
+}
+
+/// Another module was loaded or unloaded: the XADD arguments the filter keeps are trusted
+/// only while HeatBridge is the only module (see `capture`).
+#[module_changed_event_handler]
+fn on_module_changed(_ctx: &Context, _sub: ModuleChangeSubevent) {
+    guard::contain("module change event", (), capture::modules_changed)
 }
 
 /// Registers [`command_filter`] (module load). The server drops it at unload.

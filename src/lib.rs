@@ -8,6 +8,7 @@
 
 pub mod apply;
 pub mod call;
+pub mod capture;
 pub mod clock;
 pub mod commands;
 pub mod config;
@@ -104,6 +105,7 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
         metrics::METRICS.reset();
         state::reset();
         engine::reset();
+        capture::modules_changed();
         events::register_command_filter(ctx);
         let level = *config::LOG_LEVEL.lock().unwrap_or_else(|e| e.into_inner());
         logging::set_threshold(level.threshold());
@@ -123,10 +125,15 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
 fn deinit(_ctx: &Context) -> Status {
     guard::contain("module unload", Status::Ok, || {
         exporter::stop();
+        // Releases the XADD arguments still held (the statics outlive the unload).
+        capture::modules_changed();
         logging::info("unloaded");
         Status::Ok
     })
 }
+
+/// The module's name, as MODULE LIST shows it.
+pub const MODULE_NAME: &str = "heatbridge";
 
 redis_module! {
     name: "heatbridge",

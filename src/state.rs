@@ -175,6 +175,10 @@ pub fn add_info(ctx: &redis_module::InfoContext) -> redis_module::RedisResult<()
         ),
         ("health", status.as_str().to_string()),
         ("post_notification_jobs", post_jobs.to_string()),
+        (
+            "entries_from_commands",
+            crate::capture::status().to_string(),
+        ),
         ("exporter_metrics", p.exporter_status[0].clone()),
         ("exporter_health", p.exporter_status[1].clone()),
     ];
@@ -194,6 +198,15 @@ pub fn add_info(ctx: &redis_module::InfoContext) -> redis_module::RedisResult<()
         ("errors_internal_total", snap.errors[4]),
     ];
     fields.extend(counters.iter().map(|(k, v)| (*k, v.to_string())));
+    for (k, v) in [
+        ("entries_from_commands_total", &crate::capture::TAKEN),
+        (
+            "entries_from_commands_mismatch_total",
+            &crate::capture::MISMATCHED,
+        ),
+    ] {
+        fields.push((k, v.load(std::sync::atomic::Ordering::Relaxed).to_string()));
+    }
     for (code, v) in metrics::HTTP_CODES.iter().zip(snap.http.iter()) {
         fields.push((http_field(*code), v.to_string()));
     }

@@ -1,0 +1,349 @@
+//! The entry from the command that added it.
+//!
+//! Where the server has post-notification jobs (Valkey), a drain pass runs after every XADD
+//! and projects that one entry. Reading the entry back from the stream was then the largest
+//! cost left after the writes themselves: `RM_StreamIteratorNextField` creates a string for
+//! every field and value (26 for a seed decision), each one allocated and freed. Yet the
+//! XADD's own arguments *are* the entry: the server appends its field and value strings
+//! verbatim. So:
+//!
+//! 1. the command filter, which sees every command just before it runs, keeps a reference to
+//!    the arguments of an XADD that names the input stream (any other command drops them);
+//! 2. the `xadd` keyspace event ties them to the entry it announces, but only when its key is
+//!    the very string object the filter saw as the XADD's key. The server passes the
+//!    command's own `argv[1]` to the event, and since the filter holds that object it cannot
+//!    be freed and its address reused by another one;
+//! 3. a drain pass uses them only on the known-group path (the stream holds exactly the
+//!    entries the counted XADDs added, see `engine::Known`), only when every one of those
+//!    XADDs was tied to its arguments, and only when each entry's ID and field count agree.
+//!    Otherwise it reads the entries back from the stream, as before.
+//!
+//! The filter sees a command's arguments before the filters that other modules registered
+//! after HeatBridge, which may rewrite them; and another module's key API could add an entry
+//! with a key string it used in an earlier, refused XADD. So all of this runs only while
+//! HeatBridge is the only module loaded: checked with MODULE LIST at the housekeeping tick,
+//! and again after every module load or unload.
+//!
+//! The references are strings the server owns: they are taken and released only on the
+//! server's main thread (the filter, keyspace events, drain passes, server events, module
+//! load and unload), or under its lock. The server never changes a string that more than
+//! one owner holds in place; Valkey frees such argument strings on the main thread, never in
+//! an I/O thread.
+
+use std::ptr;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::Mutex;
+
+use redis_module::{raw, CallOptionsBuilder, CallReply, CallResult, Context, RedisString};
+
+use crate::decision::EntryId;
+use crate::engine;
+
+/// More field-value pairs than this and the XADD is not kept (a seed decision has 13).
+pub const MAX_PAIRS: usize = 64;
+
+/// An XADD's arguments as the filter saw them.
+pub struct Command {
+    /// `argv[1]`, the key, held so that its address identifies this command's execution.
+    key: RedisString,
+    /// The ID argument, when it names the whole ID (`ms-seq` or `ms`).
+    id: Option<EntryId>,
+    /// The field and value strings, in order.
+    fields: Vec<(RedisString, RedisString)>,
+}
+
+// SAFETY: a `Command` holds references to server strings. It is created, moved and dropped
+// only on the server's main thread (or under the server lock); the static that stores it
+// needs `Send` only because statics must be `Sync`.
+unsafe impl Send for Command {}
+
+impl Command {
+    /// The entry `id` with `numfields` fields, from these arguments, if they agree with it.
+    pub fn into_entry(
+        self,
+        id: EntryId,
+        numfields: u64,
+    ) -> Option<Vec<(RedisString, RedisString)>> {
+        (self.fields.len() as u64 == numfields && self.id.is_none_or(|given| given == id))
+            .then_some(self.fields)
+    }
+}
+
+struct State {
+    /// The last command the filter saw, when it was an XADD on the input stream.
+    filtered: Option<Command>,
+    /// The XADDs announced since the last pass began, each with its arguments.
+    matched: Vec<Command>,
+    /// False once an XADD was announced without its arguments (or too many were).
+    complete: bool,
+}
+
+static STATE: Mutex<State> = Mutex::new(State {
+    filtered: None,
+    matched: Vec::new(),
+    complete: false,
+});
+
+fn state() -> std::sync::MutexGuard<'static, State> {
+    STATE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// 0: not known whether HeatBridge is the only module loaded; 1: it is; 2: it is not.
+static SOLE: AtomicU8 = AtomicU8::new(0);
+
+/// How many XADDs a pass can take from their commands (`heatbridge.batch` at most).
+static LIMIT: AtomicU8 = AtomicU8::new(0);
+
+/// Whether commands are kept: HeatBridge is known to be the only module loaded.
+pub fn enabled() -> bool {
+    SOLE.load(Relaxed) == 1
+}
+
+/// Another module was loaded or unloaded: stop until the next tick checks again, and drop
+/// what was kept (a new module's filter may already have rewritten a kept command).
+pub fn modules_changed() {
+    SOLE.store(0, Relaxed);
+    clear();
+}
+
+/// Checks, when not known, whether HeatBridge (`own_name`) is the only module loaded. Runs
+/// at the housekeeping tick.
+pub fn check_modules(ctx: &Context, own_name: &str) {
+    if SOLE.load(Relaxed) != 0 {
+        return;
+    }
+    let opts = CallOptionsBuilder::new().errors_as_replies().build();
+    let r: CallResult = ctx.call_ext("MODULE", &opts, &["LIST"][..]);
+    let others = match r {
+        Ok(CallReply::Array(list)) => list
+            .iter()
+            .filter(|m| {
+                let mut name = None;
+                if let Ok(m) = m {
+                    engine::for_each_pair(m, |k, v| {
+                        if k == b"name" {
+                            name = engine::str_of(v).map(<[u8]>::to_vec);
+                        }
+                    });
+                }
+                name.as_deref() != Some(own_name.as_bytes())
+            })
+            .count(),
+        // Not known: keep reading entries back.
+        _ => 1,
+    };
+    SOLE.store(if others == 0 { 1 } else { 2 }, Relaxed);
+}
+
+/// Drops everything kept.
+pub fn clear() {
+    let mut st = state();
+    st.filtered = None;
+    st.matched.clear();
+    st.complete = false;
+}
+
+/// Sets how many XADDs a pass may take from their commands (the current batch).
+pub fn set_limit(batch: usize) {
+    LIMIT.store(batch.min(u8::MAX as usize) as u8, Relaxed);
+}
+
+/// The position of the ID argument of `XADD key [options] <id> field value ...`, parsed
+/// as the server parses it (`streamParseAddOrTrimArgsOrReply`), or `None` when the
+/// arguments after it are not field-value pairs. `arg(i)` is argument `i` (0 is `XADD`).
+pub fn xadd_id_pos<'a>(argc: usize, arg: impl Fn(usize) -> Option<&'a [u8]>) -> Option<usize> {
+    let mut i = 2;
+    while i < argc {
+        let more = argc - 1 - i;
+        let opt = arg(i)?;
+        let is = |name: &str| opt.eq_ignore_ascii_case(name.as_bytes());
+        if opt == b"*" {
+            break;
+        } else if (is("maxlen") || is("minid")) && more > 0 {
+            let next = arg(i + 1)?;
+            if more >= 2 && (next == b"~" || next == b"=") {
+                i += 1;
+            }
+            i += 1;
+        } else if is("limit") && more > 0 {
+            i += 1;
+        } else if is("nomkstream") {
+        } else {
+            break;
+        }
+        i += 1;
+    }
+    let fields = argc.checked_sub(i + 1)?;
+    (i < argc && fields >= 2 && fields % 2 == 0).then_some(i)
+}
+
+/// The filter's part, for every command: keeps the arguments of an XADD on the input
+/// stream, and drops what it kept for any other command.
+///
+/// # Safety
+/// `fctx` must be the live filter context of the current filter callback.
+pub unsafe fn on_command(
+    fctx: *mut raw::RedisModuleCommandFilterCtx,
+    name: &[u8],
+    names_stream: impl Fn(&[u8]) -> bool,
+) {
+    let mut st = state();
+    st.filtered = None;
+    if !st.complete || !enabled() || !name.eq_ignore_ascii_case(b"xadd") {
+        return;
+    }
+    if st.matched.len() >= usize::from(LIMIT.load(Relaxed)) {
+        // A pass takes at most a batch of entries from their commands.
+        st.complete = false;
+        return;
+    }
+    // SAFETY: the caller passes the live filter context.
+    st.filtered = unsafe { keep(fctx, names_stream) };
+}
+
+/// The arguments of the XADD in `fctx`, held, if it names the input stream.
+///
+/// # Safety
+/// As [`on_command`].
+unsafe fn keep(
+    fctx: *mut raw::RedisModuleCommandFilterCtx,
+    names_stream: impl Fn(&[u8]) -> bool,
+) -> Option<Command> {
+    let (get, count, ptr_len, hold) = (
+        raw::RedisModule_CommandFilterArgGet?,
+        raw::RedisModule_CommandFilterArgsCount?,
+        raw::RedisModule_StringPtrLen?,
+        raw::RedisModule_HoldString?,
+    );
+    let argc = usize::try_from(count(fctx)).ok()?;
+    let string = |i: usize| -> Option<*mut raw::RedisModuleString> {
+        let s = get(fctx, i32::try_from(i).ok()?);
+        (!s.is_null()).then_some(s)
+    };
+    let bytes = |i: usize| -> Option<&[u8]> {
+        let mut len = 0usize;
+        let p = ptr_len(string(i)?, &mut len);
+        // SAFETY: the server returns the string's buffer and its length; the buffer lives
+        // as long as the argument, which outlives this filter call.
+        (!p.is_null()).then(|| std::slice::from_raw_parts(p.cast::<u8>(), len))
+    };
+    if !names_stream(bytes(1)?) {
+        return None;
+    }
+    let id_pos = xadd_id_pos(argc, bytes)?;
+    let pairs = (argc - id_pos - 1) / 2;
+    if pairs > MAX_PAIRS {
+        return None;
+    }
+    let held = |i: usize| -> Option<RedisString> {
+        let s = hold(ptr::null_mut(), string(i)?);
+        (!s.is_null()).then(|| RedisString::from_redis_module_string(ptr::null_mut(), s))
+    };
+    let key = held(1)?;
+    // The key's identity is its object: a copy (HoldString copies a stack-allocated
+    // string) would never match the event, which is safe.
+    let id = bytes(id_pos)
+        .filter(|b| *b != b"*")
+        .and_then(EntryId::parse);
+    let mut fields = Vec::with_capacity(pairs);
+    for p in 0..pairs {
+        let at = id_pos + 1 + 2 * p;
+        fields.push((held(at)?, held(at + 1)?));
+    }
+    Some(Command { key, id, fields })
+}
+
+/// The `xadd` event for the input stream in database 0: ties the kept command to it when
+/// `key` (the event's key, as the server's buffer) is that command's own key object: the
+/// same buffer, which no other live string can share. `counted` says whether the XADD is one
+/// a pass may take (the group is known); otherwise nothing is kept for this pass.
+pub fn on_xadd(key: &[u8], counted: bool) {
+    let mut st = state();
+    let kept = st.filtered.take();
+    match kept {
+        Some(c) if counted && st.complete && ptr::eq(c.key.as_slice(), key) => st.matched.push(c),
+        _ => st.complete = false,
+    }
+}
+
+/// Entries a pass took from the commands that added them.
+pub static TAKEN: AtomicU64 = AtomicU64::new(0);
+/// Times the kept arguments did not agree with the entries (then read back instead).
+pub static MISMATCHED: AtomicU64 = AtomicU64::new(0);
+
+/// `on`, `off` (another module is loaded) or `unknown` (not checked yet), for INFO.
+pub fn status() -> &'static str {
+    match SOLE.load(Relaxed) {
+        1 => "on",
+        2 => "off",
+        _ => "unknown",
+    }
+}
+
+/// What the XADDs since the last pass were, in order, when every one of them was tied to
+/// its command; and starts over for the next pass.
+pub fn take() -> Option<Vec<Command>> {
+    let mut st = state();
+    let complete = std::mem::replace(&mut st.complete, true);
+    let matched = std::mem::take(&mut st.matched);
+    (complete && !matched.is_empty()).then_some(matched)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pos(args: &[&str]) -> Option<usize> {
+        xadd_id_pos(args.len(), |i| args.get(i).map(|s| s.as_bytes()))
+    }
+
+    #[test]
+    fn id_position_follows_the_server_grammar() {
+        assert_eq!(pos(&["XADD", "s", "*", "f", "v"]), Some(2));
+        assert_eq!(pos(&["XADD", "s", "1-1", "f", "v", "g", "w"]), Some(2));
+        assert_eq!(pos(&["xadd", "s", "NOMKSTREAM", "*", "f", "v"]), Some(3));
+        assert_eq!(pos(&["XADD", "s", "MAXLEN", "10", "*", "f", "v"]), Some(4));
+        assert_eq!(
+            pos(&["XADD", "s", "maxlen", "~", "10", "*", "f", "v"]),
+            Some(5)
+        );
+        assert_eq!(
+            pos(&["XADD", "s", "MINID", "=", "5", "7-0", "f", "v"]),
+            Some(5)
+        );
+        assert_eq!(
+            pos(&["XADD", "s", "MAXLEN", "~", "10", "LIMIT", "5", "*", "f", "v"]),
+            Some(7)
+        );
+        assert_eq!(
+            pos(&[
+                "XADD",
+                "s",
+                "NOMKSTREAM",
+                "MINID",
+                "~",
+                "1",
+                "LIMIT",
+                "9",
+                "*",
+                "a",
+                "b"
+            ]),
+            Some(8)
+        );
+        // Field names after the ID are never options.
+        assert_eq!(pos(&["XADD", "s", "*", "MAXLEN", "1"]), Some(2));
+    }
+
+    #[test]
+    fn malformed_xadds_are_not_kept() {
+        assert_eq!(pos(&["XADD", "s"]), None);
+        assert_eq!(pos(&["XADD", "s", "*"]), None);
+        assert_eq!(pos(&["XADD", "s", "*", "f"]), None);
+        assert_eq!(pos(&["XADD", "s", "*", "f", "v", "g"]), None);
+        assert_eq!(pos(&["XADD", "s", "MAXLEN", "10"]), None);
+        assert_eq!(pos(&["XADD", "s", "NOMKSTREAM"]), None);
+        // "MAXLEN" as the last argument is parsed as the ID (and refused by the server).
+        assert_eq!(pos(&["XADD", "s", "MAXLEN"]), None);
+    }
+}
