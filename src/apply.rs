@@ -5,8 +5,11 @@
 //! decision that saves some sixty string allocations over byte-slice arguments.
 
 use std::ffi::CStr;
+use std::sync::{Mutex, OnceLock};
 
-use redis_module::{CallOptions, CallOptionsBuilder, CallReply, CallResult, Context, RedisString};
+use redis_module::{
+    raw, CallOptions, CallOptionsBuilder, CallReply, CallResult, Context, RedisString,
+};
 
 use crate::call;
 use crate::clock::now_ms;
@@ -20,6 +23,50 @@ static FOREIGN_KEY_LOG: logging::RateLimit = logging::RateLimit::new(1000);
 /// panics on a NUL byte, which plan_ids and symbols may contain.
 pub fn rstr(ctx: &Context, bytes: &[u8]) -> RedisString {
     RedisString::create_from_slice(ctx.ctx, bytes)
+}
+
+/// A Redis string kept for the life of the process, for the arguments every drain pass
+/// passes (creating and freeing them each time costs an allocation apiece).
+pub struct Kept(RedisString);
+
+// SAFETY: a `Kept` string is created, passed to calls and retained only on the server's main
+// thread (or under its lock); the statics that store it need `Sync` only because statics
+// must be. The server never changes a string in place while a call holds it.
+unsafe impl Send for Kept {}
+unsafe impl Sync for Kept {}
+
+impl Kept {
+    fn new(bytes: &[u8]) -> Kept {
+        Kept(RedisString::create_from_slice(std::ptr::null_mut(), bytes))
+    }
+}
+
+/// The string for `bytes`, created on first use and kept in `cell`.
+pub fn kept(cell: &'static OnceLock<Kept>, bytes: &[u8]) -> &'static RedisString {
+    &cell.get_or_init(|| Kept::new(bytes)).0
+}
+
+/// A name the settings hold (the stream, the group), as a Redis string that is created again
+/// only when the name changes. The caller gets its own reference.
+pub fn named(cache: &'static Mutex<Option<(String, Kept)>>, name: &str) -> RedisString {
+    let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
+    let fresh = c.as_ref().is_some_and(|(n, _)| n == name);
+    if !fresh {
+        *c = Some((name.to_string(), Kept::new(name.as_bytes())));
+    }
+    let Some((_, s)) = c.as_ref() else {
+        return RedisString::create_from_slice(std::ptr::null_mut(), name.as_bytes());
+    };
+    // A retained reference (no copy), released when the caller drops it.
+    raw::string_retain_string(std::ptr::null_mut(), s.0.inner);
+    RedisString::from_redis_module_string(std::ptr::null_mut(), s.0.inner)
+}
+
+static STREAM_NAME: Mutex<Option<(String, Kept)>> = Mutex::new(None);
+
+/// `heatbridge.stream-in` (as `s.stream`) as a Redis string.
+pub fn stream_name(name: &str) -> RedisString {
+    named(&STREAM_NAME, name)
 }
 
 /// The last value of field `name` in an entry, as the entry's own string.
@@ -39,17 +86,19 @@ pub fn read_opts() -> CallOptions {
 /// Writes the keys of decisions, holding the strings every write reuses.
 pub struct Writer<'c> {
     ctx: &'c Context,
-    pxat: RedisString,
-    last_plan_id: RedisString,
+    pxat: &'static RedisString,
+    last_plan_id: &'static RedisString,
 }
 
 impl<'c> Writer<'c> {
     /// A writer for one drain step or command. Writes are replicated and respect maxmemory.
     pub fn new(ctx: &'c Context) -> Writer<'c> {
+        static PXAT: OnceLock<Kept> = OnceLock::new();
+        static LAST_PLAN_ID: OnceLock<Kept> = OnceLock::new();
         Writer {
             ctx,
-            pxat: rstr(ctx, b"PXAT"),
-            last_plan_id: rstr(ctx, projection::LAST_PLAN_ID_FIELD),
+            pxat: kept(&PXAT, b"PXAT"),
+            last_plan_id: kept(&LAST_PLAN_ID, projection::LAST_PLAN_ID_FIELD),
         }
     }
 
@@ -72,7 +121,7 @@ impl<'c> Writer<'c> {
         at_ms: u64,
     ) -> Result<(), String> {
         let at = self.string(at_ms.to_string().as_bytes());
-        self.call(c"SET", &[key, value, &self.pxat, &at]).map(drop)
+        self.call(c"SET", &[key, value, self.pxat, &at]).map(drop)
     }
 
     /// Makes the hash hold exactly `fields` (plus `last_plan_id` when given), expiring at
@@ -94,7 +143,7 @@ impl<'c> Writer<'c> {
             args.push(v);
         }
         if let Some(plan) = last_plan_id {
-            args.push(&self.last_plan_id);
+            args.push(self.last_plan_id);
             args.push(plan);
         }
         let added = match self.call(c"HSET", &args) {

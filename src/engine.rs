@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use redis_module::{
@@ -483,7 +483,7 @@ impl<'c> Pass<'c> {
                 {
                     let len = self
                         .len
-                        .unwrap_or_else(|| stream_shape(ctx, &rstr(ctx, s.stream.as_bytes())).1);
+                        .unwrap_or_else(|| stream_shape(ctx, &apply::stream_name(&s.stream)).1);
                     *known() = Some(Known {
                         stream: s.stream.clone(),
                         group: s.group.clone(),
@@ -698,7 +698,7 @@ fn read_one(ctx: &Context, stream: &RedisString, id: EntryId) -> Entry {
 /// One drain step of a pass; see the module documentation.
 fn step(ctx: &Context, s: &Settings, pass: &mut Pass) -> Step {
     let started = Instant::now();
-    let stream = rstr(ctx, s.stream.as_bytes());
+    let stream = apply::stream_name(&s.stream);
     let (st, len) = stream_shape(ctx, &stream);
     set_stream_state(st, &s.stream);
     if st != StreamState::Stream {
@@ -932,21 +932,23 @@ fn create_group(ctx: &Context, s: &Settings) -> Result<(), String> {
 /// the group's read counter stays valid, so XINFO GROUPS (and the backlog) know the lag
 /// even while the cursor is in the middle of the stream.
 fn advance(ctx: &Context, s: &Settings, id: &str, entries_read: Option<u64>) -> Result<(), String> {
-    let strings: Vec<RedisString> = [
-        "SETID",
-        s.stream.as_str(),
-        s.group.as_str(),
-        id,
-        "ENTRIESREAD",
-    ]
-    .iter()
-    .map(|a| rstr(ctx, a.as_bytes()))
-    .chain(entries_read.map(|n| rstr(ctx, n.to_string().as_bytes())))
-    .collect();
-    // Without a counter, the ENTRIESREAD keyword is left out too.
-    let n = if entries_read.is_some() { 6 } else { 4 };
-    let args: Vec<&RedisString> = strings.iter().take(n).collect();
-    call::call(ctx, c"XGROUP", call::WRITE, &args).map(drop)
+    static SETID: OnceLock<apply::Kept> = OnceLock::new();
+    static ENTRIESREAD: OnceLock<apply::Kept> = OnceLock::new();
+    static GROUP_NAME: Mutex<Option<(String, apply::Kept)>> = Mutex::new(None);
+    let stream = apply::stream_name(&s.stream);
+    let group = apply::named(&GROUP_NAME, &s.group);
+    let id = rstr(ctx, id.as_bytes());
+    let setid = apply::kept(&SETID, b"SETID");
+    match entries_read {
+        Some(n) => {
+            let n = rstr(ctx, n.to_string().as_bytes());
+            let keyword = apply::kept(&ENTRIESREAD, b"ENTRIESREAD");
+            let args = [setid, &stream, &group, &id, keyword, &n];
+            call::call(ctx, c"XGROUP", call::WRITE, &args).map(drop)
+        }
+        // Without a counter, the ENTRIESREAD keyword is left out too.
+        None => call::call(ctx, c"XGROUP", call::WRITE, &[setid, &stream, &group, &id]).map(drop),
+    }
 }
 
 /// The stream's entries-added counter: from the group when it can tell, else from
@@ -1105,10 +1107,10 @@ pub fn project(
     if ctx.get_flags().contains(ContextFlags::OOM) {
         return Err("OOM: used memory is over maxmemory".into());
     }
-    let dedupe_key = projection::key(projection::DEDUPE_PREFIX, d.plan_id);
+    let dedupe_key = w.string(&projection::key(projection::DEDUPE_PREFIX, d.plan_id));
     if dedupe && s.ttls.dedupe_ms > 0 {
         let existing = {
-            let k = ctx.open_key(&rstr(ctx, &dedupe_key));
+            let k = ctx.open_key(&dedupe_key);
             k.read().ok().flatten().map(<[u8]>::to_vec)
         };
         if projection::dedupe_verdict(existing.as_deref(), d.id) == Dedupe::Duplicate {
@@ -1124,7 +1126,7 @@ pub fn project(
     };
     if let Some(at) = plan.dedupe_at {
         let id = w.string(d.id.to_string().as_bytes());
-        w.set_string(&w.string(&dedupe_key), &id, at)?;
+        w.set_string(&dedupe_key, &id, at)?;
     }
     if let Some(at) = plan.by_plan_at {
         let key = w.string(&projection::key(
