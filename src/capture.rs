@@ -135,6 +135,15 @@ pub fn check_modules(ctx: &Context, own_name: &str) {
     SOLE.store(if others == 0 { 1 } else { 2 }, Relaxed);
 }
 
+/// Module load: drops everything kept and zeroes the counters (the statics survive an
+/// unload when the shared object stays mapped).
+pub fn reset() {
+    modules_changed();
+    LIMIT.store(0, Relaxed);
+    TAKEN.store(0, Relaxed);
+    MISMATCHED.store(0, Relaxed);
+}
+
 /// Drops everything kept.
 pub fn clear() {
     let mut st = state();
@@ -151,7 +160,11 @@ pub fn set_limit(batch: usize) {
 /// The position of the ID argument of `XADD key [options] <id> field value ...`, parsed
 /// as the server parses it (`streamParseAddOrTrimArgsOrReply`), or `None` when the
 /// arguments after it are not field-value pairs. `arg(i)` is argument `i` (0 is `XADD`).
+///
+/// The server compares options as C strings, so `MAXLEN\0x` is `MAXLEN` to it. An option or
+/// ID argument holding a NUL byte is therefore not parsed at all (`None`).
 pub fn xadd_id_pos<'a>(argc: usize, arg: impl Fn(usize) -> Option<&'a [u8]>) -> Option<usize> {
+    let arg = |i: usize| arg(i).filter(|a| !a.contains(&0));
     let mut i = 2;
     while i < argc {
         let more = argc - 1 - i;
@@ -192,13 +205,24 @@ pub unsafe fn on_command(
     if !st.complete || !enabled() || !name.eq_ignore_ascii_case(b"xadd") {
         return;
     }
-    if st.matched.len() >= usize::from(LIMIT.load(Relaxed)) {
-        // A pass takes at most a batch of entries from their commands.
-        st.complete = false;
-        return;
-    }
+    // A pass takes at most a batch of entries from their commands.
+    let full = st.matched.len() >= usize::from(LIMIT.load(Relaxed));
     // SAFETY: the caller passes the live filter context.
-    st.filtered = unsafe { keep(fctx, names_stream) };
+    match unsafe { keep(fctx, names_stream, full) } {
+        Keep::Kept(c) => st.filtered = Some(c),
+        Keep::Full => st.complete = false,
+        Keep::Other => {}
+    }
+}
+
+/// What the filter does with an XADD.
+enum Keep {
+    /// Its arguments, held.
+    Kept(Command),
+    /// It names the input stream, but this pass has taken as many as it may.
+    Full,
+    /// Not kept: another key, or arguments that do not parse.
+    Other,
 }
 
 /// The arguments of the XADD in `fctx`, held, if it names the input stream.
@@ -208,11 +232,44 @@ pub unsafe fn on_command(
 unsafe fn keep(
     fctx: *mut raw::RedisModuleCommandFilterCtx,
     names_stream: impl Fn(&[u8]) -> bool,
-) -> Option<Command> {
-    let (get, count, ptr_len, hold) = (
+    full: bool,
+) -> Keep {
+    if !names_stream(filter_bytes(fctx, 1).unwrap_or_default()) {
+        return Keep::Other;
+    }
+    if full {
+        return Keep::Full;
+    }
+    hold_xadd(fctx).map_or(Keep::Other, Keep::Kept)
+}
+
+/// Argument `i` of the command in `fctx`, as bytes.
+///
+/// # Safety
+/// As [`on_command`].
+unsafe fn filter_bytes<'a>(
+    fctx: *mut raw::RedisModuleCommandFilterCtx,
+    i: usize,
+) -> Option<&'a [u8]> {
+    let s = raw::RedisModule_CommandFilterArgGet?(fctx, i32::try_from(i).ok()?);
+    if s.is_null() {
+        return None;
+    }
+    let mut len = 0usize;
+    let p = raw::RedisModule_StringPtrLen?(s, &mut len);
+    // SAFETY: the server returns the string's buffer and its length; the buffer lives as long
+    // as the argument, which outlives this filter call.
+    (!p.is_null()).then(|| std::slice::from_raw_parts(p.cast::<u8>(), len))
+}
+
+/// The XADD's arguments in `fctx`, held, if they parse.
+///
+/// # Safety
+/// As [`on_command`].
+unsafe fn hold_xadd(fctx: *mut raw::RedisModuleCommandFilterCtx) -> Option<Command> {
+    let (get, count, hold) = (
         raw::RedisModule_CommandFilterArgGet?,
         raw::RedisModule_CommandFilterArgsCount?,
-        raw::RedisModule_StringPtrLen?,
         raw::RedisModule_HoldString?,
     );
     let argc = usize::try_from(count(fctx)).ok()?;
@@ -220,16 +277,7 @@ unsafe fn keep(
         let s = get(fctx, i32::try_from(i).ok()?);
         (!s.is_null()).then_some(s)
     };
-    let bytes = |i: usize| -> Option<&[u8]> {
-        let mut len = 0usize;
-        let p = ptr_len(string(i)?, &mut len);
-        // SAFETY: the server returns the string's buffer and its length; the buffer lives
-        // as long as the argument, which outlives this filter call.
-        (!p.is_null()).then(|| std::slice::from_raw_parts(p.cast::<u8>(), len))
-    };
-    if !names_stream(bytes(1)?) {
-        return None;
-    }
+    let bytes = |i: usize| filter_bytes(fctx, i);
     let id_pos = xadd_id_pos(argc, bytes)?;
     let pairs = (argc - id_pos - 1) / 2;
     if pairs > MAX_PAIRS {
@@ -345,5 +393,15 @@ mod tests {
         assert_eq!(pos(&["XADD", "s", "NOMKSTREAM"]), None);
         // "MAXLEN" as the last argument is parsed as the ID (and refused by the server).
         assert_eq!(pos(&["XADD", "s", "MAXLEN"]), None);
+        // The server reads options as C strings: "MAXLEN\0x" is MAXLEN to it, and "*\0" is
+        // "*". Such XADDs are not kept.
+        assert_eq!(pos(&["XADD", "s", "MAXLEN\0x", "100", "*", "f", "v"]), None);
+        assert_eq!(pos(&["XADD", "s", "*\0", "f", "v"]), None);
+        assert_eq!(
+            pos(&["XADD", "s", "MAXLEN", "~\0", "10", "*", "f", "v"]),
+            None
+        );
+        // Fields and values may hold anything.
+        assert_eq!(pos(&["XADD", "s", "*", "f\0", "\0v"]), Some(2));
     }
 }

@@ -247,9 +247,18 @@ impl Drop for Db0<'_> {
 /// Called from the keyspace notification for an XADD on the input stream. Never writes:
 /// it schedules a post-notification job where the server has them, else a 0 ms timer.
 pub fn on_xadd(ctx: &Context, key: &[u8]) {
-    if !can_write(ctx) {
+    let f = ctx.get_flags();
+    let writable = f.contains(ContextFlags::MASTER)
+        && !f.contains(ContextFlags::LOADING)
+        && !f.contains(ContextFlags::ASYNC_LOADING);
+    // An XADD that EXEC runs: the transaction's other commands passed the command filter
+    // when they were queued, not when they run (and on Valkey a postponed EXEC does not pass
+    // it again). EXEC's own filter call already forgot the group; this makes sure of it.
+    if !writable || f.contains(ContextFlags::MULTI) {
         forget_group();
-        return;
+        if !writable {
+            return;
+        }
     }
     let counted = match known().as_mut() {
         Some(k) => {

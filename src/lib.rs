@@ -105,7 +105,7 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
         metrics::METRICS.reset();
         state::reset();
         engine::reset();
-        capture::modules_changed();
+        capture::reset();
         events::register_command_filter(ctx);
         let level = *config::LOG_LEVEL.lock().unwrap_or_else(|e| e.into_inner());
         logging::set_threshold(level.threshold());
