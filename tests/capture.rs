@@ -383,13 +383,7 @@ fn postponed_transaction_reading_the_group_is_seen() {
         let s = quiet_server(flavor, "1000");
         let mut c = s.conn();
         warm_up(&mut c);
-        let _: i64 = redis::cmd("XGROUP")
-            .arg("CREATECONSUMER")
-            .arg(STREAM)
-            .arg("heat_bridge")
-            .arg("heat_bridge_1")
-            .query(&mut c)
-            .unwrap();
+        create_consumer(&mut c, "heat_bridge_1");
         let _: () = redis::cmd("CLIENT")
             .arg("PAUSE")
             .arg(1500)

@@ -40,6 +40,19 @@ fn xgroup(c: &mut Connection, sub: &str, extra: &[&str]) {
     cmd.query::<()>(c).expect("XGROUP");
 }
 
+/// Sets maxmemory to half the memory in use, with noeviction: every write is refused until
+/// maxmemory is set back to 0.
+fn refuse_writes(c: &mut Connection) {
+    let used: String = redis::cmd("INFO").arg("memory").query(c).unwrap();
+    let used: u64 = used
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    config_set(c, "maxmemory-policy", "noeviction").unwrap();
+    config_set(c, "maxmemory", &(used / 2).to_string()).unwrap();
+}
+
 fn count_keys(c: &mut Connection, pattern: &str) -> usize {
     let keys: Vec<Vec<u8>> = redis::cmd("KEYS").arg(pattern).query(c).expect("KEYS");
     keys.len()
@@ -452,14 +465,7 @@ fn memory_pressure_defers_and_loses_nothing() {
         fill(&mut c, STREAM, "mem", 300);
         // The group normally exists already (under OOM even creating it is refused).
         xgroup(&mut c, "CREATE", &[]);
-        let used: String = redis::cmd("INFO").arg("memory").query(&mut c).unwrap();
-        let used: u64 = used
-            .lines()
-            .find_map(|l| l.strip_prefix("used_memory:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap();
-        config_set(&mut c, "maxmemory-policy", "noeviction").unwrap();
-        config_set(&mut c, "maxmemory", &(used / 2).to_string()).unwrap();
+        refuse_writes(&mut c);
         config_set(&mut c, "heatbridge.stream-in", STREAM).unwrap();
         wait_for(10, "write errors", || {
             metric(&mut c, "p27_errors_total{stage=\"write\"}") >= 2.0
@@ -505,14 +511,7 @@ fn unknown_lag_is_counted_without_crashing() {
             .query(&mut c)
             .unwrap();
         // Writes fail under maxmemory, so the backlog stays while the ticks count it.
-        let used: String = redis::cmd("INFO").arg("memory").query(&mut c).unwrap();
-        let used: u64 = used
-            .lines()
-            .find_map(|l| l.strip_prefix("used_memory:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap();
-        config_set(&mut c, "maxmemory-policy", "noeviction").unwrap();
-        config_set(&mut c, "maxmemory", &(used / 2).to_string()).unwrap();
+        refuse_writes(&mut c);
         config_set(&mut c, "heatbridge.stream-in", STREAM).unwrap();
         // Nil: the server cannot tell the lag.
         assert_eq!(

@@ -203,13 +203,7 @@ fn entry_read_by_our_consumer_between_xadds_keeps_latest_newest() {
         let mut c = s.conn();
         inject(&mut c, "A", "p0");
         wait_drained(&mut c);
-        let _: i64 = redis::cmd("XGROUP")
-            .arg("CREATECONSUMER")
-            .arg(STREAM)
-            .arg("heat_bridge")
-            .arg("heat_bridge_1")
-            .query(&mut c)
-            .unwrap();
+        create_consumer(&mut c, "heat_bridge_1");
         inject(&mut c, "B", "q1");
         wait_drained(&mut c);
         let mut p = redis::pipe();

@@ -520,6 +520,17 @@ fn value_string(v: &redis::Value) -> String {
     }
 }
 
+/// `XGROUP CREATECONSUMER` on the default stream and the module's group.
+pub fn create_consumer(c: &mut Connection, consumer: &str) {
+    let _: i64 = redis::cmd("XGROUP")
+        .arg("CREATECONSUMER")
+        .arg(STREAM)
+        .arg("heat_bridge")
+        .arg(consumer)
+        .query(c)
+        .expect("XGROUP CREATECONSUMER");
+}
+
 /// Polls `f` until it returns true, for at most `secs` seconds.
 pub fn wait_for(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
