@@ -196,7 +196,11 @@ fn log_error_limited(msg: &str) {
 
 /// True when this server may write: a master, not loading.
 pub fn can_write(ctx: &Context) -> bool {
-    let f = ctx.get_flags();
+    writable(&ctx.get_flags())
+}
+
+/// A master that is not loading.
+fn writable(f: &ContextFlags) -> bool {
     f.contains(ContextFlags::MASTER)
         && !f.contains(ContextFlags::LOADING)
         && !f.contains(ContextFlags::ASYNC_LOADING)
@@ -248,9 +252,7 @@ impl Drop for Db0<'_> {
 /// it schedules a post-notification job where the server has them, else a 0 ms timer.
 pub fn on_xadd(ctx: &Context, key: &[u8]) {
     let f = ctx.get_flags();
-    let writable = f.contains(ContextFlags::MASTER)
-        && !f.contains(ContextFlags::LOADING)
-        && !f.contains(ContextFlags::ASYNC_LOADING);
+    let writable = writable(&f);
     // An XADD that EXEC runs: the transaction's other commands passed the command filter
     // when they were queued, not when they run (and on Valkey a postponed EXEC does not pass
     // it again). EXEC's own filter call already forgot the group; this makes sure of it.
