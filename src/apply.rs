@@ -128,14 +128,14 @@ impl<'c> Writer<'c> {
     /// `at_ms`. It is overwritten in place and only fields the new decision lacks are
     /// deleted, so the key never disappears in between. A key of another type is never
     /// overwritten: that is counted as a write error and skipped, so it cannot block the
-    /// stream.
+    /// stream. Returns whether the hash was written (`false`: skipped).
     pub fn replace_hash(
         &self,
         key: &RedisString,
         fields: &[(RedisString, RedisString)],
         last_plan_id: Option<&RedisString>,
         at_ms: u64,
-    ) -> Result<(), String> {
+    ) -> Result<bool, String> {
         let mut args: Vec<&RedisString> = Vec::with_capacity(3 + 2 * fields.len());
         args.push(key);
         for (k, v) in fields {
@@ -157,7 +157,7 @@ impl<'c> Writer<'c> {
                         logging::show_bytes(key.as_slice())
                     ));
                 }
-                return Ok(());
+                return Ok(false);
             }
             Err(msg) => return Err(msg),
         };
@@ -169,12 +169,13 @@ impl<'c> Writer<'c> {
             self.remove_stale_fields(key, fields, extra)?;
         }
         match self.set_abs_expire(key, at_ms) {
-            Some(done) => done,
+            Some(done) => done?,
             None => {
                 let at = self.string(at_ms.to_string().as_bytes());
-                self.call(c"PEXPIREAT", &[key, &at]).map(drop)
+                self.call(c"PEXPIREAT", &[key, &at])?;
             }
         }
+        Ok(true)
     }
 
     /// Sets `key` to expire at `at_ms` through the key API and replicates that as
@@ -283,6 +284,34 @@ pub fn value_len(ctx: &Context, key: &RedisString) -> usize {
     let n = unsafe { redis_module::raw::RedisModule_ValueLength.map_or(0, |f| f(inner)) };
     redis_module::raw::close_key(inner);
     n
+}
+
+/// The value of the string at `key`, if there is one. The key API's `RM_StringDMA` is not
+/// used: even for reading it turns an embedded string into a raw one, swapping the value
+/// under other readers (and firing an unlink event to other modules). A key that does not
+/// exist, the common case, is told by opening it, without a command.
+pub fn read_string(ctx: &Context, key: &RedisString) -> Option<Vec<u8>> {
+    let inner = redis_module::raw::open_key(ctx.ctx, key.inner, redis_module::raw::KeyMode::READ);
+    if inner.is_null() {
+        return None;
+    }
+    // SAFETY: `inner` is a key opened just above on the live context and closed right after;
+    // KeyType only reads it.
+    let kind = unsafe {
+        redis_module::raw::RedisModule_KeyType
+            .map_or(redis_module::raw::REDISMODULE_KEYTYPE_EMPTY as i32, |f| {
+                f(inner)
+            })
+    };
+    redis_module::raw::close_key(inner);
+    if kind != redis_module::raw::REDISMODULE_KEYTYPE_STRING as i32 {
+        return None;
+    }
+    let r: CallResult = ctx.call_ext("GET", &read_opts(), &[key][..]);
+    match r {
+        Ok(CallReply::String(s)) => Some(s.as_bytes().to_vec()),
+        _ => None,
+    }
 }
 
 /// Number of distinct field names among `fields` and `extra`.

@@ -18,11 +18,15 @@
 //!    XADDs was tied to its arguments, and only when each entry's ID and field count agree.
 //!    Otherwise it reads the entries back from the stream, as before.
 //!
-//! The filter sees a command's arguments before the filters that other modules registered
-//! after HeatBridge, which may rewrite them; and another module's key API could add an entry
-//! with a key string it used in an earlier, refused XADD. So all of this runs only while
-//! HeatBridge is the only module loaded: checked with MODULE LIST at the housekeeping tick,
-//! and again after every module load or unload.
+//! Command filters run in the order they were registered. The filter sees a command's
+//! arguments after the filters of modules loaded before HeatBridge (so it keeps what will
+//! run), but before those of modules loaded after it, which may still rewrite them. So all of
+//! this runs only while no module loaded after HeatBridge is loaded, as the module-change
+//! server event tells (Redis 8's built-in modules load before any other). A module loaded
+//! before HeatBridge could defeat it only by keeping the very key string of a refused XADD
+//! and adding an entry under it through the key API before the next command; the ID and
+//! field-count check would still have to pass. Loading HeatBridge last is therefore
+//! recommended.
 //!
 //! The references are strings the server owns: they are taken and released only on the
 //! server's main thread (the filter, keyspace events, drain passes, server events, module
@@ -31,13 +35,12 @@
 //! an I/O thread.
 
 use std::ptr;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::Mutex;
 
-use redis_module::{raw, CallOptionsBuilder, CallReply, CallResult, Context, RedisString};
+use redis_module::{raw, RedisString};
 
 use crate::decision::EntryId;
-use crate::engine;
 
 /// More field-value pairs than this and the XADD is not kept (a seed decision has 13).
 pub const MAX_PAIRS: usize = 64;
@@ -88,57 +91,47 @@ fn state() -> std::sync::MutexGuard<'static, State> {
     STATE.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// 0: not known whether HeatBridge is the only module loaded; 1: it is; 2: it is not.
-static SOLE: AtomicU8 = AtomicU8::new(0);
-
 /// How many XADDs a pass can take from their commands (`heatbridge.batch` at most).
 static LIMIT: AtomicU8 = AtomicU8::new(0);
 
-/// Whether commands are kept: HeatBridge is known to be the only module loaded.
+/// Modules loaded after HeatBridge and still loaded (by name).
+static LATER: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+/// Whether commands are kept: no module was loaded after HeatBridge (or every one that was
+/// has been unloaded again).
+static ON: AtomicBool = AtomicBool::new(true);
+
+/// Whether commands are kept.
 pub fn enabled() -> bool {
-    SOLE.load(Relaxed) == 1
+    ON.load(Relaxed)
 }
 
-/// Another module was loaded or unloaded: stop until the next tick checks again, and drop
-/// what was kept (a new module's filter may already have rewritten a kept command).
-pub fn modules_changed() {
-    SOLE.store(0, Relaxed);
-    clear();
-}
-
-/// Checks, when not known, whether HeatBridge (`own_name`) is the only module loaded. Runs
-/// at the housekeeping tick.
-pub fn check_modules(ctx: &Context, own_name: &str) {
-    if SOLE.load(Relaxed) != 0 {
+/// Another module was loaded (`loaded`) or unloaded. A command filter registered by a module
+/// loaded after HeatBridge runs after HeatBridge's, and may rewrite what HeatBridge kept;
+/// one loaded before runs first, so HeatBridge keeps the arguments as they will run. So
+/// commands are kept only while no module loaded after HeatBridge is loaded. What was kept
+/// is dropped either way (a new module's filter may already have rewritten it).
+pub fn module_changed(loaded: bool, name: &[u8], own_name: &str) {
+    if name == own_name.as_bytes() {
         return;
     }
-    let opts = CallOptionsBuilder::new().errors_as_replies().build();
-    let r: CallResult = ctx.call_ext("MODULE", &opts, &["LIST"][..]);
-    let others = match r {
-        Ok(CallReply::Array(list)) => list
-            .iter()
-            .filter(|m| {
-                let mut name = None;
-                if let Ok(m) = m {
-                    engine::for_each_pair(m, |k, v| {
-                        if k == b"name" {
-                            name = engine::str_of(v).map(<[u8]>::to_vec);
-                        }
-                    });
-                }
-                name.as_deref() != Some(own_name.as_bytes())
-            })
-            .count(),
-        // Not known: keep reading entries back.
-        _ => 1,
-    };
-    SOLE.store(if others == 0 { 1 } else { 2 }, Relaxed);
+    let mut later = LATER.lock().unwrap_or_else(|e| e.into_inner());
+    if loaded {
+        later.push(name.to_vec());
+    } else if let Some(at) = later.iter().position(|n| n.as_slice() == name) {
+        later.swap_remove(at);
+    }
+    ON.store(later.is_empty(), Relaxed);
+    drop(later);
+    clear();
 }
 
 /// Module load: drops everything kept and zeroes the counters (the statics survive an
 /// unload when the shared object stays mapped).
 pub fn reset() {
-    modules_changed();
+    LATER.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    ON.store(true, Relaxed);
+    clear();
     LIMIT.store(0, Relaxed);
     TAKEN.store(0, Relaxed);
     MISMATCHED.store(0, Relaxed);
@@ -319,12 +312,12 @@ pub static TAKEN: AtomicU64 = AtomicU64::new(0);
 /// Times the kept arguments did not agree with the entries (then read back instead).
 pub static MISMATCHED: AtomicU64 = AtomicU64::new(0);
 
-/// `on`, `off` (another module is loaded) or `unknown` (not checked yet), for INFO.
+/// `on`, or `off` while a module loaded after HeatBridge is loaded, for INFO.
 pub fn status() -> &'static str {
-    match SOLE.load(Relaxed) {
-        1 => "on",
-        2 => "off",
-        _ => "unknown",
+    if enabled() {
+        "on"
+    } else {
+        "off"
     }
 }
 

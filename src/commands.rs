@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use redis_module::redisvalue::RedisValueKey;
 use redis_module::{
-    AclPermissions, CallOptionsBuilder, CallReply, CallResult, Context, ContextFlags, RedisError,
-    RedisResult, RedisString, RedisValue,
+    raw, AclPermissions, CallOptionsBuilder, CallReply, CallResult, Context, ContextFlags,
+    RedisError, RedisResult, RedisString, RedisValue,
 };
 
 use crate::decision::{EntryId, MAX_ID_LEN};
@@ -24,6 +24,9 @@ pub mod errors {
     pub const INTERNAL: &str = "ERR internal error in heatbridge; see the server log";
     /// REPLAY on a replica.
     pub const REPLICA: &str = "READONLY HEATBRIDGE.REPLAY runs on the master only";
+    /// REPLAY while writes are paused (reached through another module's RM_Call).
+    pub const PAUSED: &str =
+        "TRYAGAIN HEATBRIDGE.REPLAY: writes are paused (CLIENT PAUSE WRITE or a failover)";
     /// A bad REPLAY argument.
     pub const SYNTAX: &str = "ERR syntax error: HEATBRIDGE.REPLAY [FROM <id>] [COUNT <n>]";
     /// A bad FROM id.
@@ -88,11 +91,7 @@ fn read_lookup(ctx: &Context, args: Vec<RedisString>, prefix: &[u8]) -> RedisRes
         return Err(RedisError::Str(errors::BAD_NAME));
     }
     let key = engine::rstr(ctx, &projection::key(prefix, id));
-    let user = ctx.get_current_user();
-    if ctx
-        .acl_check_key_permission(&user, &key, &AclPermissions::ACCESS)
-        .is_err()
-    {
+    if !may_read(ctx, &key) {
         return Err(RedisError::String(format!(
             "NOPERM this user has no permissions to access the '{}' key",
             crate::logging::show_bytes(key.as_slice())
@@ -152,6 +151,34 @@ fn read_lookup(ctx: &Context, args: Vec<RedisString>, prefix: &[u8]) -> RedisRes
     }
 }
 
+/// Whether the calling user may read `key`.
+///
+/// The user is looked up by client ID, never through `RM_GetCurrentUserName`: that one
+/// dereferences the client's user, and the clients of another module's `RM_Call` have none
+/// (they run as the root user, which the server checks no ACL for). A client the lookup does
+/// not find (a module's temporary client, a script's client) is not checked here either: the
+/// server has already checked the caller's right to run the command itself.
+fn may_read(ctx: &Context, key: &RedisString) -> bool {
+    // SAFETY: `ctx.ctx` is the live context of the command. GetClientUserNameById returns a
+    // new string (owned by the wrapper below, which frees it) or NULL, with errno set, for an
+    // unknown client or one without a user.
+    let name = unsafe {
+        match (
+            raw::RedisModule_GetClientId,
+            raw::RedisModule_GetClientUserNameById,
+        ) {
+            (Some(id), Some(name)) => name(ctx.ctx, id(ctx.ctx)),
+            _ => std::ptr::null_mut(),
+        }
+    };
+    if name.is_null() {
+        return true;
+    }
+    let user = RedisString::from_redis_module_string(std::ptr::null_mut(), name);
+    ctx.acl_check_key_permission(&user, key, &AclPermissions::ACCESS)
+        .is_ok()
+}
+
 /// Parsed arguments of HEATBRIDGE.REPLAY.
 #[derive(Debug, PartialEq, Eq)]
 pub struct ReplayArgs {
@@ -195,6 +222,10 @@ pub fn replay(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let flags = ctx.get_flags();
     if !flags.contains(ContextFlags::MASTER) {
         return Err(RedisError::Str(errors::REPLICA));
+    }
+    // Clients are paused by the server itself; another module's RM_Call is not.
+    if engine::writes_paused() {
+        return Err(RedisError::Str(errors::PAUSED));
     }
     let (n, last) = engine::replay(ctx, a.from, a.count).map_err(RedisError::String)?;
     Ok(RedisValue::Array(vec![

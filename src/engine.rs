@@ -13,7 +13,9 @@
 //! after the XADD that caused them. Only a writable master that is not loading drains.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::ffi::c_void;
+use std::ptr;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -51,6 +53,8 @@ const MAX_PENDING_READ: usize = 1000;
 
 /// Whether a drain timer is pending (at rest there is none).
 static TIMER_PENDING: AtomicBool = AtomicBool::new(false);
+/// The pending drain timer, while `TIMER_PENDING`.
+static TIMER_ID: AtomicU64 = AtomicU64::new(0);
 /// Whether a post-notification job is pending.
 static JOB_PENDING: AtomicBool = AtomicBool::new(false);
 /// 0 unknown, 1 the server has post-notification jobs, 2 it does not.
@@ -194,16 +198,28 @@ fn log_error_limited(msg: &str) {
     }
 }
 
-/// True when this server may write: a master, not loading.
+/// True when this server may write: a master, not loading, writes not paused.
 pub fn can_write(ctx: &Context) -> bool {
     writable(&ctx.get_flags())
 }
 
-/// A master that is not loading.
+/// A master that is not loading and whose writes are not paused.
 fn writable(f: &ContextFlags) -> bool {
     f.contains(ContextFlags::MASTER)
         && !f.contains(ContextFlags::LOADING)
         && !f.contains(ContextFlags::ASYNC_LOADING)
+        && !writes_paused()
+}
+
+/// Whether the server asks modules not to write: while `CLIENT PAUSE ... WRITE` is in force
+/// (which `FAILOVER` and a cluster manual failover use) or a replica is being promoted. A
+/// write then would move the replication offset the failover waits on, and on every server
+/// tried the propagation of it trips an assertion (`propagatePendingCommands`). Projection
+/// resumes at the first housekeeping tick after the pause ends.
+pub fn writes_paused() -> bool {
+    // SAFETY: reading a function pointer that the module API set at load; the call only
+    // reads server state.
+    unsafe { raw::RedisModule_AvoidReplicaTraffic.is_some_and(|f| f() != 0) }
 }
 
 fn publish_role(ctx: &Context) {
@@ -304,17 +320,85 @@ pub fn schedule(ctx: &Context) {
     if TIMER_PENDING.swap(true, Relaxed) {
         return;
     }
-    ctx.create_timer(
-        Duration::from_millis(0),
-        |ctx: &Context, ()| {
-            guard::contain("drain timer", (), || {
-                TIMER_PENDING.store(false, Relaxed);
-                guard::fault_point("timer");
-                drain(ctx);
-            })
-        },
-        (),
-    );
+    // SAFETY: `ctx.ctx` is the live context of the current callback; the callback is a plain
+    // function of this library and takes no data. A pending timer is cancelled before the
+    // module can be unloaded (see `cancel_drain_timer`), and the server refuses to unload a
+    // module that holds one.
+    let id = unsafe {
+        raw::RedisModule_CreateTimer
+            .map(|create| create(ctx.ctx, 0, Some(on_drain_timer), ptr::null_mut()))
+    };
+    match id {
+        Some(id) => TIMER_ID.store(id, Relaxed),
+        None => TIMER_PENDING.store(false, Relaxed),
+    }
+}
+
+/// The drain timer's callback.
+unsafe extern "C" fn on_drain_timer(ctx: *mut raw::RedisModuleCtx, _data: *mut c_void) {
+    guard::contain("drain timer", (), || {
+        TIMER_PENDING.store(false, Relaxed);
+        if ctx.is_null() {
+            return;
+        }
+        guard::fault_point("timer");
+        drain(&Context::new(ctx));
+    })
+}
+
+/// A context of this module that outlives callbacks, for stopping the drain timer from the
+/// command filter (`RM_StopTimer` wants a context of the module that made the timer). Made
+/// at load, freed at unload.
+static MODULE_CTX: AtomicPtr<raw::RedisModuleCtx> = AtomicPtr::new(ptr::null_mut());
+
+/// Makes the module context that [`cancel_drain_timer`] needs (module load).
+pub fn keep_module_context(ctx: &Context) {
+    // SAFETY: `ctx.ctx` is the live context of the module load; the detached context it
+    // returns belongs to this module and is freed in `release_module_context`.
+    let detached = unsafe {
+        raw::RedisModule_GetDetachedThreadSafeContext.map_or(ptr::null_mut(), |f| f(ctx.ctx))
+    };
+    let old = MODULE_CTX.swap(detached, Relaxed);
+    free_context(old);
+}
+
+/// Frees the context of [`keep_module_context`] (module unload).
+pub fn release_module_context() {
+    free_context(MODULE_CTX.swap(ptr::null_mut(), Relaxed));
+}
+
+fn free_context(ctx: *mut raw::RedisModuleCtx) {
+    if ctx.is_null() {
+        return;
+    }
+    // SAFETY: `ctx` came from GetDetachedThreadSafeContext and is freed exactly once, here,
+    // on the main thread.
+    unsafe {
+        if let Some(free) = raw::RedisModule_FreeThreadSafeContext {
+            free(ctx);
+        }
+    }
+}
+
+/// Stops a pending drain timer. `MODULE UNLOAD` runs it first (through the command filter):
+/// during a long catch-up a 0 ms timer is nearly always pending, and the server refuses to
+/// unload a module that holds one. If the unload fails after all, the housekeeping tick
+/// carries the catch-up on.
+pub fn cancel_drain_timer() {
+    let ctx = MODULE_CTX.load(Relaxed);
+    if ctx.is_null() || !TIMER_PENDING.load(Relaxed) {
+        return;
+    }
+    // SAFETY: `ctx` is this module's detached context, alive until unload; the timer, if it
+    // still exists, is this module's and has no data to free.
+    let stopped = unsafe {
+        raw::RedisModule_StopTimer.is_some_and(|stop| {
+            stop(ctx, TIMER_ID.load(Relaxed), ptr::null_mut()) == raw::REDISMODULE_OK as i32
+        })
+    };
+    if stopped {
+        TIMER_PENDING.store(false, Relaxed);
+    }
 }
 
 /// Outcome of one drain step.
@@ -414,7 +498,7 @@ struct Pass<'c> {
     /// Our consumer's pending entries are done for this pass (others' may remain).
     pending_checked: bool,
     /// The last projected entry of each symbol, with the expiry of its latest keys.
-    latest: HashMap<Vec<u8>, (Entry, u64)>,
+    latest: Latest,
     /// The cursor move still to make, with the group's read counter when it is known.
     advance: Option<(Cursor, Option<u64>)>,
     /// Entries read by this pass's steps, counted once they are acknowledged.
@@ -436,7 +520,7 @@ impl<'c> Pass<'c> {
             w: Writer::new(ctx),
             group: None,
             pending_checked: false,
-            latest: HashMap::new(),
+            latest: Latest::default(),
             advance: None,
             read: 0,
             known: None,
@@ -446,27 +530,11 @@ impl<'c> Pass<'c> {
         }
     }
 
-    /// Keeps `e` as its symbol's latest entry when it is the newest seen so far.
-    fn keep_latest(&mut self, e: Entry, at: u64) {
-        let Some(sym) = e.fields.as_deref().and_then(|f| apply::field(f, b"symbol")) else {
-            return;
-        };
-        match self.latest.get_mut(sym.as_slice()) {
-            Some(slot) => *slot = (e, at),
-            None => {
-                let key = sym.as_slice().to_vec();
-                self.latest.insert(key, (e, at));
-            }
-        }
-    }
-
     /// Writes latest and the pointers, then moves the cursor. If a latest write fails,
     /// nothing of the pass is acknowledged: the retry rewrites it all (idempotent).
     /// Returns false on a failure.
     fn finish(self, ctx: &Context, s: &Settings) -> bool {
-        let mut latest: Vec<(Entry, u64)> = self.latest.into_values().collect();
-        latest.sort_by_key(|(e, _)| e.id);
-        for (e, at) in &latest {
+        for (e, at) in &self.latest.into_sorted() {
             if let Err(msg) = write_latest(&self.w, e, *at) {
                 METRICS.count_error(Stage::Write, now_ms());
                 log_error_limited(&format!(
@@ -650,7 +718,8 @@ pub struct Entry {
     pub fields: Option<Vec<(RedisString, RedisString)>>,
 }
 
-/// Reads up to `count` entries after `after` (exclusive), in stream order.
+/// Reads up to `count` entries after `after` (exclusive), in stream order. `Err` when the
+/// stream cannot be read: never taken for "no entries", which would move the cursor on.
 ///
 /// When few entries are expected (`few`: the live path, or a known lag within `count`),
 /// they are read backwards from the end of the stream: a forward iterator that seeks the
@@ -663,46 +732,38 @@ fn read_after(
     after: EntryId,
     count: usize,
     few: bool,
-) -> Vec<Entry> {
-    let key = ctx.open_key(stream);
-    let from = raw::RedisModuleStreamID {
-        ms: after.ms,
-        seq: after.seq,
-    };
-    let to_entry = |r: redis_module::stream::StreamRecord| Entry {
-        id: EntryId {
-            ms: r.id.ms,
-            seq: r.id.seq,
-        },
-        fields: Some(r.fields),
+) -> Result<Vec<Entry>, String> {
+    let to_entry = |(id, fields)| Entry {
+        id,
+        fields: Some(fields),
     };
     if few {
-        if let Ok(iter) = key.get_stream_range_iterator(Some(from), None, true, true) {
-            let mut newest: Vec<Entry> = iter.take(count.saturating_add(1)).map(to_entry).collect();
-            if newest.len() <= count {
-                newest.reverse();
-                return newest;
-            }
+        let mut walk = IdWalk::after(ctx, stream, after, true)
+            .ok_or("cannot iterate the stream (backwards)")?;
+        let mut newest = Vec::with_capacity(count.saturating_add(1).min(1024));
+        while newest.len() <= count {
+            let Some(e) = walk.next_entry() else { break };
+            newest.push(to_entry(e));
+        }
+        if newest.len() <= count {
+            newest.reverse();
+            return Ok(newest);
         }
     }
-    let Ok(iter) = key.get_stream_range_iterator(Some(from), None, true, false) else {
-        return Vec::new();
-    };
-    iter.take(count).map(to_entry).collect()
+    let mut walk = IdWalk::after(ctx, stream, after, false).ok_or("cannot iterate the stream")?;
+    let mut entries = Vec::with_capacity(count.min(1024));
+    while entries.len() < count {
+        let Some(e) = walk.next_entry() else { break };
+        entries.push(to_entry(e));
+    }
+    Ok(entries)
 }
 
-/// Reads one entry by ID.
+/// Reads one entry by ID (`fields` is `None` when it is not in the stream).
 fn read_one(ctx: &Context, stream: &RedisString, id: EntryId) -> Entry {
-    let key = ctx.open_key(stream);
-    let sid = raw::RedisModuleStreamID {
-        ms: id.ms,
-        seq: id.seq,
-    };
-    let fields = key
-        .get_stream_range_iterator(Some(sid), Some(sid), false, false)
-        .ok()
-        .and_then(|mut it| it.next())
-        .map(|r| r.fields);
+    let fields = IdWalk::range(ctx, stream, Some(id), Some(id), false, false)
+        .and_then(|mut walk| walk.next_entry())
+        .map(|(_, fields)| fields);
     Entry { id, fields }
 }
 
@@ -755,7 +816,25 @@ fn step(ctx: &Context, s: &Settings, pass: &mut Pass) -> Step {
     }
 
     let few = group.lag.is_some_and(|l| l <= s.batch as u64);
-    let entries = read_after(ctx, &stream, group.last_id, s.batch, few);
+    let entries = match read_after(ctx, &stream, group.last_id, s.batch, few) {
+        Ok(entries) => entries,
+        Err(e) => {
+            METRICS.count_error(Stage::Read, now_ms());
+            log_error_limited(&format!("cannot read {}: {e}", s.stream));
+            return Step::Failed;
+        }
+    };
+    // More entries after the cursor than the group's lag says: its read counter is not what
+    // the entries are (XGROUP SETID with an ENTRIESREAD of the operator's choosing). The
+    // counter is then left for the server to work out, never carried forward.
+    let group = match group.lag {
+        Some(lag) if entries.len() as u64 > lag => GroupInfo {
+            lag: None,
+            entries_read: None,
+            ..group
+        },
+        _ => group,
+    };
     project_step(ctx, s, pass, group, entries, started)
 }
 
@@ -776,7 +855,7 @@ fn trust_known(
     let entries = commands
         .filter(|c| c.len() == added)
         .and_then(|c| entries_from_commands(ctx, stream, k.last, c))
-        .unwrap_or_else(|| read_after(ctx, stream, k.last, s.batch, true));
+        .or_else(|| read_after(ctx, stream, k.last, s.batch, true).ok())?;
     if entries.len() != added {
         return None;
     }
@@ -879,7 +958,7 @@ fn project_step(
     let mut marks = latest.into_iter().peekable();
     for (i, e) in entries.into_iter().enumerate() {
         if let Some((_, at)) = marks.next_if(|(j, _)| *j == i) {
-            pass.keep_latest(e, at);
+            pass.latest.keep(e, at);
         }
     }
     if let Some(last) = done {
@@ -1024,22 +1103,30 @@ fn finish_pending(ctx: &Context, s: &Settings, stream: &RedisString) -> Result<u
     let now = now_ms();
     let w = Writer::new(ctx);
     let mut acked: Vec<String> = Vec::with_capacity(ids.len());
+    let mut latest = Latest::default();
     for id in &ids {
         let e = read_one(ctx, stream, *id);
-        // A pending entry can be older than what latest already holds (an entry XCLAIMed to
-        // our consumer after newer ones were projected): then latest keeps the newer one.
-        let done = project(ctx, &w, s, &e, now, true).and_then(|p| match p {
-            Projected::Written {
+        match project(ctx, &w, s, &e, now, true) {
+            Ok(Projected::Written {
                 latest_at: Some(at),
-            } if !latest_is_newer(ctx, &e) => write_latest(&w, &e, at),
-            _ => Ok(()),
-        });
-        if let Err(msg) = done {
-            METRICS.count_error(Stage::Write, now_ms());
-            log_error_limited(&format!("write failed for pending entry {id}: {msg}"));
-            break;
+            }) => latest.keep(e, at),
+            Ok(_) => {}
+            Err(msg) => {
+                METRICS.count_error(Stage::Write, now_ms());
+                log_error_limited(&format!("write failed for pending entry {id}: {msg}"));
+                break;
+            }
         }
         acked.push(id.to_string());
+    }
+    // A pending entry is usually older than entries already projected (one XCLAIMed to our
+    // consumer, or left by the sidecar): latest keeps the newer decision.
+    if let Err(msg) = latest.write_if_newest(ctx, &w, stream) {
+        METRICS.count_error(Stage::Write, now_ms());
+        log_error_limited(&format!(
+            "write failed for the latest keys of pending entries: {msg}"
+        ));
+        return Err(());
     }
     METRICS.count_in(acked.len() as u64);
     if acked.is_empty() {
@@ -1120,10 +1207,7 @@ pub fn project(
     }
     let dedupe_key = w.string(&projection::key(projection::DEDUPE_PREFIX, d.plan_id));
     if dedupe && s.ttls.dedupe_ms > 0 {
-        let existing = {
-            let k = ctx.open_key(&dedupe_key);
-            k.read().ok().flatten().map(<[u8]>::to_vec)
-        };
+        let existing = apply::read_string(ctx, &dedupe_key);
         if projection::dedupe_verdict(existing.as_deref(), d.id) == Dedupe::Duplicate {
             METRICS.count_dedupe_skip();
             return Ok(Projected::Duplicate);
@@ -1154,24 +1238,66 @@ pub fn project(
     })
 }
 
-/// Whether the latest keys of `e`'s symbol already show a newer entry: the pointer names a
-/// plan whose dedupe key holds a later entry ID. Once that dedupe key has expired
-/// (`heatbridge.dedupe-ttl-sec`) this cannot be told, and `e` is written as before.
-fn latest_is_newer(ctx: &Context, e: &Entry) -> bool {
-    let Some(symbol) = e.fields.as_deref().and_then(|f| apply::field(f, b"symbol")) else {
-        return false;
-    };
-    let read = |key: Vec<u8>| -> Option<Vec<u8>> {
-        let k = ctx.open_key(&rstr(ctx, &key));
-        k.read().ok().flatten().map(<[u8]>::to_vec)
-    };
-    read(projection::key(
-        projection::POINTER_PREFIX,
-        symbol.as_slice(),
-    ))
-    .and_then(|plan| read(projection::key(projection::DEDUPE_PREFIX, &plan)))
-    .and_then(|id| EntryId::parse(&id))
-    .is_some_and(|newest| newest > e.id)
+/// The newest projected entry of each symbol, whose latest keys are still to be written,
+/// with their expiry.
+#[derive(Default)]
+struct Latest(HashMap<Vec<u8>, (Entry, u64)>);
+
+impl Latest {
+    /// Keeps `e` as its symbol's latest entry when it is newer than the one kept.
+    fn keep(&mut self, e: Entry, at: u64) {
+        let Some(sym) = e.fields.as_deref().and_then(|f| apply::field(f, b"symbol")) else {
+            return;
+        };
+        match self.0.get_mut(sym.as_slice()) {
+            Some(slot) if slot.0.id >= e.id => {}
+            Some(slot) => *slot = (e, at),
+            None => {
+                let key = sym.as_slice().to_vec();
+                self.0.insert(key, (e, at));
+            }
+        }
+    }
+
+    /// The kept entries, oldest first.
+    fn into_sorted(self) -> Vec<(Entry, u64)> {
+        let mut latest: Vec<(Entry, u64)> = self.0.into_values().collect();
+        latest.sort_by_key(|(e, _)| e.id);
+        latest
+    }
+
+    /// Writes the latest keys of each kept entry that no later entry of the stream
+    /// supersedes (see [`crate::ids::newest_of_symbols`]): for entries behind the stream's
+    /// end (pending entries, REPLAY), whose symbol may have newer decisions.
+    fn write_if_newest(
+        self,
+        ctx: &Context,
+        w: &Writer,
+        stream: &RedisString,
+    ) -> Result<(), String> {
+        let latest = self.into_sorted();
+        if latest.is_empty() {
+            return Ok(());
+        }
+        let candidates: Vec<(Vec<u8>, EntryId)> = latest
+            .iter()
+            .filter_map(|(e, _)| {
+                let sym = e
+                    .fields
+                    .as_deref()
+                    .and_then(|f| apply::field(f, b"symbol"))?;
+                Some((sym.as_slice().to_vec(), e.id))
+            })
+            .collect();
+        let newest =
+            crate::ids::newest_of_symbols(ctx, stream, &candidates, crate::ids::NEWEST_SCAN_BUDGET);
+        for ((e, at), newest) in latest.iter().zip(newest) {
+            if newest {
+                write_latest(w, e, *at)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Writes the latest hash and the latest_plan_id pointer of an entry's symbol.
@@ -1189,34 +1315,16 @@ pub fn write_latest(w: &Writer, e: &Entry, at_ms: u64) -> Result<(), String> {
         projection::LATEST_PREFIX,
         symbol.as_slice(),
     ));
-    w.replace_hash(&key, fields, Some(plan), at_ms)?;
+    let written = w.replace_hash(&key, fields, Some(plan), at_ms)?;
     let ptr = w.string(&projection::key(
         projection::POINTER_PREFIX,
         symbol.as_slice(),
     ));
     w.set_string(&ptr, plan, at_ms)?;
-    METRICS.count_latest();
-    Ok(())
-}
-
-/// Projects one entry completely (latest included), as REPLAY does (in stream order, so
-/// latest ends on the newest entry it re-projects).
-fn project_whole(
-    ctx: &Context,
-    w: &Writer,
-    s: &Settings,
-    e: &Entry,
-    now: u64,
-    dedupe: bool,
-) -> Result<Projected, String> {
-    let p = project(ctx, w, s, e, now, dedupe)?;
-    if let Projected::Written {
-        latest_at: Some(at),
-    } = p
-    {
-        write_latest(w, e, at)?;
+    if written {
+        METRICS.count_latest();
     }
-    Ok(p)
+    Ok(())
 }
 
 /// Most bytes of fields one HEATBRIDGE.REPLAY re-projects: its writes reach replicas as one
@@ -1242,15 +1350,13 @@ pub fn replay(ctx: &Context, from: EntryId, count: usize) -> Result<(u64, EntryI
     let mut bytes = 0usize;
     let now = now_ms();
     let w = Writer::new(ctx);
+    let mut latest = Latest::default();
     'chunks: while examined < count {
-        let chunk = read_after(ctx, &stream, last, (count - examined).min(1000), false);
+        let chunk = read_after(ctx, &stream, last, (count - examined).min(1000), false)?;
         if chunk.is_empty() {
             break;
         }
-        for e in &chunk {
-            if let Projected::Written { .. } = project_whole(ctx, &w, &s, e, now, false)? {
-                written += 1;
-            }
+        for e in chunk {
             last = e.id;
             examined += 1;
             bytes += e.fields.as_deref().map_or(0, |f| {
@@ -1258,11 +1364,20 @@ pub fn replay(ctx: &Context, from: EntryId, count: usize) -> Result<(u64, EntryI
                     .map(|(k, v)| k.as_slice().len() + v.as_slice().len())
                     .sum()
             });
+            if let Projected::Written { latest_at } = project(ctx, &w, &s, &e, now, false)? {
+                written += 1;
+                if let Some(at) = latest_at {
+                    latest.keep(e, at);
+                }
+            }
             if bytes >= REPLAY_MAX_BYTES {
                 break 'chunks;
             }
         }
     }
+    // Latest goes to the newest entry re-projected for each symbol, unless the stream holds
+    // a newer decision of that symbol: latest never moves back.
+    latest.write_if_newest(ctx, &w, &stream)?;
     METRICS.count_replayed(written);
     Ok((written, last))
 }
@@ -1332,7 +1447,6 @@ pub fn housekeeping(ctx: &Context) {
     JOB_PENDING.store(false, Relaxed);
     // The tick always reads the group, so changes no event reports are seen within poll-ms.
     forget_group();
-    capture::check_modules(ctx, crate::MODULE_NAME);
     if can_write(ctx) && !timer_pending() {
         drain(ctx);
     }

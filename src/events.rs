@@ -1,12 +1,14 @@
 //! Keyspace and server event handlers: filter, skip replicas and loading, schedule the drain.
 //! None of them writes; each runs inside a panic guard.
+//!
+//! HeatBridge subscribes to its events itself, in `init`, once the module arguments have been
+//! accepted, instead of through `redis_module!`, which subscribes before `init` runs. Redis
+//! 7.0's failed-load path (fixed in 7.2.4) unloads the library without unsubscribing, so a
+//! load refused for a bad argument would leave the server calling into unmapped code.
 
-use redis_module::server_events::{LoadingSubevent, ModuleChangeSubevent, ServerRole};
+use std::ffi::{c_char, c_int, c_void};
+
 use redis_module::{raw, Context, NotifyEvent};
-use redis_module_macros::{
-    cron_event_handler, loading_event_handler, module_changed_event_handler,
-    role_changed_event_handler,
-};
 
 use crate::capture;
 use crate::config;
@@ -20,61 +22,165 @@ fn selected_db(ctx: &Context) -> i32 {
     unsafe { raw::RedisModule_GetSelectedDb.map_or(0, |f| f(ctx.ctx)) }
 }
 
+/// Subscribes the stream keyspace events and the cron, loading, role and module-change server
+/// events. Called once per load, after the arguments were accepted, so that nothing is
+/// subscribed when the load can still fail. On an error, the server events already
+/// subscribed are unsubscribed again.
+pub fn subscribe(ctx: &Context) -> Result<(), String> {
+    const SERVER_EVENTS: [u64; 4] = [
+        raw::REDISMODULE_EVENT_CRON_LOOP,
+        raw::REDISMODULE_EVENT_LOADING,
+        raw::REDISMODULE_EVENT_REPLICATION_ROLE_CHANGED,
+        raw::REDISMODULE_EVENT_MODULE_CHANGE,
+    ];
+    // SAFETY: reading function pointers that the module API set at load.
+    let (Some(server), Some(keyspace)) =
+        (unsafe { raw::RedisModule_SubscribeToServerEvent }, unsafe {
+            raw::RedisModule_SubscribeToKeyspaceEvents
+        })
+    else {
+        return Err("the server lacks the event subscription API".into());
+    };
+    let event = |id: u64| raw::RedisModuleEvent { id, dataver: 1 };
+    let mut done = 0;
+    for id in SERVER_EVENTS {
+        // SAFETY: `ctx.ctx` is the live context of the module load; the callback is a plain
+        // function of this library, unsubscribed by the server at unload.
+        if unsafe { server(ctx.ctx, event(id), Some(on_server_event)) } != OK {
+            break;
+        }
+        done += 1;
+    }
+    // SAFETY: as above.
+    let subscribed = done == SERVER_EVENTS.len()
+        && unsafe {
+            keyspace(
+                ctx.ctx,
+                raw::REDISMODULE_NOTIFY_STREAM,
+                Some(on_keyspace_event),
+            )
+        } == OK;
+    if subscribed {
+        return Ok(());
+    }
+    for id in SERVER_EVENTS.into_iter().take(done) {
+        // SAFETY: as above; a NULL callback unsubscribes.
+        unsafe { server(ctx.ctx, event(id), None) };
+    }
+    Err("cannot subscribe to the server's events".into())
+}
+
+const OK: c_int = raw::REDISMODULE_OK as c_int;
+
+/// The keyspace notification callback.
+unsafe extern "C" fn on_keyspace_event(
+    ctx: *mut raw::RedisModuleCtx,
+    kind: c_int,
+    event: *const c_char,
+    key: *mut raw::RedisModuleString,
+) -> c_int {
+    guard::contain("keyspace event", (), || {
+        if ctx.is_null() || event.is_null() || key.is_null() {
+            return;
+        }
+        let ctx = Context::new(ctx);
+        // SAFETY: the server passes a NUL-terminated event name and the key's string, both
+        // valid for the duration of the callback.
+        let (event, key) = unsafe {
+            (
+                std::ffi::CStr::from_ptr(event).to_bytes(),
+                redis_module::RedisString::string_as_slice(key),
+            )
+        };
+        on_stream_event(&ctx, NotifyEvent::from_bits_truncate(kind), event, key);
+    });
+    OK
+}
+
+/// The server event callback: cron, loading, role change and module change.
+unsafe extern "C" fn on_server_event(
+    ctx: *mut raw::RedisModuleCtx,
+    eid: raw::RedisModuleEvent,
+    sub: u64,
+    data: *mut c_void,
+) {
+    guard::contain("server event", (), || {
+        if ctx.is_null() {
+            return;
+        }
+        let ctx = Context::new(ctx);
+        match eid.id {
+            raw::REDISMODULE_EVENT_CRON_LOOP => on_cron(&ctx),
+            raw::REDISMODULE_EVENT_LOADING => on_loading(&ctx, sub),
+            raw::REDISMODULE_EVENT_REPLICATION_ROLE_CHANGED => on_role_changed(
+                &ctx,
+                sub == raw::REDISMODULE_EVENT_REPLROLECHANGED_NOW_MASTER,
+            ),
+            raw::REDISMODULE_EVENT_MODULE_CHANGE => {
+                // SAFETY: for this event the server passes a RedisModuleModuleChange whose
+                // name is a NUL-terminated string, valid during the callback.
+                let name = unsafe {
+                    data.cast::<raw::RedisModuleModuleChange>()
+                        .as_ref()
+                        .filter(|m| !m.module_name.is_null())
+                        .map(|m| std::ffi::CStr::from_ptr(m.module_name).to_bytes())
+                };
+                capture::module_changed(
+                    sub == raw::REDISMODULE_SUBEVENT_MODULE_LOADED,
+                    name.unwrap_or_default(),
+                    crate::MODULE_NAME,
+                );
+            }
+            _ => {}
+        }
+    })
+}
+
 /// Stream keyspace events: an XADD on `heatbridge.stream-in` in database 0 schedules a
 /// drain. (Only stream events are subscribed: on Valkey 8.1 a module subscribed to generic or
 /// new-key events makes COPY ... DB and MOVE leave the client on the other database.)
-pub fn on_stream_event(ctx: &Context, _kind: NotifyEvent, event: &str, key: &[u8]) {
-    guard::contain("keyspace event", (), || {
-        if !crate::config::STREAM_IN.matches(key) || selected_db(ctx) != 0 {
-            return;
-        }
-        guard::fault_point("event");
-        if event == "xadd" {
-            engine::on_xadd(ctx, key);
-        } else {
-            engine::on_stream_change();
-        }
-    })
+fn on_stream_event(ctx: &Context, _kind: NotifyEvent, event: &[u8], key: &[u8]) {
+    if !crate::config::STREAM_IN.matches(key) || selected_db(ctx) != 0 {
+        return;
+    }
+    guard::fault_point("event");
+    if event == b"xadd" {
+        engine::on_xadd(ctx, key);
+    } else {
+        engine::on_stream_change();
+    }
 }
 
 /// The periodic housekeeping tick (no module timer, so MODULE UNLOAD is never refused).
-#[cron_event_handler]
-fn on_cron(ctx: &Context, _hz: u64) {
-    guard::contain("cron event", (), || {
-        guard::fault_point("cron");
-        engine::housekeeping(ctx)
-    })
+fn on_cron(ctx: &Context) {
+    guard::fault_point("cron");
+    engine::housekeeping(ctx)
 }
 
 /// After an RDB/AOF load or a full sync, catch up from the group cursor.
-#[loading_event_handler]
-fn on_loading(ctx: &Context, sub: LoadingSubevent) {
-    guard::contain("loading event", (), || match sub {
-        LoadingSubevent::Ended | LoadingSubevent::Failed => {
+fn on_loading(ctx: &Context, sub: u64) {
+    match sub {
+        raw::REDISMODULE_SUBEVENT_LOADING_ENDED | raw::REDISMODULE_SUBEVENT_LOADING_FAILED => {
             engine::forget_group();
             state::published().loading = false;
             engine::schedule(ctx);
         }
         _ => state::published().loading = true,
-    })
+    }
 }
 
 /// A promoted replica resumes from the replicated group cursor.
-#[role_changed_event_handler]
-fn on_role_changed(ctx: &Context, role: ServerRole) {
-    guard::contain("role event", (), || {
-        let master = role == ServerRole::Primary;
-        engine::forget_group();
-        state::published().is_master = master;
-        logging::info(if master {
-            "now a master: projecting from the group cursor"
-        } else {
-            "now a replica: projection stops; the master's writes arrive by replication"
-        });
-        if master {
-            engine::schedule(ctx);
-        }
-    })
+fn on_role_changed(ctx: &Context, master: bool) {
+    engine::forget_group();
+    state::published().is_master = master;
+    logging::info(if master {
+        "now a master: projecting from the group cursor"
+    } else {
+        "now a replica: projection stops; the master's writes arrive by replication"
+    });
+    if master {
+        engine::schedule(ctx);
+    }
 }
 
 /// Commands that can change the group (its cursor or pending list) or put another stream under
@@ -142,6 +248,16 @@ unsafe extern "C" fn command_filter(fctx: *mut raw::RedisModuleCommandFilterCtx)
         // SAFETY: as above.
         unsafe { capture::on_command(fctx, name, |a| config::STREAM_IN.matches(a)) };
         let is = |list: &[&[u8]]| list.iter().any(|c| c.eq_ignore_ascii_case(name));
+        if name.eq_ignore_ascii_case(b"module") {
+            // SAFETY: as above.
+            let (sub, module) = unsafe { (filter_arg(fctx, 1), filter_arg(fctx, 2)) };
+            if sub.is_some_and(|a| a.eq_ignore_ascii_case(b"unload"))
+                && module.is_some_and(|a| a.eq_ignore_ascii_case(crate::MODULE_NAME.as_bytes()))
+            {
+                engine::cancel_drain_timer();
+            }
+            return;
+        }
         if is(&ALWAYS_UNSEEN) {
             engine::forget_group();
             return;
@@ -157,13 +273,6 @@ unsafe extern "C" fn command_filter(fctx: *mut raw::RedisModuleCommandFilterCtx)
             engine::forget_group();
         }
     })
-}
-
-/// Another module was loaded or unloaded: the XADD arguments the filter keeps are trusted
-/// only while HeatBridge is the only module (see `capture`).
-#[module_changed_event_handler]
-fn on_module_changed(_ctx: &Context, _sub: ModuleChangeSubevent) {
-    guard::contain("module change event", (), capture::modules_changed)
 }
 
 /// Registers [`command_filter`] (module load). The server drops it at unload.

@@ -1,4 +1,9 @@
-//! Walks the IDs of a stream's entries without reading their fields.
+//! Walks a stream's entries: their IDs alone, or with their fields.
+//!
+//! This replaces the crate's `StreamIterator`, whose drop calls `RM_StreamIteratorDelete`:
+//! on a key opened for reading that fails (EBADF) and leaves the iterator set, so the next
+//! iterator on the key cannot start; on a key opened for writing it would delete the last
+//! entry read. [`IdWalk`] stops its iterator with `RM_StreamIteratorStop` and closes its key.
 //!
 //! `RM_StreamIteratorNextID` must not be called again before every field of the current
 //! entry was consumed: the server's iterator then reads a field where it expects the next
@@ -29,6 +34,21 @@ impl IdWalk {
         after: EntryId,
         reverse: bool,
     ) -> Option<IdWalk> {
+        IdWalk::range(ctx, stream, Some(after), None, true, reverse)
+    }
+
+    /// Starts a walk over the entries from `from` to `to` (both ends included unless
+    /// `exclusive`; `None` is the stream's start or end), oldest first, or newest first when
+    /// `reverse`. `None` if the key is missing, not a stream, or the server lacks the stream
+    /// iterator API.
+    pub fn range(
+        ctx: &Context,
+        stream: &RedisString,
+        from: Option<EntryId>,
+        to: Option<EntryId>,
+        exclusive: bool,
+        reverse: bool,
+    ) -> Option<IdWalk> {
         let key = raw::open_key(ctx.ctx, stream.inner, raw::KeyMode::READ);
         if key.is_null() {
             return None;
@@ -37,23 +57,73 @@ impl IdWalk {
             key,
             started: false,
         };
-        let mut from = raw::RedisModuleStreamID {
-            ms: after.ms,
-            seq: after.seq,
+        let sid = |id: EntryId| raw::RedisModuleStreamID {
+            ms: id.ms,
+            seq: id.seq,
         };
-        let mut flags = raw::REDISMODULE_STREAM_ITERATOR_EXCLUSIVE as i32;
+        let mut from = from.map(sid);
+        let mut to = to.map(sid);
+        let mut flags = 0;
+        if exclusive {
+            flags |= raw::REDISMODULE_STREAM_ITERATOR_EXCLUSIVE as i32;
+        }
         if reverse {
             flags |= raw::REDISMODULE_STREAM_ITERATOR_REVERSE as i32;
         }
+        let bound = |b: &mut Option<raw::RedisModuleStreamID>| {
+            b.as_mut()
+                .map_or(ptr::null_mut(), |b| b as *mut raw::RedisModuleStreamID)
+        };
         // SAFETY: `key` was opened above on the live context and stays open until `walk` is
-        // dropped; `from` outlives the call (the server copies it). Start fails cleanly
-        // (ENOTSUP) on a key that is not a stream.
+        // dropped; the bounds are NULL or point to locals that outlive the call (the server
+        // copies them). Start fails cleanly (ENOTSUP) on a key that is not a stream.
         let ok = unsafe {
             raw::RedisModule_StreamIteratorStart
-                .is_some_and(|start| start(key, flags, &mut from, ptr::null_mut()) == OK)
+                .is_some_and(|start| start(key, flags, bound(&mut from), bound(&mut to)) == OK)
         };
         walk.started = ok;
         ok.then_some(walk)
+    }
+
+    /// The next entry's ID and fields, each field and value a new string.
+    pub fn next_entry(&mut self) -> Option<(EntryId, Vec<(RedisString, RedisString)>)> {
+        let mut id = raw::RedisModuleStreamID { ms: 0, seq: 0 };
+        let mut numfields: c_long = 0;
+        let mut fields = Vec::new();
+        // SAFETY: the iterator was started on `self.key`, which is open; the out-parameters
+        // point to locals. Every field of the entry is consumed before the next call to
+        // NextID. Each field and value returned is a new string that the wrapper owns and
+        // frees.
+        unsafe {
+            let (Some(next), Some(field)) = (
+                raw::RedisModule_StreamIteratorNextID,
+                raw::RedisModule_StreamIteratorNextField,
+            ) else {
+                return None;
+            };
+            if next(self.key, &mut id, &mut numfields) != OK {
+                return None;
+            }
+            fields.reserve(usize::try_from(numfields).unwrap_or(0).min(1024));
+            let mut name: *mut raw::RedisModuleString = ptr::null_mut();
+            let mut value: *mut raw::RedisModuleString = ptr::null_mut();
+            while field(self.key, &mut name, &mut value) == OK {
+                if name.is_null() || value.is_null() {
+                    continue;
+                }
+                fields.push((
+                    RedisString::from_redis_module_string(ptr::null_mut(), name),
+                    RedisString::from_redis_module_string(ptr::null_mut(), value),
+                ));
+            }
+        }
+        Some((
+            EntryId {
+                ms: id.ms,
+                seq: id.seq,
+            },
+            fields,
+        ))
     }
 
     /// The next entry's ID and its number of fields, with its fields skipped.
@@ -85,6 +155,67 @@ impl IdWalk {
     }
 }
 
+/// Most entries [`newest_of_symbols`] reads before it gives up on a symbol.
+pub const NEWEST_SCAN_BUDGET: usize = 20_000;
+
+/// For each candidate `(symbol, id)`, whether no later entry of the stream carries that
+/// symbol, so that the candidate may be written as the symbol's latest: latest never goes
+/// back to an older decision. The stream is read backwards from its end until each
+/// candidate is settled, or `budget` entries were read; a candidate still unsettled then is
+/// `false` (not known to be the newest, so not written).
+pub fn newest_of_symbols(
+    ctx: &Context,
+    stream: &RedisString,
+    candidates: &[(Vec<u8>, EntryId)],
+    budget: usize,
+) -> Vec<bool> {
+    let mut verdict: Vec<Option<bool>> = vec![None; candidates.len()];
+    let Some(mut walk) = IdWalk::range(ctx, stream, None, None, false, true) else {
+        return vec![false; candidates.len()];
+    };
+    let mut read = 0usize;
+    while verdict.iter().any(Option::is_none) && read < budget {
+        let Some((id, fields)) = walk.next_entry() else {
+            // The whole stream was read: nothing newer exists.
+            break;
+        };
+        read += 1;
+        let symbol = fields
+            .iter()
+            .rev()
+            .find(|(k, _)| k.as_slice() == b"symbol")
+            .map(|(_, v)| v.as_slice());
+        settle(&mut verdict, candidates, id, symbol);
+    }
+    let exhausted = read < budget;
+    verdict
+        .into_iter()
+        .map(|v| v.unwrap_or(exhausted))
+        .collect()
+}
+
+/// Settles the candidates that entry `id` (carrying `symbol`), read newest first, decides:
+/// the first entry of a candidate's symbol at or before the candidate means it is the
+/// newest, one after it means it is not; passing a candidate's ID without meeting its
+/// symbol means nothing newer carries it.
+fn settle(
+    verdict: &mut [Option<bool>],
+    candidates: &[(Vec<u8>, EntryId)],
+    id: EntryId,
+    symbol: Option<&[u8]>,
+) {
+    for (v, (sym, at)) in verdict.iter_mut().zip(candidates) {
+        if v.is_some() {
+            continue;
+        }
+        if symbol == Some(sym.as_slice()) {
+            *v = Some(id <= *at);
+        } else if id < *at {
+            *v = Some(true);
+        }
+    }
+}
+
 const OK: i32 = raw::REDISMODULE_OK as i32;
 
 impl Drop for IdWalk {
@@ -99,5 +230,54 @@ impl Drop for IdWalk {
             }
         }
         raw::close_key(self.key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(ms: u64) -> EntryId {
+        EntryId { ms, seq: 0 }
+    }
+
+    /// Runs `settle` over a stream given oldest first, read newest first, until settled.
+    fn run(stream: &[(u64, &str)], candidates: &[(&str, u64)]) -> Vec<Option<bool>> {
+        let candidates: Vec<(Vec<u8>, EntryId)> = candidates
+            .iter()
+            .map(|(s, at)| (s.as_bytes().to_vec(), id(*at)))
+            .collect();
+        let mut verdict = vec![None; candidates.len()];
+        for (ms, sym) in stream.iter().rev() {
+            settle(&mut verdict, &candidates, id(*ms), Some(sym.as_bytes()));
+        }
+        verdict
+    }
+
+    #[test]
+    fn a_later_entry_of_the_symbol_supersedes_a_candidate() {
+        let stream = [(1, "A"), (2, "B"), (3, "A"), (4, "C")];
+        assert_eq!(
+            run(&stream, &[("A", 1), ("A", 3), ("B", 2), ("C", 4)]),
+            vec![Some(false), Some(true), Some(true), Some(true)]
+        );
+    }
+
+    #[test]
+    fn a_deleted_candidate_is_newest_when_nothing_later_carries_its_symbol() {
+        // The candidate (ms 2) is no longer in the stream; passing its position settles it.
+        let stream = [(1, "A"), (3, "B")];
+        assert_eq!(run(&stream, &[("A", 2)]), vec![Some(true)]);
+        let stream = [(1, "A"), (3, "A")];
+        assert_eq!(run(&stream, &[("A", 2)]), vec![Some(false)]);
+    }
+
+    #[test]
+    fn unsettled_until_read() {
+        let stream = [(5, "A"), (6, "B")];
+        assert_eq!(run(&stream, &[("A", 1)]), vec![Some(false)]);
+        // Not settled by what was read: the caller decides by whether the stream ended.
+        assert_eq!(run(&stream, &[("C", 1)]), vec![None]);
+        assert_eq!(run(&[], &[("C", 1)]), vec![None]);
     }
 }

@@ -71,9 +71,14 @@ fn cmd_replay(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     commands::guarded("HEATBRIDGE.REPLAY", ctx, args, commands::replay)
 }
 
-/// `INFO heatbridge`: counters and state.
+/// `INFO heatbridge`: counters and state. For a crash report only the counters, read
+/// without a lock (the crashing thread may hold one).
 #[info_command_handler]
-fn info(ctx: &InfoContext, _for_crash_report: bool) -> RedisResult<()> {
+fn info(ctx: &InfoContext, for_crash_report: bool) -> RedisResult<()> {
+    if for_crash_report {
+        state::add_crash_info(ctx);
+        return Ok(());
+    }
     guard::contain("INFO handler", Ok(()), || state::add_info(ctx))
 }
 
@@ -106,7 +111,12 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
         state::reset();
         engine::reset();
         capture::reset();
+        if let Err(e) = events::subscribe(ctx) {
+            logging::warning(&format!("heatbridge not loaded: {e}"));
+            return Status::Err;
+        }
         events::register_command_filter(ctx);
+        engine::keep_module_context(ctx);
         let level = *config::LOG_LEVEL.lock().unwrap_or_else(|e| e.into_inner());
         logging::set_threshold(level.threshold());
         exporter::start();
@@ -125,8 +135,9 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
 fn deinit(_ctx: &Context) -> Status {
     guard::contain("module unload", Status::Ok, || {
         exporter::stop();
+        engine::release_module_context();
         // Releases the XADD arguments still held (the statics outlive the unload).
-        capture::modules_changed();
+        capture::clear();
         logging::info("unloaded");
         Status::Ok
     })
@@ -151,9 +162,6 @@ redis_module! {
         ["heatbridge.get", cmd_get, "readonly allow-stale", 0, 0, 0, "", "read"],
         ["heatbridge.latest", cmd_latest, "readonly allow-stale", 0, 0, 0, "", "read"],
         ["heatbridge.replay", cmd_replay, "write deny-oom admin", 0, 0, 0, "", "admin dangerous write"],
-    ],
-    event_handlers: [
-        [@STREAM: events::on_stream_event],
     ],
     configurations: [
         i64: [

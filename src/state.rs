@@ -145,6 +145,37 @@ pub fn metrics_text() -> String {
 }
 
 /// Fills the `INFO heatbridge` section: state first, then every counter.
+/// The `heatbridge` INFO section of a crash report: the counters alone, read from atomics
+/// and written with static names, so that it neither takes a lock nor allocates.
+pub fn add_crash_info(ctx: &redis_module::InfoContext) {
+    use redis_module::raw;
+    let snap = METRICS.snapshot();
+    let counters: [(&std::ffi::CStr, u64); 6] = [
+        (c"loops_total", snap.loops),
+        (c"in_messages_total", snap.in_messages),
+        (c"written_by_plan_total", snap.written_by_plan),
+        (c"written_latest_symbol_total", snap.written_latest),
+        (c"errors_write_total", snap.errors[1]),
+        (c"errors_internal_total", snap.errors[4]),
+    ];
+    // SAFETY: `ctx.ctx` is the live INFO context of this callback; the names are static C
+    // strings.
+    unsafe {
+        let (Some(section), Some(field)) = (
+            raw::RedisModule_InfoAddSection,
+            raw::RedisModule_InfoAddFieldULongLong,
+        ) else {
+            return;
+        };
+        if section(ctx.ctx, c"".as_ptr().cast_mut()) != raw::REDISMODULE_OK as i32 {
+            return;
+        }
+        for (name, value) in counters {
+            field(ctx.ctx, name.as_ptr().cast_mut(), value);
+        }
+    }
+}
+
 pub fn add_info(ctx: &redis_module::InfoContext) -> redis_module::RedisResult<()> {
     let (status, _) = health();
     let snap = METRICS.snapshot();

@@ -269,8 +269,12 @@ fn invalid_module_load_args_refuse_the_load() {
             all.extend_from_slice(args);
             let r = module_load(&mut c, &all);
             assert!(r.is_err(), "{args:?} loaded");
-            let list: Vec<redis::Value> = redis::cmd("MODULE").arg("LIST").query(&mut c).unwrap();
-            assert!(list.is_empty(), "{args:?}: module left loaded: {list:?}");
+            // Redis 8 lists its built-in modules too: HeatBridge must not be among them.
+            let list: redis::Value = redis::cmd("MODULE").arg("LIST").query(&mut c).unwrap();
+            assert!(
+                !format!("{list:?}").contains("heatbridge"),
+                "{args:?}: module left loaded: {list:?}"
+            );
         }
         // The server is fine and a good load still works.
         module_load(&mut c, &["metrics-port", "0", "health-port", "0"]).unwrap();
