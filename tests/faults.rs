@@ -55,7 +55,16 @@ fn panic_in_keyspace_event_is_contained() {
 fn panic_in_deferred_drain_is_contained() {
     // Redis 8.2 and Valkey run the drain as a post-notification job, Redis 7.0 as a 0 ms
     // timer.
-    for_each_flavor(|flavor| run_site(flavor, if flavor.has_post_jobs() { "job" } else { "timer" }));
+    for_each_flavor(|flavor| {
+        run_site(
+            flavor,
+            if flavor.has_post_jobs() {
+                "job"
+            } else {
+                "timer"
+            },
+        )
+    });
 }
 
 #[test]

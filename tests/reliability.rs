@@ -91,6 +91,11 @@ fn assert_alive(s: &mut Server, when: &str) {
     panic!("the server died {when}:\n{}", report.join("\n"));
 }
 
+/// A decision's fields as XADD arguments.
+fn fields(d: &[(String, String)]) -> Vec<String> {
+    d.iter().flat_map(|(k, v)| [k.clone(), v.clone()]).collect()
+}
+
 fn group_cursor(c: &mut Connection) -> (Option<String>, Option<String>) {
     (
         group_field(c, STREAM, "heat_bridge", "last-delivered-id"),
@@ -145,5 +150,304 @@ fn paused_writes_hold_projection_until_the_pause_ends() {
         assert!(exists(&mut r, &format!("{BY_PLAN}pz499")));
         wait_for(5, "INFO backlog 0", || backlog(&mut r) == 0);
         assert_alive(&mut s, "after the pause");
+    });
+}
+
+/// A MODULE LOAD refused for an invalid argument leaves nothing registered behind: stream
+/// entries, other writes and cron ticks afterwards reach no code of the unloaded module, and
+/// a later valid MODULE LOAD projects everything.
+#[test]
+fn a_refused_module_load_leaves_the_server_working() {
+    for_each_flavor(|flavor| {
+        let mut s = Options::new(flavor)
+            .without_module()
+            .without_exporter()
+            .start();
+        let mut c = s.conn();
+        let mut bad = s.module_args();
+        bad.extend(["ttl-plan-sec".to_string(), "-1".to_string()]);
+        let refused = module_load(&mut c, &bad);
+        assert!(refused.is_err(), "ttl-plan-sec -1 was accepted");
+        let mut p = redis::pipe();
+        for i in 0..5 {
+            let d = decision("S", &format!("fl{i}"), &[]);
+            p.cmd("XADD").arg(STREAM).arg("*").arg(fields(&d));
+        }
+        let other = decision("S", "elsewhere", &[]);
+        p.cmd("XADD")
+            .arg("some:other:stream")
+            .arg("*")
+            .arg(fields(&other));
+        p.cmd("SET").arg("k").arg("v");
+        if let Err(e) = p.query::<redis::Value>(&mut c) {
+            assert_alive(
+                &mut s,
+                &format!("at XADD after a refused MODULE LOAD ({e})"),
+            );
+        }
+        // Several cron ticks.
+        std::thread::sleep(Duration::from_millis(1000));
+        assert_alive(&mut s, "after a refused MODULE LOAD");
+        let mut c = s.conn();
+        module_load(&mut c, &s.module_args()).expect("MODULE LOAD with valid arguments");
+        wait_drained(&mut c);
+        for i in 0..5 {
+            assert!(exists(&mut c, &format!("{BY_PLAN}fl{i}")));
+        }
+        inject(&mut c, "S", "fl_live");
+        wait_for(5, "the live entry", || {
+            exists(&mut c, &format!("{BY_PLAN}fl_live"))
+        });
+        assert_alive(&mut s, "after the valid MODULE LOAD");
+    });
+}
+
+/// Builds `tests/modules/caller.c` into `dir` and loads it.
+fn load_caller_module(s: &Server, c: &mut Connection) {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/modules/caller.c");
+    let out = s.dir().join("caller.so");
+    let status = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-O1", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .expect("cc (the C compiler) runs");
+    assert!(status.success(), "cc failed on {}", src.display());
+    let _: () = redis::cmd("MODULE")
+        .arg("LOAD")
+        .arg(out.to_str().expect("a UTF-8 path"))
+        .query(c)
+        .expect("MODULE LOAD caller.so");
+}
+
+/// `CALLER.CALL`/`CALLER.CALLACL` `<cmd> args...` through RedisModule_Call.
+fn call_through(c: &mut Connection, via: &str, args: &[&str]) -> redis::RedisResult<redis::Value> {
+    let mut cmd = redis::cmd(via);
+    for a in args {
+        cmd.arg(*a);
+    }
+    cmd.query(c)
+}
+
+fn pairs(v: redis::Value) -> Vec<(String, String)> {
+    let mut p: Vec<(String, String)> = redis::from_redis_value(&v).expect("field/value pairs");
+    p.sort();
+    p
+}
+
+/// Another module may call every HEATBRIDGE command through RedisModule_Call, whose
+/// temporary client has no user: the replies are those a connection gets.
+#[test]
+fn commands_called_by_another_module_reply_as_for_a_client() {
+    for_each_flavor(|flavor| {
+        let mut s = Options::new(flavor).without_exporter().start();
+        let mut c = s.conn();
+        load_caller_module(&s, &mut c);
+        inject(&mut c, "S", "cm1");
+        wait_drained(&mut c);
+        let by_plan = hgetall(&mut c, &format!("{BY_PLAN}cm1"));
+        let latest = hgetall(&mut c, &format!("{LATEST}S"));
+        for via in ["CALLER.CALL", "CALLER.CALLACL"] {
+            let when = format!("after {via} HEATBRIDGE.GET");
+            let got = call_through(&mut c, via, &["HEATBRIDGE.GET", "cm1"]);
+            assert_alive(&mut s, &when);
+            assert_eq!(pairs(got.expect(&when)), by_plan, "{via} GET");
+            let got = call_through(&mut c, via, &["HEATBRIDGE.GET", "missing"]);
+            assert_alive(
+                &mut s,
+                &format!("after {via} HEATBRIDGE.GET of a missing plan"),
+            );
+            assert_eq!(
+                got.expect("GET missing"),
+                redis::Value::Nil,
+                "{via} GET missing"
+            );
+            let got = call_through(&mut c, via, &["HEATBRIDGE.LATEST", "S"]);
+            assert_alive(&mut s, &format!("after {via} HEATBRIDGE.LATEST"));
+            assert_eq!(pairs(got.expect("LATEST")), latest, "{via} LATEST");
+            let got = call_through(&mut c, via, &["HEATBRIDGE.LATEST", "NOPE"]);
+            assert_alive(
+                &mut s,
+                &format!("after {via} HEATBRIDGE.LATEST of a missing symbol"),
+            );
+            assert_eq!(got.expect("LATEST missing"), redis::Value::Nil);
+            let got = call_through(&mut c, via, &["HEATBRIDGE.HEALTH"]);
+            assert_alive(&mut s, &format!("after {via} HEATBRIDGE.HEALTH"));
+            let text: String = redis::from_redis_value(&got.expect("HEALTH")).expect("a string");
+            let json: serde_json::Value = serde_json::from_str(&text).expect("health JSON");
+            assert_eq!(json["status"], "ok", "{via} HEALTH: {text}");
+            let got = call_through(&mut c, via, &["HEATBRIDGE.METRICS"]);
+            assert_alive(&mut s, &format!("after {via} HEATBRIDGE.METRICS"));
+            let text: String = redis::from_redis_value(&got.expect("METRICS")).expect("a string");
+            assert_eq!(
+                sample(&text, "p27_written_total{kind=\"by_plan\"}"),
+                Some(1.0)
+            );
+            let got = call_through(&mut c, via, &["HEATBRIDGE.REPLAY", "COUNT", "5"]);
+            assert_alive(&mut s, &format!("after {via} HEATBRIDGE.REPLAY"));
+            let (n, _last): (i64, String) =
+                redis::from_redis_value(&got.expect("REPLAY")).expect("[count, last-id]");
+            assert_eq!(n, 1, "{via} REPLAY");
+        }
+    });
+}
+
+/// Every derived key of the plans `plans` and of symbol `S`.
+fn delete_derived(c: &mut Connection, plans: impl Iterator<Item = String>) {
+    let mut cmd = redis::cmd("DEL");
+    cmd.arg(format!("{LATEST}S")).arg(format!("{POINTER}S"));
+    for p in plans {
+        cmd.arg(format!("{BY_PLAN}{p}")).arg(format!("{DEDUPE}{p}"));
+    }
+    let _: i64 = cmd.query(c).expect("DEL");
+}
+
+fn setid(c: &mut Connection, id: &str, entries_read: u64) {
+    let _: () = redis::cmd("XGROUP")
+        .arg("SETID")
+        .arg(STREAM)
+        .arg("heat_bridge")
+        .arg(id)
+        .arg("ENTRIESREAD")
+        .arg(entries_read)
+        .query(c)
+        .expect("XGROUP SETID");
+}
+
+/// An operator who moves the group's cursor back (`XGROUP SETID`, with whatever ENTRIESREAD)
+/// gets every entry after it projected again, in stream order.
+#[test]
+fn moving_the_group_cursor_back_projects_the_entries_again() {
+    for_each_flavor(|flavor| {
+        let s = Options::new(flavor)
+            .without_exporter()
+            .module_arg("poll-ms", "100")
+            .start();
+        let mut c = s.conn();
+        let ids: Vec<String> = (1..=20)
+            .map(|i| inject(&mut c, "S", &format!("mc{i}")))
+            .collect();
+        wait_drained(&mut c);
+        let plans = || (1..=20).map(|i| format!("mc{i}"));
+
+        // An ENTRIESREAD that disagrees with the ID: the ID is what counts.
+        delete_derived(&mut c, plans());
+        setid(&mut c, "0", 17);
+        wait_for(5, "all 20 projected again", || {
+            plans().all(|p| exists(&mut c, &format!("{BY_PLAN}{p}")))
+        });
+        wait_drained(&mut c);
+        assert_eq!(get(&mut c, &format!("{POINTER}S")).as_deref(), Some("mc20"));
+        assert_eq!(
+            hget(&mut c, &format!("{LATEST}S"), "plan_id").as_deref(),
+            Some("mc20")
+        );
+
+        // Back to entry 10 with its true ENTRIESREAD: 11..20 again, 1..10 untouched.
+        delete_derived(&mut c, plans());
+        setid(&mut c, &ids[9], 10);
+        wait_for(5, "entries 11..20 projected again", || {
+            (11..=20).all(|i| exists(&mut c, &format!("{BY_PLAN}mc{i}")))
+        });
+        wait_drained(&mut c);
+        assert!((1..=10).all(|i| !exists(&mut c, &format!("{BY_PLAN}mc{i}"))));
+        assert_eq!(get(&mut c, &format!("{POINTER}S")).as_deref(), Some("mc20"));
+    });
+}
+
+/// `HEATBRIDGE.REPLAY` of an older entry does not turn latest back to it.
+#[test]
+fn replaying_an_older_entry_keeps_latest_on_the_newest() {
+    for_each_flavor(|flavor| {
+        let s = Options::new(flavor).without_exporter().start();
+        let mut c = s.conn();
+        inject(&mut c, "S", "older");
+        inject(&mut c, "S", "newer");
+        wait_drained(&mut c);
+        let (n, _): (i64, String) = redis::cmd("HEATBRIDGE.REPLAY")
+            .arg("COUNT")
+            .arg(1)
+            .query(&mut c)
+            .expect("REPLAY");
+        assert_eq!(n, 1);
+        assert_eq!(
+            get(&mut c, &format!("{POINTER}S")).as_deref(),
+            Some("newer")
+        );
+        assert_eq!(
+            hget(&mut c, &format!("{LATEST}S"), "plan_id").as_deref(),
+            Some("newer")
+        );
+    });
+}
+
+/// An entry finished from our consumer's pending list after a newer entry of the same symbol
+/// was projected (it was delivered to another consumer, then XCLAIMed to ours) does not turn
+/// latest back to it: with dedupe off, and with dedupe on but the newer entry's dedupe key
+/// gone.
+#[test]
+fn finishing_an_older_pending_entry_keeps_latest_on_the_newest() {
+    for_each_flavor(|flavor| {
+        for dedupe in ["0", "120"] {
+            eprintln!("dedupe-ttl-sec {dedupe}");
+            let s = Options::new(flavor)
+                .without_exporter()
+                .module_arg("poll-ms", "100")
+                .module_arg("dedupe-ttl-sec", dedupe)
+                .start();
+            let mut c = s.conn();
+            inject(&mut c, "W", "warm");
+            wait_drained(&mut c);
+            // A reaches another consumer before the module reads it; B is read by the module.
+            let (older, _, _): (String, redis::Value, String) = redis::pipe()
+                .atomic()
+                .cmd("XADD")
+                .arg(STREAM)
+                .arg("*")
+                .arg(fields(&decision("S", "older", &[])))
+                .cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg("heat_bridge")
+                .arg("other")
+                .arg("COUNT")
+                .arg(1)
+                .arg("STREAMS")
+                .arg(STREAM)
+                .arg(">")
+                .cmd("XADD")
+                .arg(STREAM)
+                .arg("*")
+                .arg(fields(&decision("S", "newer", &[])))
+                .query(&mut c)
+                .expect("MULTI");
+            wait_for(5, "newer projected", || {
+                get(&mut c, &format!("{POINTER}S")).as_deref() == Some("newer")
+            });
+            let _: i64 = redis::cmd("DEL")
+                .arg(format!("{DEDUPE}newer"))
+                .query(&mut c)
+                .expect("DEL");
+            let _: redis::Value = redis::cmd("XCLAIM")
+                .arg(STREAM)
+                .arg("heat_bridge")
+                .arg("heat_bridge_1")
+                .arg(0)
+                .arg(&older)
+                .query(&mut c)
+                .expect("XCLAIM");
+            wait_drained(&mut c);
+            assert!(
+                exists(&mut c, &format!("{BY_PLAN}older")),
+                "older was finished"
+            );
+            assert_eq!(
+                get(&mut c, &format!("{POINTER}S")).as_deref(),
+                Some("newer")
+            );
+            assert_eq!(
+                hget(&mut c, &format!("{LATEST}S"), "plan_id").as_deref(),
+                Some("newer")
+            );
+        }
     });
 }
