@@ -451,3 +451,345 @@ fn finishing_an_older_pending_entry_keeps_latest_on_the_newest() {
         }
     });
 }
+
+/// An explicit `heatbridge.*` setting (command line or redis.conf) wins over a loadmodule
+/// argument.
+#[test]
+fn command_line_settings_win_over_module_arguments() {
+    for_each_flavor(|flavor| {
+        let s = Options::new(flavor)
+            .without_exporter()
+            .module_arg("batch", "20")
+            .arg("--heatbridge.batch", "10")
+            .start();
+        let mut c = s.conn();
+        assert_eq!(config_get(&mut c, "heatbridge.batch"), "10", "command line");
+    });
+}
+
+/// A setting persisted by CONFIG REWRITE wins over the loadmodule argument after a restart.
+#[test]
+fn rewritten_settings_win_over_module_arguments_after_a_restart() {
+    for_each_flavor(|flavor| {
+        let line = format!(
+            "loadmodule {} batch 20 metrics-port 0 health-port 0",
+            module_path().display()
+        );
+        let mut s = ConfFileServer::start(flavor, &[line]);
+        let mut c = s.conn();
+        assert_eq!(config_get(&mut c, "heatbridge.batch"), "20");
+        config_set(&mut c, "heatbridge.batch", "10").expect("CONFIG SET");
+        let _: () = redis::cmd("CONFIG")
+            .arg("REWRITE")
+            .query(&mut c)
+            .expect("CONFIG REWRITE");
+        s.restart();
+        let mut c = s.conn();
+        assert_eq!(
+            config_get(&mut c, "heatbridge.batch"),
+            "10",
+            "after CONFIG REWRITE and a restart"
+        );
+    });
+}
+
+/// CONFIG SET of metrics-port equal to a non-zero health-port (or the reverse) is refused,
+/// and the old value stays.
+#[test]
+fn equal_exporter_ports_are_refused_by_config_set() {
+    for_each_flavor(|flavor| {
+        let s = Options::new(flavor).start();
+        let mut c = s.conn();
+        let health = s.health_port.to_string();
+        let refused = config_set(&mut c, "heatbridge.metrics-port", &health);
+        assert!(refused.is_err(), "metrics-port = health-port accepted");
+        assert_eq!(
+            config_get(&mut c, "heatbridge.metrics-port"),
+            s.metrics_port.to_string()
+        );
+        let refused = config_set(
+            &mut c,
+            "heatbridge.health-port",
+            &s.metrics_port.to_string(),
+        );
+        assert!(refused.is_err(), "health-port = metrics-port accepted");
+        assert_eq!(config_get(&mut c, "heatbridge.health-port"), health);
+    });
+}
+
+/// MODULE LOAD with metrics-port equal to a non-zero health-port is refused.
+#[test]
+fn equal_exporter_ports_are_refused_at_load() {
+    for_each_flavor(|flavor| {
+        let s = Options::new(flavor).without_module().start();
+        let mut c = s.conn();
+        let port = free_port().to_string();
+        let args: Vec<String> = ["metrics-port", &port, "health-port", &port]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        assert!(
+            module_load(&mut c, &args).is_err(),
+            "MODULE LOAD with equal ports accepted"
+        );
+    });
+}
+
+/// A projection refused for a key of the wrong type is not counted as written.
+#[test]
+fn keys_of_the_wrong_type_are_not_counted_as_written() {
+    for_each_flavor(|flavor| {
+        let s = Options::new(flavor).without_exporter().start();
+        let mut c = s.conn();
+        let _: () = redis::cmd("SET")
+            .arg(format!("{BY_PLAN}wt1"))
+            .arg("x")
+            .query(&mut c)
+            .expect("SET");
+        let _: () = redis::cmd("SET")
+            .arg(format!("{LATEST}WL"))
+            .arg("x")
+            .query(&mut c)
+            .expect("SET");
+        inject(&mut c, "WT", "wt1");
+        inject(&mut c, "WL", "wt2");
+        inject(&mut c, "OK", "wt3");
+        wait_drained(&mut c);
+        let t: String = redis::cmd("TYPE")
+            .arg(format!("{BY_PLAN}wt1"))
+            .query(&mut c)
+            .expect("TYPE");
+        assert_eq!(t, "string", "the foreign key stays");
+        // wt2 and wt3 wrote by_plan; wt1 and wt3 wrote latest.
+        assert_eq!(metric(&mut c, "p27_written_total{kind=\"by_plan\"}"), 2.0);
+        assert_eq!(
+            metric(&mut c, "p27_written_total{kind=\"latest_symbol\"}"),
+            2.0
+        );
+    });
+}
+
+fn encoding(c: &mut Connection, key: &str) -> String {
+    redis::cmd("OBJECT")
+        .arg("ENCODING")
+        .arg(key)
+        .query(c)
+        .expect("OBJECT ENCODING")
+}
+
+/// Reading the dedupe key (a duplicate decision) and the latest_plan_id pointer (finishing
+/// a pending entry) leaves their encodings as they were.
+#[test]
+fn reading_string_keys_keeps_their_encoding() {
+    for_each_flavor(|flavor| {
+        let s = Options::new(flavor)
+            .without_exporter()
+            .module_arg("poll-ms", "100")
+            .start();
+        let mut c = s.conn();
+        inject(&mut c, "E", "enc1");
+        wait_drained(&mut c);
+        let dedupe_key = format!("{DEDUPE}enc1");
+        let before = encoding(&mut c, &dedupe_key);
+        inject(&mut c, "E", "enc1");
+        wait_drained(&mut c);
+        assert_eq!(metric(&mut c, "p27_dedupe_skips_total"), 1.0);
+        assert_eq!(encoding(&mut c, &dedupe_key), before, "dedupe key");
+
+        // An older entry pending for our consumer makes the module read the pointer.
+        let (older, _, _): (String, redis::Value, String) = redis::pipe()
+            .atomic()
+            .cmd("XADD")
+            .arg(STREAM)
+            .arg("*")
+            .arg(fields(&decision("E", "enc_old", &[])))
+            .cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("heat_bridge")
+            .arg("other")
+            .arg("COUNT")
+            .arg(1)
+            .arg("STREAMS")
+            .arg(STREAM)
+            .arg(">")
+            .cmd("XADD")
+            .arg(STREAM)
+            .arg("*")
+            .arg(fields(&decision("E", "enc_new", &[])))
+            .query(&mut c)
+            .expect("MULTI");
+        let pointer = format!("{POINTER}E");
+        wait_for(5, "enc_new projected", || {
+            get(&mut c, &pointer).as_deref() == Some("enc_new")
+        });
+        let before = encoding(&mut c, &pointer);
+        let _: redis::Value = redis::cmd("XCLAIM")
+            .arg(STREAM)
+            .arg("heat_bridge")
+            .arg("heat_bridge_1")
+            .arg(0)
+            .arg(&older)
+            .query(&mut c)
+            .expect("XCLAIM");
+        wait_drained(&mut c);
+        assert!(exists(&mut c, &format!("{BY_PLAN}enc_old")));
+        assert_eq!(encoding(&mut c, &pointer), before, "latest_plan_id pointer");
+    });
+}
+
+fn refused(port: u16) -> bool {
+    std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(1),
+    )
+    .is_err()
+}
+
+/// A port the exporter gives up is closed at once, even while a fork child (BGSAVE) runs:
+/// on a rebind by CONFIG SET and on MODULE UNLOAD.
+#[test]
+fn exporter_ports_close_while_a_fork_child_runs() {
+    for_each_flavor(|flavor| {
+        // Each key takes the child a second, so it outlives the checks; with a handful of
+        // keys it ends on its own within seconds even if the test fails.
+        let s = Options::new(flavor)
+            .arg("--rdb-key-save-delay", "1000000")
+            .start();
+        let mut c = s.conn();
+        inject(&mut c, "F", "fork1");
+        wait_drained(&mut c);
+        wait_for(10, "the exporter bound", || {
+            s.http_get(s.metrics_port, "/metrics").is_some()
+        });
+        let _: String = redis::cmd("BGSAVE").query(&mut c).expect("BGSAVE");
+        let new_port = free_port();
+        config_set(&mut c, "heatbridge.metrics-port", &new_port.to_string())
+            .expect("CONFIG SET metrics-port");
+        wait_for(10, "the new port bound", || {
+            s.http_get(new_port, "/metrics").is_some()
+        });
+        assert!(
+            refused(s.metrics_port),
+            "the old metrics port still accepts"
+        );
+        module_unload(&mut c).expect("MODULE UNLOAD");
+        assert!(refused(new_port), "the metrics port accepts after unload");
+        assert!(
+            refused(s.health_port),
+            "the health port accepts after unload"
+        );
+        assert_eq!(
+            info_field(&mut c, "persistence", "rdb_bgsave_in_progress"),
+            "1",
+            "the fork child ended before the checks"
+        );
+    });
+}
+
+/// MODULE UNLOAD succeeds at the first attempt while a long catch-up is under way.
+#[test]
+fn module_unload_succeeds_during_catch_up() {
+    for_each_flavor(|flavor| {
+        let s = Options::new(flavor).without_exporter().start();
+        let mut c = s.conn();
+        inject(&mut c, "W", "warm");
+        wait_drained(&mut c);
+        module_unload(&mut c).expect("MODULE UNLOAD at rest");
+        for chunk in 0..300 {
+            let mut p = redis::pipe();
+            for i in 0..1000 {
+                p.cmd("XADD")
+                    .arg(STREAM)
+                    .arg("*")
+                    .arg("symbol")
+                    .arg("S")
+                    .arg("plan_id")
+                    .arg(format!("u{chunk}_{i}"))
+                    .ignore();
+            }
+            p.query::<()>(&mut c).expect("XADD pipeline");
+        }
+        module_load(&mut c, &s.module_args()).expect("MODULE LOAD");
+        wait_for(10, "catch-up under way", || {
+            info_field(&mut c, "heatbridge", "heatbridge_in_messages_total") != "0"
+        });
+        assert!(backlog(&mut c) > 0, "catch-up ended before the unload");
+        module_unload(&mut c).expect("MODULE UNLOAD during catch-up");
+    });
+}
+
+/// FAILOVER under steady XADD traffic completes promptly: the module writes nothing while
+/// the master waits for its replica, and the promoted replica projects new entries.
+#[test]
+fn failover_completes_under_traffic() {
+    for_each_flavor(|flavor| {
+        let mut master = Options::new(flavor)
+            .without_exporter()
+            .module_arg("poll-ms", "100")
+            .start();
+        let replica = Options::new(flavor)
+            .without_exporter()
+            .module_arg("poll-ms", "100")
+            .arg("--replicaof", &format!("127.0.0.1 {}", master.port))
+            .start();
+        let mut m = master.conn();
+        let mut r = replica.conn();
+        wait_for(30, "replication link up", || {
+            info_field(&mut r, "replication", "master_link_status") == "up"
+        });
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let producer = {
+            let stop = stop.clone();
+            let mut p = master.conn();
+            std::thread::spawn(move || {
+                let mut i = 0u64;
+                // XADDs block while writes are paused and fail once the master is a replica.
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let d = decision(&format!("S{}", i % 5), &format!("fo{i}"), &[]);
+                    if redis::cmd("XADD")
+                        .arg(STREAM)
+                        .arg("*")
+                        .arg(fields(&d))
+                        .query::<String>(&mut p)
+                        .is_err()
+                    {
+                        break;
+                    }
+                    i += 1;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                i
+            })
+        };
+        wait_for(10, "traffic projected", || {
+            exists(&mut m, &format!("{BY_PLAN}fo50"))
+        });
+        let _: () = redis::cmd("FAILOVER")
+            .arg("TIMEOUT")
+            .arg(5000)
+            .query(&mut m)
+            .expect("FAILOVER");
+        let started = Instant::now();
+        let role = |c: &mut Connection| info_field(c, "replication", "role");
+        let mut promoted = false;
+        while started.elapsed() < Duration::from_secs(6) {
+            assert_alive(&mut master, "during FAILOVER");
+            if role(&mut r) == "master" {
+                promoted = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let sent = producer.join().expect("producer");
+        assert!(promoted, "the replica was not promoted within 6 s");
+        let mut m = master.conn();
+        wait_for(5, "the old master a replica", || role(&mut m) == "slave");
+        assert!(sent > 50);
+        inject(&mut r, "S0", "after_failover");
+        wait_for(5, "the new master projects", || {
+            exists(&mut r, &format!("{BY_PLAN}after_failover"))
+        });
+        assert_alive(&mut master, "after FAILOVER");
+    });
+}
