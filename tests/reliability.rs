@@ -726,6 +726,7 @@ fn failover_completes_under_traffic() {
         let mut master = Options::new(flavor)
             .without_exporter()
             .module_arg("poll-ms", "100")
+            .arg("--repl-diskless-sync-delay", "0")
             .start();
         let replica = Options::new(flavor)
             .without_exporter()
@@ -764,11 +765,22 @@ fn failover_completes_under_traffic() {
         wait_for(10, "traffic projected", || {
             exists(&mut m, &format!("{BY_PLAN}fo50"))
         });
-        let _: () = redis::cmd("FAILOVER")
+        // An XADD just before FAILOVER in one pipeline: the server runs both in one
+        // event-loop turn, so the XADD's projection, where it is deferred (Redis 7.0),
+        // comes due while the failover holds writes.
+        let both: redis::RedisResult<(String, String)> = redis::pipe()
+            .cmd("XADD")
+            .arg(STREAM)
+            .arg("*")
+            .arg(fields(&decision("S0", "before_failover", &[])))
+            .cmd("FAILOVER")
             .arg("TIMEOUT")
             .arg(5000)
-            .query(&mut m)
-            .expect("FAILOVER");
+            .query(&mut m);
+        if let Err(e) = &both {
+            assert_alive(&mut master, &format!("at FAILOVER ({e})"));
+        }
+        assert_eq!(both.expect("XADD and FAILOVER").1, "OK");
         let started = Instant::now();
         let role = |c: &mut Connection| info_field(c, "replication", "role");
         let mut promoted = false;
