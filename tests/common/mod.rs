@@ -588,3 +588,116 @@ pub fn wait_drained(c: &mut Connection) {
         lag.as_deref() == Some("0") && pending.as_deref() == Some("0")
     });
 }
+
+/// A server started from a config file, `<server> <dir>/redis.conf`, as CONFIG REWRITE
+/// needs (the file holds the port, dir and log basics, then the caller's lines); killed on
+/// drop.
+pub struct ConfFileServer {
+    /// Which server.
+    pub flavor: Flavor,
+    /// Redis port.
+    pub port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl ConfFileServer {
+    /// Writes the config file and starts the server from it.
+    pub fn start(flavor: Flavor, lines: &[String]) -> ConfFileServer {
+        let dir = tempfile::Builder::new()
+            .prefix("heatbridge-conf-")
+            .tempdir()
+            .expect("temp dir");
+        let port = free_port();
+        let mut conf = format!(
+            "port {port}\nbind 127.0.0.1\ndir {}\nlogfile {}\nsave \"\"\nenable-module-command yes\nenable-debug-command yes\n",
+            dir.path().display(),
+            dir.path().join("server.log").display()
+        );
+        for l in lines {
+            conf.push_str(l);
+            conf.push('\n');
+        }
+        std::fs::write(dir.path().join("redis.conf"), conf).expect("write redis.conf");
+        let mut s = ConfFileServer {
+            flavor,
+            port,
+            child: None,
+            dir,
+        };
+        s.spawn();
+        s
+    }
+
+    /// The config file.
+    pub fn conf_path(&self) -> PathBuf {
+        self.dir.path().join("redis.conf")
+    }
+
+    /// The server log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(server_binary(self.flavor))
+            .arg(self.conf_path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(Ok(Some(st))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("server exited with {st}:\n{}", self.log());
+            }
+            if let Ok(mut c) = self.try_conn() {
+                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "not ready:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(30));
+        }
+    }
+
+    fn try_conn(&self) -> redis::RedisResult<Connection> {
+        redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))?
+            .get_connection_with_timeout(Duration::from_secs(2))
+    }
+
+    /// A new connection.
+    pub fn conn(&self) -> Connection {
+        let c = self.try_conn().expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(30))).ok();
+        c
+    }
+
+    /// Kills it (SIGKILL) and starts it again from the same (maybe rewritten) file.
+    pub fn restart(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.spawn();
+    }
+}
+
+impl Drop for ConfFileServer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            let conf = std::fs::read_to_string(self.conf_path()).unwrap_or_default();
+            eprintln!(
+                "--- redis.conf ({:?}):\n{conf}\n--- server log:\n{}",
+                self.flavor,
+                self.log()
+            );
+        }
+    }
+}
