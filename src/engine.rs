@@ -1228,8 +1228,9 @@ pub fn project(
             projection::BY_PLAN_PREFIX,
             plan_id.as_slice(),
         ));
-        w.replace_hash(&key, fields, None, at)?;
-        METRICS.count_by_plan();
+        if w.replace_hash(&key, fields, None, at)? {
+            METRICS.count_by_plan();
+        }
     }
     let lag = now.saturating_sub(d.id.ms) as f64;
     METRICS.record_projected(lag, d.ts_epoch);
@@ -1315,15 +1316,17 @@ pub fn write_latest(w: &Writer, e: &Entry, at_ms: u64) -> Result<(), String> {
         projection::LATEST_PREFIX,
         symbol.as_slice(),
     ));
-    let written = w.replace_hash(&key, fields, Some(plan), at_ms)?;
+    // A latest key of another type is left alone, and so is the pointer, which would
+    // otherwise name a plan whose latest hash was never written.
+    if !w.replace_hash(&key, fields, Some(plan), at_ms)? {
+        return Ok(());
+    }
     let ptr = w.string(&projection::key(
         projection::POINTER_PREFIX,
         symbol.as_slice(),
     ));
     w.set_string(&ptr, plan, at_ms)?;
-    if written {
-        METRICS.count_latest();
-    }
+    METRICS.count_latest();
     Ok(())
 }
 
