@@ -1,329 +1,205 @@
-//! Applies planned writes to Redis: the lookup hashes and strings, with their absolute
-//! expiry, through replicated calls (so replicas and the AOF get them in order).
-//!
-//! Arguments are the entry's own Redis strings, handed to the call without a copy: per
-//! decision that saves some sixty string allocations over byte-slice arguments.
+//! Applies one decision: validates the entry, plans its writes, checks dedupe and writes its
+//! dedupe and by_plan keys; latest and its pointer are written once per symbol per pass,
+//! and never from an entry older than the decision they hold.
 
-use std::ffi::CStr;
-use std::sync::{Mutex, OnceLock};
+use std::collections::HashMap;
 
-use redis_module::{
-    raw, CallOptions, CallOptionsBuilder, CallReply, CallResult, Context, RedisString,
-};
+use redis_module::{Context, ContextFlags, RedisString};
 
-use crate::call;
-use crate::clock::now_ms;
-use crate::logging;
+use crate::config::Settings;
+use crate::decision::{self, EntryId, Invalid};
+use crate::guard;
+use crate::logging::{self, RateLimit};
 use crate::metrics::{Stage, METRICS};
-use crate::projection;
+use crate::projection::{self, Dedupe};
+use crate::read::{self, Entry};
+use crate::writer::{self, Writer};
 
-static FOREIGN_KEY_LOG: logging::RateLimit = logging::RateLimit::new(1000);
+static INVALID_LOG: RateLimit = RateLimit::new(1000);
 
-/// A binary-safe Redis string. `Context::create_string` goes through a `CString` and
-/// panics on a NUL byte, which plan_ids and symbols may contain.
-pub fn rstr(ctx: &Context, bytes: &[u8]) -> RedisString {
-    RedisString::create_from_slice(ctx.ctx, bytes)
+/// What happened to one entry.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Projected {
+    /// The dedupe and by_plan keys were written; latest and its pointer are still to be
+    /// written, expiring at `latest_at`, when it is `Some`.
+    Written {
+        /// Expiry of the latest hash and pointer, if they are to be written.
+        latest_at: Option<u64>,
+    },
+    /// Invalid; acknowledged without writing.
+    Invalid,
+    /// Skipped by dedupe.
+    Duplicate,
+    /// Too old for every TTL.
+    Expired,
 }
 
-/// A Redis string kept for the life of the process, for the arguments every drain pass
-/// passes (creating and freeing them each time costs an allocation apiece).
-pub struct Kept(RedisString);
-
-// SAFETY: a `Kept` string is created, passed to calls and retained only on the server's main
-// thread (or under its lock); the statics that store it need `Sync` only because statics
-// must be. The server never changes a string in place while a call holds it.
-unsafe impl Send for Kept {}
-unsafe impl Sync for Kept {}
-
-impl Kept {
-    fn new(bytes: &[u8]) -> Kept {
-        Kept(RedisString::create_from_slice(std::ptr::null_mut(), bytes))
-    }
-}
-
-/// The string for `bytes`, created on first use and kept in `cell`.
-pub fn kept(cell: &'static OnceLock<Kept>, bytes: &[u8]) -> &'static RedisString {
-    &cell.get_or_init(|| Kept::new(bytes)).0
-}
-
-/// A name the settings hold (the stream, the group), as a Redis string that is created again
-/// only when the name changes. The caller gets its own reference.
-pub fn named(cache: &'static Mutex<Option<(String, Kept)>>, name: &str) -> RedisString {
-    let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
-    let fresh = c.as_ref().is_some_and(|(n, _)| n == name);
-    if !fresh {
-        *c = Some((name.to_string(), Kept::new(name.as_bytes())));
-    }
-    let Some((_, s)) = c.as_ref() else {
-        return RedisString::create_from_slice(std::ptr::null_mut(), name.as_bytes());
+/// Projects one entry's dedupe and by_plan keys; the caller writes latest (once per symbol
+/// per drain pass). `Err` only for a write failure that should be retried.
+pub fn project(
+    ctx: &Context,
+    w: &Writer,
+    s: &Settings,
+    e: &Entry,
+    now: u64,
+    dedupe: bool,
+) -> Result<Projected, String> {
+    guard::fault_point("project");
+    let parsed = match &e.fields {
+        Some(fields) => decision::parse(e.id, fields),
+        None => Err(Invalid::Deleted),
     };
-    // A retained reference (no copy), released when the caller drops it.
-    raw::string_retain_string(std::ptr::null_mut(), s.0.inner);
-    RedisString::from_redis_module_string(std::ptr::null_mut(), s.0.inner)
-}
-
-static STREAM_NAME: Mutex<Option<(String, Kept)>> = Mutex::new(None);
-
-/// `heatbridge.stream-in` (as `s.stream`) as a Redis string.
-pub fn stream_name(name: &str) -> RedisString {
-    named(&STREAM_NAME, name)
-}
-
-/// The last value of field `name` in an entry, as the entry's own string.
-pub fn field<'a>(fields: &'a [(RedisString, RedisString)], name: &[u8]) -> Option<&'a RedisString> {
-    fields
-        .iter()
-        .rev()
-        .find(|(k, _)| k.as_slice() == name)
-        .map(|(_, v)| v)
-}
-
-/// Options for reads: errors come back as replies.
-pub fn read_opts() -> CallOptions {
-    CallOptionsBuilder::new().errors_as_replies().build()
-}
-
-/// Writes the keys of decisions, holding the strings every write reuses.
-pub struct Writer<'c> {
-    ctx: &'c Context,
-    pxat: &'static RedisString,
-    last_plan_id: &'static RedisString,
-}
-
-impl<'c> Writer<'c> {
-    /// A writer for one drain step or command. Writes are replicated and respect maxmemory.
-    pub fn new(ctx: &'c Context) -> Writer<'c> {
-        static PXAT: OnceLock<Kept> = OnceLock::new();
-        static LAST_PLAN_ID: OnceLock<Kept> = OnceLock::new();
-        Writer {
-            ctx,
-            pxat: kept(&PXAT, b"PXAT"),
-            last_plan_id: kept(&LAST_PLAN_ID, projection::LAST_PLAN_ID_FIELD),
-        }
-    }
-
-    /// A replicated write; returns its integer reply, if it has one.
-    fn call(&self, cmd: &CStr, args: &[&RedisString]) -> Result<Option<i64>, String> {
-        call::call(self.ctx, cmd, call::WRITE, args).map(|r| r.integer())
-    }
-
-    /// A Redis string for `bytes`.
-    pub fn string(&self, bytes: &[u8]) -> RedisString {
-        rstr(self.ctx, bytes)
-    }
-
-    /// `SET key value PXAT at`. (Doing this through the key API where the server has
-    /// `RM_SetAbsExpire` measured about 1% per decision: not worth a second write path.)
-    pub fn set_string(
-        &self,
-        key: &RedisString,
-        value: &RedisString,
-        at_ms: u64,
-    ) -> Result<(), String> {
-        let at = self.string(at_ms.to_string().as_bytes());
-        self.call(c"SET", &[key, value, self.pxat, &at]).map(drop)
-    }
-
-    /// Makes the hash hold exactly `fields` (plus `last_plan_id` when given), expiring at
-    /// `at_ms`. It is overwritten in place and only fields the new decision lacks are
-    /// deleted, so the key never disappears in between. A key of another type is never
-    /// overwritten: that is counted as a write error and skipped, so it cannot block the
-    /// stream. Returns whether the hash was written (`false`: skipped).
-    pub fn replace_hash(
-        &self,
-        key: &RedisString,
-        fields: &[(RedisString, RedisString)],
-        last_plan_id: Option<&RedisString>,
-        at_ms: u64,
-    ) -> Result<bool, String> {
-        let mut args: Vec<&RedisString> = Vec::with_capacity(3 + 2 * fields.len());
-        args.push(key);
-        for (k, v) in fields {
-            args.push(k);
-            args.push(v);
-        }
-        if let Some(plan) = last_plan_id {
-            args.push(self.last_plan_id);
-            args.push(plan);
-        }
-        let added = match self.call(c"HSET", &args) {
-            Ok(added) => added.unwrap_or(0),
-            Err(msg) if msg.starts_with("WRONGTYPE") => {
-                let now = now_ms();
-                METRICS.count_error(Stage::Write, now);
-                if FOREIGN_KEY_LOG.check(crate::clock::mono_ms()).is_some() {
-                    logging::error(&format!(
-                        "{} holds a non-hash value; decision not written there",
-                        logging::show_bytes(key.as_slice())
-                    ));
-                }
-                return Ok(false);
+    let d = match parsed {
+        Ok(d) => d,
+        Err(Invalid::Deleted) => return Ok(Projected::Invalid),
+        Err(reason) => {
+            METRICS.count_error(Stage::Parse, now);
+            if let Some(suppressed) = INVALID_LOG.check(crate::clock::mono_ms()) {
+                logging::warning(&format!(
+                    "invalid entry {} skipped and acknowledged: {reason}{}",
+                    e.id,
+                    if suppressed > 0 {
+                        format!(" ({suppressed} more since the last line)")
+                    } else {
+                        String::new()
+                    }
+                ));
             }
-            Err(msg) => return Err(msg),
-        };
-        // Fields of an earlier value may be left over only if the hash existed before: then
-        // it holds more fields than the HSET added. A new hash (every by_plan key) is done.
-        let len = self.hash_len(key);
-        let extra = last_plan_id.map(|_| projection::LAST_PLAN_ID_FIELD);
-        if len as i64 > added && len > distinct_fields(fields, extra) {
-            self.remove_stale_fields(key, fields, extra)?;
+            return Ok(Projected::Invalid);
         }
-        match self.set_abs_expire(key, at_ms) {
-            Some(done) => done?,
+    };
+    let plan = projection::plan(d.id.ms, s.ttls, now);
+    if plan.creates_no_key() {
+        METRICS.count_expired_skip();
+        return Ok(Projected::Expired);
+    }
+    if ctx.get_flags().contains(ContextFlags::OOM) {
+        return Err("OOM: used memory is over maxmemory".into());
+    }
+    let dedupe_key = w.string(&projection::key(projection::DEDUPE_PREFIX, d.plan_id));
+    if dedupe && s.ttls.dedupe_ms > 0 {
+        let existing = writer::read_string(ctx, &dedupe_key);
+        if projection::dedupe_verdict(existing.as_deref(), d.id) == Dedupe::Duplicate {
+            METRICS.count_dedupe_skip();
+            return Ok(Projected::Duplicate);
+        }
+    }
+    let Some(fields) = &e.fields else {
+        return Ok(Projected::Invalid);
+    };
+    let Some(plan_id) = writer::field(fields, b"plan_id") else {
+        return Ok(Projected::Invalid);
+    };
+    if let Some(at) = plan.dedupe_at {
+        let id = w.string(d.id.to_string().as_bytes());
+        w.set_string(&dedupe_key, &id, at)?;
+    }
+    if let Some(at) = plan.by_plan_at {
+        let key = w.string(&projection::key(
+            projection::BY_PLAN_PREFIX,
+            plan_id.as_slice(),
+        ));
+        if w.replace_hash(&key, fields, None, at)? {
+            METRICS.count_by_plan();
+        }
+    }
+    let lag = now.saturating_sub(d.id.ms) as f64;
+    METRICS.record_projected(lag, d.ts_epoch);
+    Ok(Projected::Written {
+        latest_at: plan.latest_at,
+    })
+}
+
+/// The newest projected entry of each symbol, whose latest keys are still to be written,
+/// with their expiry.
+#[derive(Default)]
+pub struct Latest(HashMap<Vec<u8>, (Entry, u64)>);
+
+impl Latest {
+    /// Keeps `e` as its symbol's latest entry when it is newer than the one kept.
+    pub fn keep(&mut self, e: Entry, at: u64) {
+        let Some(sym) = e
+            .fields
+            .as_deref()
+            .and_then(|f| writer::field(f, b"symbol"))
+        else {
+            return;
+        };
+        match self.0.get_mut(sym.as_slice()) {
+            Some(slot) if slot.0.id >= e.id => {}
+            Some(slot) => *slot = (e, at),
             None => {
-                let at = self.string(at_ms.to_string().as_bytes());
-                self.call(c"PEXPIREAT", &[key, &at])?;
+                let key = sym.as_slice().to_vec();
+                self.0.insert(key, (e, at));
             }
         }
-        Ok(true)
     }
 
-    /// Sets `key` to expire at `at_ms` through the key API and replicates that as
-    /// `PEXPIREAT key at_ms`, with the `expire` keyspace event a command would fire. This
-    /// saves a whole command call per hash. `None` where the server lacks
-    /// `RM_SetAbsExpire` (Redis 7.0): there a relative expiry could land a millisecond
-    /// away from the replicated absolute one, so the caller uses PEXPIREAT itself.
-    fn set_abs_expire(&self, key: &RedisString, at_ms: u64) -> Option<Result<(), String>> {
-        use redis_module::raw;
-        // SAFETY: reading function pointers that the module API initialised at load.
-        let (set_abs, replicate, notify) = unsafe {
-            (
-                raw::RedisModule_SetAbsExpire?,
-                raw::RedisModule_Replicate?,
-                raw::RedisModule_NotifyKeyspaceEvent?,
-            )
-        };
-        let at = i64::try_from(at_ms).ok()?;
-        let inner = raw::open_key(self.ctx.ctx, key.inner, raw::KeyMode::WRITE);
-        if inner.is_null() {
-            return Some(Err("cannot open key to set its expiry".into()));
-        }
-        // SAFETY: `inner` is a key opened for writing just above on the live context and
-        // closed right after; `key.inner` and the C string literals outlive the calls, and the
-        // Replicate format "sl" matches its two arguments (a RedisModuleString* and a long
-        // long).
-        let rc = unsafe {
-            let empty = raw::RedisModule_KeyType.map_or(0, |f| f(inner))
-                == raw::REDISMODULE_KEYTYPE_EMPTY as i32;
-            let rc = if empty {
-                raw::REDISMODULE_OK as i32
-            } else {
-                set_abs(inner, at)
-            };
-            raw::close_key(inner);
-            // Nothing to replicate or announce for a key that is not there.
-            if !empty && rc == raw::REDISMODULE_OK as i32 {
-                replicate(
-                    self.ctx.ctx,
-                    c"PEXPIREAT".as_ptr(),
-                    c"sl".as_ptr(),
-                    key.inner,
-                    at as std::os::raw::c_longlong,
-                );
-                notify(
-                    self.ctx.ctx,
-                    raw::NotifyEvent::GENERIC.bits(),
-                    c"expire".as_ptr(),
-                    key.inner,
-                );
-            }
-            rc
-        };
-        Some(if rc == redis_module::raw::REDISMODULE_OK as i32 {
-            Ok(())
-        } else {
-            Err("RM_SetAbsExpire failed".into())
-        })
+    /// The kept entries, oldest first.
+    pub fn into_sorted(self) -> Vec<(Entry, u64)> {
+        let mut latest: Vec<(Entry, u64)> = self.0.into_values().collect();
+        latest.sort_by_key(|(e, _)| e.id);
+        latest
     }
 
-    fn hash_len(&self, key: &RedisString) -> usize {
-        value_len(self.ctx, key)
-    }
-
-    fn remove_stale_fields(
-        &self,
-        key: &RedisString,
-        fields: &[(RedisString, RedisString)],
-        extra: Option<&[u8]>,
+    /// Writes the latest keys of each kept entry that no later entry of the stream
+    /// supersedes (see [`read::newest_of_symbols`]): for entries behind the stream's
+    /// end (pending entries, REPLAY), whose symbol may have newer decisions.
+    pub fn write_if_newest(
+        self,
+        ctx: &Context,
+        w: &Writer,
+        stream: &RedisString,
     ) -> Result<(), String> {
-        let r: CallResult = self.ctx.call_ext("HKEYS", &read_opts(), &[key][..]);
-        let Ok(CallReply::Array(names)) = r else {
-            return Err("HKEYS failed".into());
-        };
-        let stale: Vec<RedisString> = names
-            .iter()
-            .filter_map(|n| match n {
-                Ok(CallReply::String(s)) => Some(s.as_bytes().to_vec()),
-                _ => None,
-            })
-            .filter(|n| {
-                !fields.iter().any(|(k, _)| k.as_slice() == n.as_slice())
-                    && extra != Some(n.as_slice())
-            })
-            .map(|n| self.string(&n))
-            .collect();
-        if stale.is_empty() {
+        let latest = self.into_sorted();
+        if latest.is_empty() {
             return Ok(());
         }
-        let mut args: Vec<&RedisString> = vec![key];
-        args.extend(stale.iter());
-        self.call(c"HDEL", &args).map(drop)
-    }
-}
-
-/// The length of the value at `key` (fields of a hash, entries of a stream), 0 if none.
-pub fn value_len(ctx: &Context, key: &RedisString) -> usize {
-    // `RedisKey` has no length accessor (and its `to_raw_parts` closes the key it returns),
-    // so the key is opened and closed here through the raw API.
-    let inner = redis_module::raw::open_key(ctx.ctx, key.inner, redis_module::raw::KeyMode::READ);
-    if inner.is_null() {
-        return 0;
-    }
-    // SAFETY: `inner` is a key opened just above on the live context and not yet closed;
-    // ValueLength only reads it.
-    let n = unsafe { redis_module::raw::RedisModule_ValueLength.map_or(0, |f| f(inner)) };
-    redis_module::raw::close_key(inner);
-    n
-}
-
-/// The value of the string at `key`, if there is one. The key API's `RM_StringDMA` is not
-/// used: even for reading it turns an embedded string into a raw one, swapping the value
-/// under other readers (and firing an unlink event to other modules). A key that does not
-/// exist, the common case, is told by opening it, without a command.
-pub fn read_string(ctx: &Context, key: &RedisString) -> Option<Vec<u8>> {
-    let inner = redis_module::raw::open_key(ctx.ctx, key.inner, redis_module::raw::KeyMode::READ);
-    if inner.is_null() {
-        return None;
-    }
-    // SAFETY: `inner` is a key opened just above on the live context and closed right after;
-    // KeyType only reads it.
-    let kind = unsafe {
-        redis_module::raw::RedisModule_KeyType
-            .map_or(redis_module::raw::REDISMODULE_KEYTYPE_EMPTY as i32, |f| {
-                f(inner)
+        let candidates: Vec<(Vec<u8>, EntryId)> = latest
+            .iter()
+            .filter_map(|(e, _)| {
+                let sym = e
+                    .fields
+                    .as_deref()
+                    .and_then(|f| writer::field(f, b"symbol"))?;
+                Some((sym.as_slice().to_vec(), e.id))
             })
-    };
-    redis_module::raw::close_key(inner);
-    if kind != redis_module::raw::REDISMODULE_KEYTYPE_STRING as i32 {
-        return None;
-    }
-    let r: CallResult = ctx.call_ext("GET", &read_opts(), &[key][..]);
-    match r {
-        Ok(CallReply::String(s)) => Some(s.as_bytes().to_vec()),
-        _ => None,
+            .collect();
+        let newest = read::newest_of_symbols(ctx, stream, &candidates, read::NEWEST_SCAN_BUDGET);
+        for ((e, at), newest) in latest.iter().zip(newest) {
+            if newest {
+                write_latest(w, e, *at)?;
+            }
+        }
+        Ok(())
     }
 }
 
-/// Number of distinct field names among `fields` and `extra`.
-fn distinct_fields(fields: &[(RedisString, RedisString)], extra: Option<&[u8]>) -> usize {
-    let names: Vec<&[u8]> = fields
-        .iter()
-        .map(|(k, _)| k.as_slice())
-        .chain(extra)
-        .collect();
-    names
-        .iter()
-        .enumerate()
-        .filter(|(i, k)| !names.get(i + 1..).unwrap_or_default().contains(k))
-        .count()
+/// Writes the latest hash and the latest_plan_id pointer of an entry's symbol.
+pub fn write_latest(w: &Writer, e: &Entry, at_ms: u64) -> Result<(), String> {
+    let Some(fields) = &e.fields else {
+        return Ok(());
+    };
+    let (Some(plan), Some(symbol)) = (
+        writer::field(fields, b"plan_id"),
+        writer::field(fields, b"symbol"),
+    ) else {
+        return Ok(());
+    };
+    let key = w.string(&projection::key(
+        projection::LATEST_PREFIX,
+        symbol.as_slice(),
+    ));
+    // A latest key of another type is left alone, and so is the pointer, which would
+    // otherwise name a plan whose latest hash was never written.
+    if !w.replace_hash(&key, fields, Some(plan), at_ms)? {
+        return Ok(());
+    }
+    let ptr = w.string(&projection::key(
+        projection::POINTER_PREFIX,
+        symbol.as_slice(),
+    ));
+    w.set_string(&ptr, plan, at_ms)?;
+    METRICS.count_latest();
+    Ok(())
 }

@@ -6,11 +6,16 @@
 //! as existing Redis strings (format `v`) and a static format string, and returns the reply
 //! as an owned handle that is freed on drop. Errors always come back as replies (`E`) and
 //! are turned into `Err` with the server's message.
+//!
+//! The helpers for the crate's `CallReply` (used where a reply is walked: XINFO, XPENDING)
+//! live here too.
 
 use std::ffi::CStr;
 use std::ptr::NonNull;
 
-use redis_module::{raw, Context, RedisString};
+use redis_module::{
+    raw, CallOptions, CallOptionsBuilder, CallReply, CallResult, Context, RedisString,
+};
 
 /// What kind of call: it picks the format string, which always ends in `v` and holds no
 /// other argument specifier (the variadic arguments passed must match it).
@@ -132,4 +137,60 @@ pub fn call(ctx: &Context, cmd: &CStr, kind: Kind, args: &[&RedisString]) -> Res
         return Err(reply.text());
     }
     Ok(reply)
+}
+
+/// Options for `Context::call_ext` reads: errors come back as replies.
+pub fn read_opts() -> CallOptions {
+    CallOptionsBuilder::new().errors_as_replies().build()
+}
+
+/// Options for `Context::call_ext` writes: replicated, refused under maxmemory, errors as
+/// replies.
+pub fn write_opts() -> CallOptions {
+    CallOptionsBuilder::new()
+        .replicate()
+        .verify_oom()
+        .errors_as_replies()
+        .build()
+}
+
+/// The error text of a reply, if it is an error.
+pub fn reply_error(r: &CallResult) -> Option<String> {
+    match r {
+        Ok(_) => None,
+        Err(e) => Some(e.to_utf8_string().unwrap_or_else(|| "error".into())),
+    }
+}
+
+/// The bytes of a string reply, borrowed from it.
+pub fn str_of<'a>(r: &'a CallReply<'_>) -> Option<&'a [u8]> {
+    match r {
+        CallReply::String(s) => Some(s.as_bytes()),
+        _ => None,
+    }
+}
+
+/// The value of an integer reply.
+pub fn int_of(r: &CallReply) -> Option<i64> {
+    match r {
+        CallReply::I64(i) => Some(i.to_i64()),
+        _ => None,
+    }
+}
+
+/// Calls `f` with each (name, value) pair of a flat XINFO reply. Nothing is copied: this
+/// runs for every drain pass.
+pub fn for_each_pair(reply: &CallReply<'_>, mut f: impl FnMut(&[u8], &CallReply<'_>)) {
+    let CallReply::Array(fields) = reply else {
+        return;
+    };
+    let mut i = 0;
+    while i + 1 < fields.len() {
+        if let (Some(Ok(CallReply::String(name))), Some(Ok(value))) =
+            (fields.get(i), fields.get(i + 1))
+        {
+            f(name.as_bytes(), &value);
+        }
+        i += 2;
+    }
 }

@@ -1,6 +1,8 @@
-//! The entry from the command that added it.
+//! The entry from the command that added it: the XADD arguments the command filter keeps.
+//! The state that decides when they may be used is `fastpath`'s; this is the part that
+//! touches the server.
 //!
-//! Where the server has post-notification jobs (Valkey), a drain pass runs after every XADD
+//! Where the server has post-notification jobs (Redis 7.2+, Valkey), a drain pass runs after every XADD
 //! and projects that one entry. Reading the entry back from the stream was then the largest
 //! cost left after the writes themselves: `RM_StreamIteratorNextField` creates a string for
 //! every field and value (26 for a seed decision), each one allocated and freed. Yet the
@@ -14,7 +16,7 @@
 //!    command's own `argv[1]` to the event, and since the filter holds that object it cannot
 //!    be freed and its address reused by another one;
 //! 3. a drain pass uses them only on the known-group path (the stream holds exactly the
-//!    entries the counted XADDs added, see `engine::Known`), only when every one of those
+//!    entries the counted XADDs added, see `fastpath::Known`), only when every one of those
 //!    XADDs was tied to its arguments, and only when each entry's ID and field count agree.
 //!    Otherwise it reads the entries back from the stream, as before.
 //!
@@ -26,7 +28,7 @@
 //! before HeatBridge could defeat it only by keeping the very key string of a refused XADD
 //! and adding an entry under it through the key API before the next command; the ID and
 //! field-count check would still have to pass. Loading HeatBridge last is therefore
-//! recommended.
+//! recommended, and `heatbridge.fast-path no` turns the whole fast path off.
 //!
 //! The references are strings the server owns: they are taken and released only on the
 //! server's main thread (the filter, keyspace events, drain passes, server events, module
@@ -35,7 +37,7 @@
 //! an I/O thread.
 
 use std::ptr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 
 use redis_module::{raw, RedisString};
@@ -56,11 +58,18 @@ pub struct Command {
 }
 
 // SAFETY: a `Command` holds references to server strings. It is created, moved and dropped
-// only on the server's main thread (or under the server lock); the static that stores it
+// only on the server's main thread (or under the server lock); the registry that stores it
 // needs `Send` only because statics must be `Sync`.
 unsafe impl Send for Command {}
 
 impl Command {
+    /// Whether `key`, the key of an `xadd` event (the server's own buffer), is this command's
+    /// key object: the same buffer, which no other live string can share while this one
+    /// holds it. Then the event announces this command's entry.
+    pub fn is_key_of_event(&self, key: &[u8]) -> bool {
+        ptr::eq(self.key.as_slice(), key)
+    }
+
     /// The entry `id` with `numfields` fields, from these arguments, if they agree with it.
     pub fn into_entry(
         self,
@@ -71,28 +80,6 @@ impl Command {
             .then_some(self.fields)
     }
 }
-
-struct State {
-    /// The last command the filter saw, when it was an XADD on the input stream.
-    filtered: Option<Command>,
-    /// The XADDs announced since the last pass began, each with its arguments.
-    matched: Vec<Command>,
-    /// False once an XADD was announced without its arguments (or too many were).
-    complete: bool,
-}
-
-static STATE: Mutex<State> = Mutex::new(State {
-    filtered: None,
-    matched: Vec::new(),
-    complete: false,
-});
-
-fn state() -> std::sync::MutexGuard<'static, State> {
-    STATE.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// How many XADDs a pass can take from their commands (`heatbridge.batch` at most).
-static LIMIT: AtomicU8 = AtomicU8::new(0);
 
 /// Modules loaded after HeatBridge and still loaded (by name).
 static LATER: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
@@ -122,32 +109,15 @@ pub fn module_changed(loaded: bool, name: &[u8], own_name: &str) {
         later.swap_remove(at);
     }
     ON.store(later.is_empty(), Relaxed);
-    drop(later);
-    clear();
 }
 
-/// Module load: drops everything kept and zeroes the counters (the statics survive an
-/// unload when the shared object stays mapped).
+/// Module load: no module loaded after HeatBridge yet, counters at zero (the statics
+/// survive an unload when the shared object stays mapped).
 pub fn reset() {
     LATER.lock().unwrap_or_else(|e| e.into_inner()).clear();
     ON.store(true, Relaxed);
-    clear();
-    LIMIT.store(0, Relaxed);
     TAKEN.store(0, Relaxed);
     MISMATCHED.store(0, Relaxed);
-}
-
-/// Drops everything kept.
-pub fn clear() {
-    let mut st = state();
-    st.filtered = None;
-    st.matched.clear();
-    st.complete = false;
-}
-
-/// Sets how many XADDs a pass may take from their commands (the current batch).
-pub fn set_limit(batch: usize) {
-    LIMIT.store(batch.min(u8::MAX as usize) as u8, Relaxed);
 }
 
 /// The position of the ID argument of `XADD key [options] <id> field value ...`, parsed
@@ -183,63 +153,10 @@ pub fn xadd_id_pos<'a>(argc: usize, arg: impl Fn(usize) -> Option<&'a [u8]>) -> 
     (i < argc && fields >= 2 && fields % 2 == 0).then_some(i)
 }
 
-/// The filter's part, for every command: keeps the arguments of an XADD on the input
-/// stream, and drops what it kept for any other command.
-///
-/// # Safety
-/// `fctx` must be the live filter context of the current filter callback.
-pub unsafe fn on_command(
-    fctx: *mut raw::RedisModuleCommandFilterCtx,
-    name: &[u8],
-    names_stream: impl Fn(&[u8]) -> bool,
-) {
-    let mut st = state();
-    st.filtered = None;
-    if !st.complete || !enabled() || !name.eq_ignore_ascii_case(b"xadd") {
-        return;
-    }
-    // A pass takes at most a batch of entries from their commands.
-    let full = st.matched.len() >= usize::from(LIMIT.load(Relaxed));
-    // SAFETY: the caller passes the live filter context.
-    match unsafe { keep(fctx, names_stream, full) } {
-        Keep::Kept(c) => st.filtered = Some(c),
-        Keep::Full => st.complete = false,
-        Keep::Other => {}
-    }
-}
-
-/// What the filter does with an XADD.
-enum Keep {
-    /// Its arguments, held.
-    Kept(Command),
-    /// It names the input stream, but this pass has taken as many as it may.
-    Full,
-    /// Not kept: another key, or arguments that do not parse.
-    Other,
-}
-
-/// The arguments of the XADD in `fctx`, held, if it names the input stream.
-///
-/// # Safety
-/// As [`on_command`].
-unsafe fn keep(
-    fctx: *mut raw::RedisModuleCommandFilterCtx,
-    names_stream: impl Fn(&[u8]) -> bool,
-    full: bool,
-) -> Keep {
-    if !names_stream(filter_bytes(fctx, 1).unwrap_or_default()) {
-        return Keep::Other;
-    }
-    if full {
-        return Keep::Full;
-    }
-    hold_xadd(fctx).map_or(Keep::Other, Keep::Kept)
-}
-
 /// Argument `i` of the command in `fctx`, as bytes.
 ///
 /// # Safety
-/// As [`on_command`].
+/// `fctx` must be the live filter context of the current filter callback.
 unsafe fn filter_bytes<'a>(
     fctx: *mut raw::RedisModuleCommandFilterCtx,
     i: usize,
@@ -255,11 +172,12 @@ unsafe fn filter_bytes<'a>(
     (!p.is_null()).then(|| std::slice::from_raw_parts(p.cast::<u8>(), len))
 }
 
-/// The XADD's arguments in `fctx`, held, if they parse.
+/// The arguments of the XADD in `fctx`, held, if they parse.
 ///
 /// # Safety
-/// As [`on_command`].
-unsafe fn hold_xadd(fctx: *mut raw::RedisModuleCommandFilterCtx) -> Option<Command> {
+/// `fctx` must be the live filter context of the current filter callback, and its command an
+/// XADD.
+pub unsafe fn hold_xadd(fctx: *mut raw::RedisModuleCommandFilterCtx) -> Option<Command> {
     let (get, count, hold) = (
         raw::RedisModule_CommandFilterArgGet?,
         raw::RedisModule_CommandFilterArgsCount?,
@@ -294,19 +212,6 @@ unsafe fn hold_xadd(fctx: *mut raw::RedisModuleCommandFilterCtx) -> Option<Comma
     Some(Command { key, id, fields })
 }
 
-/// The `xadd` event for the input stream in database 0: ties the kept command to it when
-/// `key` (the event's key, as the server's buffer) is that command's own key object: the
-/// same buffer, which no other live string can share. `counted` says whether the XADD is one
-/// a pass may take (the group is known); otherwise nothing is kept for this pass.
-pub fn on_xadd(key: &[u8], counted: bool) {
-    let mut st = state();
-    let kept = st.filtered.take();
-    match kept {
-        Some(c) if counted && st.complete && ptr::eq(c.key.as_slice(), key) => st.matched.push(c),
-        _ => st.complete = false,
-    }
-}
-
 /// Entries a pass took from the commands that added them.
 pub static TAKEN: AtomicU64 = AtomicU64::new(0);
 /// Times the kept arguments did not agree with the entries (then read back instead).
@@ -319,15 +224,6 @@ pub fn status() -> &'static str {
     } else {
         "off"
     }
-}
-
-/// What the XADDs since the last pass were, in order, when every one of them was tied to
-/// its command; and starts over for the next pass.
-pub fn take() -> Option<Vec<Command>> {
-    let mut st = state();
-    let complete = std::mem::replace(&mut st.complete, true);
-    let matched = std::mem::take(&mut st.matched);
-    (complete && !matched.is_empty()).then_some(matched)
 }
 
 #[cfg(test)]

@@ -9,9 +9,12 @@ use redis_module::{
 };
 
 use crate::decision::{EntryId, MAX_ID_LEN};
-use crate::engine;
 use crate::projection;
+use crate::projector;
+use crate::replay;
+use crate::server;
 use crate::state;
+use crate::writer;
 
 /// Default COUNT of HEATBRIDGE.REPLAY.
 pub const REPLAY_DEFAULT_COUNT: usize = 10_000;
@@ -51,7 +54,7 @@ pub fn guarded(
 }
 
 fn refresh_if_possible(ctx: &Context) {
-    engine::refresh(ctx);
+    projector::refresh(ctx);
 }
 
 /// `HEATBRIDGE.HEALTH`: the health JSON.
@@ -90,7 +93,7 @@ fn read_lookup(ctx: &Context, args: Vec<RedisString>, prefix: &[u8]) -> RedisRes
     if id.is_empty() || id.len() > MAX_ID_LEN {
         return Err(RedisError::Str(errors::BAD_NAME));
     }
-    let key = engine::rstr(ctx, &projection::key(prefix, id));
+    let key = writer::rstr(ctx, &projection::key(prefix, id));
     if !may_read(ctx, &key) {
         return Err(RedisError::String(format!(
             "NOPERM this user has no permissions to access the '{}' key",
@@ -99,7 +102,7 @@ fn read_lookup(ctx: &Context, args: Vec<RedisString>, prefix: &[u8]) -> RedisRes
     }
     let opts = CallOptionsBuilder::new().errors_as_replies().build();
     // The lookup keys live in database 0, whatever the caller selected.
-    let db = engine::Db0::select(ctx);
+    let db = server::Db0::select(ctx);
     let r: CallResult = ctx.call_ext("HGETALL", &opts, &[&key][..]);
     drop(db);
     match r {
@@ -224,10 +227,10 @@ pub fn replay(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         return Err(RedisError::Str(errors::REPLICA));
     }
     // Clients are paused by the server itself; another module's RM_Call is not.
-    if engine::writes_paused() {
+    if server::writes_paused() {
         return Err(RedisError::Str(errors::PAUSED));
     }
-    let (n, last) = engine::replay(ctx, a.from, a.count).map_err(RedisError::String)?;
+    let (n, last) = replay::replay(ctx, a.from, a.count).map_err(RedisError::String)?;
     Ok(RedisValue::Array(vec![
         RedisValue::Integer(n as i64),
         RedisValue::BulkString(last.to_string()),

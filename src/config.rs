@@ -5,7 +5,7 @@
 //! the old value stays in force. Every setting may be read from any thread without the
 //! Redis lock (the exporter reads bind and ports).
 
-use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::Relaxed};
 use std::sync::Mutex;
 
 use redis_module::configuration::ConfigurationContext;
@@ -376,13 +376,28 @@ pub fn current() -> Settings {
         stream: STREAM_IN.get(),
         group: GROUP.get(),
         consumer: CONSUMER.get(),
-        batch: BATCH.load(Relaxed).clamp(1, MAX_BATCH) as usize,
+        batch: batch(),
         ttls: crate::projection::Ttls::from_secs(
             secs(&TTL_PLAN_SEC),
             secs(&TTL_SYMBOL_SEC),
             secs(&DEDUPE_TTL_SEC),
         ),
     }
+}
+
+/// `heatbridge.fast-path`: take entries from the XADDs that added them, and trust the group
+/// as the last pass left it, where that is safe (see `fastpath`). `no` reads every group
+/// and every entry back, for an operator ruling the fast path out in an incident.
+pub static FAST_PATH: AtomicBool = AtomicBool::new(true);
+
+/// Whether the fast path is on.
+pub fn fast_path() -> bool {
+    FAST_PATH.load(Relaxed)
+}
+
+/// `heatbridge.batch`, within its bounds.
+pub fn batch() -> usize {
+    BATCH.load(Relaxed).clamp(MIN_BATCH, MAX_BATCH) as usize
 }
 
 /// A port setting as a `u16`, 0 meaning off.

@@ -11,10 +11,10 @@ use std::ffi::{c_char, c_int, c_void};
 use redis_module::{raw, Context, NotifyEvent};
 
 use crate::capture;
-use crate::config;
-use crate::engine;
 use crate::guard;
 use crate::logging;
+use crate::projector;
+use crate::schedule;
 use crate::state;
 
 fn selected_db(ctx: &Context) -> i32 {
@@ -145,25 +145,27 @@ fn on_stream_event(ctx: &Context, _kind: NotifyEvent, event: &[u8], key: &[u8]) 
     }
     guard::fault_point("event");
     if event == b"xadd" {
-        engine::on_xadd(ctx, key);
+        if projector::xadd_event(ctx, key) {
+            schedule::after_xadd(ctx);
+        }
     } else {
-        engine::on_stream_change();
+        projector::stream_changed(key);
     }
 }
 
 /// The periodic housekeeping tick (no module timer, so MODULE UNLOAD is never refused).
 fn on_cron(ctx: &Context) {
     guard::fault_point("cron");
-    engine::housekeeping(ctx)
+    schedule::housekeeping(ctx)
 }
 
 /// After an RDB/AOF load or a full sync, catch up from the group cursor.
 fn on_loading(ctx: &Context, sub: u64) {
     match sub {
         raw::REDISMODULE_SUBEVENT_LOADING_ENDED | raw::REDISMODULE_SUBEVENT_LOADING_FAILED => {
-            engine::forget_group();
+            projector::forget_all();
             state::published().loading = false;
-            engine::schedule(ctx);
+            schedule::schedule(ctx);
         }
         _ => state::published().loading = true,
     }
@@ -171,7 +173,7 @@ fn on_loading(ctx: &Context, sub: u64) {
 
 /// A promoted replica resumes from the replicated group cursor.
 fn on_role_changed(ctx: &Context, master: bool) {
-    engine::forget_group();
+    projector::forget_all();
     state::published().is_master = master;
     logging::info(if master {
         "now a master: projecting from the group cursor"
@@ -179,7 +181,7 @@ fn on_role_changed(ctx: &Context, master: bool) {
         "now a replica: projection stops; the master's writes arrive by replication"
     });
     if master {
-        engine::schedule(ctx);
+        schedule::schedule(ctx);
     }
 }
 
@@ -235,18 +237,28 @@ unsafe fn filter_arg<'a>(
 }
 
 /// Runs before every command (also inside scripts, and when MULTI queues it), except the
-/// module's own calls. It forgets the known group (see `engine::Known`) before a command
+/// module's own calls. It forgets the known group (see `fastpath`) before a command
 /// that could change the group or the stream unseen, so the next drain pass reads the group.
 /// It never changes the command.
 unsafe extern "C" fn command_filter(fctx: *mut raw::RedisModuleCommandFilterCtx) {
     guard::contain("command filter", (), || {
         // SAFETY: `fctx` is the live filter context of this callback.
         let Some(name) = (unsafe { filter_arg(fctx, 0) }) else {
-            capture::clear();
+            projector::forget_all();
             return;
         };
-        // SAFETY: as above.
-        unsafe { capture::on_command(fctx, name, |a| config::STREAM_IN.matches(a)) };
+        let is_xadd = name.eq_ignore_ascii_case(b"xadd");
+        // SAFETY: as above (argument 1 of an XADD is its key).
+        let xadd_key = if is_xadd {
+            unsafe { filter_arg(fctx, 1) }
+        } else {
+            None
+        };
+        // SAFETY: as above; the command is an XADD whenever `keep` is called.
+        projector::command_seen(xadd_key, || unsafe { capture::hold_xadd(fctx) });
+        if is_xadd {
+            return;
+        }
         let is = |list: &[&[u8]]| list.iter().any(|c| c.eq_ignore_ascii_case(name));
         if name.eq_ignore_ascii_case(b"module") {
             // SAFETY: as above.
@@ -254,12 +266,12 @@ unsafe extern "C" fn command_filter(fctx: *mut raw::RedisModuleCommandFilterCtx)
             if sub.is_some_and(|a| a.eq_ignore_ascii_case(b"unload"))
                 && module.is_some_and(|a| a.eq_ignore_ascii_case(crate::MODULE_NAME.as_bytes()))
             {
-                engine::cancel_drain_timer();
+                schedule::cancel_drain_timer();
             }
             return;
         }
         if is(&ALWAYS_UNSEEN) {
-            engine::forget_group();
+            projector::forget_all();
             return;
         }
         if !is(&KEYED_UNSEEN) {
@@ -267,11 +279,11 @@ unsafe extern "C" fn command_filter(fctx: *mut raw::RedisModuleCommandFilterCtx)
         }
         // SAFETY: as above.
         let count = unsafe { raw::RedisModule_CommandFilterArgsCount.map_or(0, |f| f(fctx)) };
-        let names_stream = (1..count)
-            .any(|i| unsafe { filter_arg(fctx, i) }.is_some_and(|a| config::STREAM_IN.matches(a)));
-        if names_stream {
-            engine::forget_group();
-        }
+        // SAFETY: as above; the arguments outlive this callback.
+        let args: Vec<&[u8]> = (1..count)
+            .filter_map(|i| unsafe { filter_arg(fctx, i) })
+            .collect();
+        projector::forget_named(|stream| args.contains(&stream));
     })
 }
 
@@ -292,6 +304,6 @@ pub fn register_command_filter(ctx: &Context) {
         logging::warning(
             "command filters unavailable: every drain pass reads the group (XINFO GROUPS)",
         );
-        engine::distrust_known_group();
+        projector::distrust_known_group();
     }
 }

@@ -1,10 +1,16 @@
 //! HeatBridge: a Redis module that projects the heat-decision stream into lookup keys.
 //!
-//! The data flows one way: stream entry → [`decision`] (parse) → [`projection`] (plan the
-//! writes) → [`engine`] (apply them to Redis, advance the group) → [`metrics`] (count) →
-//! [`state`] (publish) → [`exporter`] (serve). `decision`, `projection`, `health`, `http`
-//! and `metrics` are pure; the Redis glue lives in `engine`, `events` and `commands`.
-//! This file is the table of contents: the module definition and its thin shims.
+//! The data flows one way. An XADD on a projected stream fires a keyspace event ([`events`]),
+//! which never writes: [`schedule`] runs a drain pass after the command (a post-notification
+//! job, or a 0 ms timer on Redis 7.0). The pass ([`drain`]) takes from the stream's
+//! [`projector`] what its [`fastpath`] may trust, reads the group ([`group`]) and the entries
+//! ([`read`], or the XADD's own arguments kept by [`capture`]), parses each one
+//! ([`decision`]), plans its keys ([`projection`]) and applies them ([`apply`], through
+//! [`writer`]), then moves the group cursor. Counters go to [`metrics`], the state to
+//! [`state`], which the [`exporter`] thread and [`info`] present. `decision`, `projection`,
+//! `fastpath`, `health`, `http` and `metrics` are pure; `state` is a leaf that the engine
+//! pushes into. This file is the table of contents: the module definition and its thin
+//! shims.
 
 pub mod apply;
 pub mod call;
@@ -13,17 +19,25 @@ pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod decision;
-pub mod engine;
+pub mod drain;
 pub mod events;
 pub mod exporter;
+pub mod fastpath;
+pub mod group;
 pub mod guard;
 pub mod health;
 pub mod http;
-pub mod ids;
+pub mod info;
 pub mod logging;
 pub mod metrics;
 pub mod projection;
+pub mod projector;
+pub mod read;
+pub mod replay;
+pub mod schedule;
+pub mod server;
 pub mod state;
+pub mod writer;
 
 #[cfg(test)]
 mod proptests;
@@ -76,10 +90,10 @@ fn cmd_replay(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
 #[info_command_handler]
 fn info(ctx: &InfoContext, for_crash_report: bool) -> RedisResult<()> {
     if for_crash_report {
-        state::add_crash_info(ctx);
+        info::add_crash_info(ctx);
         return Ok(());
     }
-    guard::contain("INFO handler", Ok(()), || state::add_info(ctx))
+    guard::contain("INFO handler", Ok(()), || info::add_info(ctx))
 }
 
 fn on_exporter_setting<T>(_: &ConfigurationContext, _: &str, _: &'static T) {
@@ -109,14 +123,15 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
         }
         metrics::METRICS.reset();
         state::reset();
-        engine::reset();
+        schedule::reset();
+        projector::reset();
         capture::reset();
         if let Err(e) = events::subscribe(ctx) {
             logging::warning(&format!("heatbridge not loaded: {e}"));
             return Status::Err;
         }
         events::register_command_filter(ctx);
-        engine::keep_module_context(ctx);
+        schedule::keep_module_context(ctx);
         let level = *config::LOG_LEVEL.lock().unwrap_or_else(|e| e.into_inner());
         logging::set_threshold(level.threshold());
         exporter::start();
@@ -135,9 +150,9 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
 fn deinit(_ctx: &Context) -> Status {
     guard::contain("module unload", Status::Ok, || {
         exporter::stop();
-        engine::release_module_context();
+        schedule::release_module_context();
         // Releases the XADD arguments still held (the statics outlive the unload).
-        capture::clear();
+        projector::reset();
         logging::info("unloaded");
         Status::Ok
     })
@@ -179,7 +194,9 @@ redis_module! {
             ["consumer", &config::CONSUMER, config::DEFAULT_CONSUMER, ConfigurationFlags::DEFAULT, None],
             ["bind", &config::BIND, config::DEFAULT_BIND, ConfigurationFlags::DEFAULT, Some(Box::new(on_exporter_setting))],
         ],
-        bool: [],
+        bool: [
+            ["fast-path", &config::FAST_PATH, true, ConfigurationFlags::DEFAULT, None],
+        ],
         enum: [
             ["log-level", &config::LOG_LEVEL, config::LogLevel::INFO, ConfigurationFlags::DEFAULT, Some(Box::new(on_log_level))],
         ],

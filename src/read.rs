@@ -1,4 +1,5 @@
-//! Walks a stream's entries: their IDs alone, or with their fields.
+//! Reading a stream: the key's shape, its entries after the group cursor (with their fields,
+//! or their IDs alone), one entry by ID, and the newest entry of a symbol.
 //!
 //! This replaces the crate's `StreamIterator`, whose drop calls `RM_StreamIteratorDelete`:
 //! on a key opened for reading that fails (EBADF) and leaves the iterator set, so the next
@@ -16,7 +17,14 @@ use std::ptr;
 
 use redis_module::{raw, Context, RedisString};
 
-use crate::decision::EntryId;
+use crate::decision::{self, EntryId};
+use crate::health::StreamState;
+
+impl decision::Bytes for RedisString {
+    fn bytes(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
 
 /// An open stream key with a running iterator; stopped and closed when dropped.
 pub struct IdWalk {
@@ -153,6 +161,101 @@ impl IdWalk {
             numfields.max(0) as u64,
         ))
     }
+}
+
+/// An entry copied out of the stream.
+pub struct Entry {
+    /// Its ID.
+    pub id: EntryId,
+    /// Its fields; `None` when the ID is no longer in the stream.
+    pub fields: Option<Vec<(RedisString, RedisString)>>,
+}
+
+/// Reads up to `count` entries after `after` (exclusive), in stream order. `Err` when the
+/// stream cannot be read: never taken for "no entries", which would move the cursor on.
+///
+/// When few entries are expected (`few`: the live path, or a known lag within `count`),
+/// they are read backwards from the end of the stream: a forward iterator that seeks the
+/// newest entry walks its whole listpack node (up to 100 entries), while a backward one
+/// reaches it at once. If more than `count` entries turn out to follow the cursor, the
+/// oldest ones are read forwards as usual.
+pub fn read_after(
+    ctx: &Context,
+    stream: &RedisString,
+    after: EntryId,
+    count: usize,
+    few: bool,
+) -> Result<Vec<Entry>, String> {
+    let to_entry = |(id, fields)| Entry {
+        id,
+        fields: Some(fields),
+    };
+    if few {
+        let mut walk = IdWalk::after(ctx, stream, after, true)
+            .ok_or("cannot iterate the stream (backwards)")?;
+        let mut newest = Vec::with_capacity(count.saturating_add(1).min(1024));
+        while newest.len() <= count {
+            let Some(e) = walk.next_entry() else { break };
+            newest.push(to_entry(e));
+        }
+        if newest.len() <= count {
+            newest.reverse();
+            return Ok(newest);
+        }
+    }
+    let mut walk = IdWalk::after(ctx, stream, after, false).ok_or("cannot iterate the stream")?;
+    let mut entries = Vec::with_capacity(count.min(1024));
+    while entries.len() < count {
+        let Some(e) = walk.next_entry() else { break };
+        entries.push(to_entry(e));
+    }
+    Ok(entries)
+}
+
+/// Reads one entry by ID (`fields` is `None` when it is not in the stream).
+pub fn read_one(ctx: &Context, stream: &RedisString, id: EntryId) -> Entry {
+    let fields = IdWalk::range(ctx, stream, Some(id), Some(id), false, false)
+        .and_then(|mut walk| walk.next_entry())
+        .map(|(_, fields)| fields);
+    Entry { id, fields }
+}
+
+/// The stream key's state and, for a stream, its length, from one open of the key.
+pub fn stream_shape(ctx: &Context, stream: &RedisString) -> (StreamState, u64) {
+    let inner = raw::open_key(ctx.ctx, stream.inner, raw::KeyMode::READ);
+    if inner.is_null() {
+        return (StreamState::Missing, 0);
+    }
+    // SAFETY: `inner` is a key opened just above on the live context and closed right
+    // after; KeyType and ValueLength only read it.
+    let (kind, len) = unsafe {
+        (
+            raw::RedisModule_KeyType.map_or(raw::REDISMODULE_KEYTYPE_EMPTY as i32, |f| f(inner)),
+            raw::RedisModule_ValueLength.map_or(0, |f| f(inner)),
+        )
+    };
+    raw::close_key(inner);
+    if kind == raw::REDISMODULE_KEYTYPE_EMPTY as i32 {
+        (StreamState::Missing, 0)
+    } else if kind == raw::REDISMODULE_KEYTYPE_STREAM as i32 {
+        (StreamState::Stream, len as u64)
+    } else {
+        (StreamState::WrongType, 0)
+    }
+}
+
+/// Counts entries after the cursor when the server cannot tell the lag. It walks IDs only
+/// (fields are skipped, not read) and stops at a bound, so a housekeeping tick stays cheap.
+pub fn count_after(ctx: &Context, stream: &RedisString, after: EntryId) -> u64 {
+    const CAP: u64 = 10_000;
+    let Some(mut walk) = IdWalk::after(ctx, stream, after, false) else {
+        return 0;
+    };
+    let mut n = 0u64;
+    while n < CAP && walk.next_id().is_some() {
+        n += 1;
+    }
+    n
 }
 
 /// Most entries [`newest_of_symbols`] reads before it gives up on a symbol.

@@ -1,0 +1,509 @@
+//! The drain: read from the group cursor, write the lookup keys, advance the group.
+//!
+//! A drain step reads at most `heatbridge.batch` entries. It first finishes the entries that
+//! are pending for `heatbridge.consumer` (left by the sidecar, for example), then reads the
+//! entries after the group's last-delivered ID and projects them in stream order. The steps
+//! of one drain pass (one callback, at most [`STEP_BUDGET`]) share one read of the group, one
+//! write of latest per symbol and one move of the group cursor with `XGROUP SETID`, at the
+//! end, so nothing is pending and the lag is 0 afterwards. If a write fails, the cursor stops
+//! before that entry, which stays in the backlog and is retried on the next tick
+//! (at-least-once; projection is idempotent).
+//!
+//! Every write goes through a replicated call, so replicas and the AOF receive the writes
+//! after the XADD that caused them. Only a writable master that is not loading drains.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use redis_module::{Context, RedisString};
+
+use crate::apply::{project, write_latest, Latest, Projected};
+use crate::capture;
+use crate::clock::now_ms;
+use crate::config::{self, Settings};
+use crate::decision::EntryId;
+use crate::fastpath::Known;
+use crate::group::{self, GroupInfo, Target};
+use crate::health::StreamState;
+use crate::logging::error_limited as log_error_limited;
+use crate::metrics::{Stage, METRICS};
+use crate::projector;
+use crate::read::{read_after, read_one, stream_shape, Entry, IdWalk};
+use crate::server::{self, can_write, latency_sample, Db0};
+use crate::state;
+use crate::writer::Writer;
+
+/// Longest a drain keeps the event loop before it yields to clients.
+pub const STEP_BUDGET: Duration = Duration::from_millis(5);
+
+/// Outcome of one drain step.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// Nothing left to read.
+    CaughtUp,
+    /// Entries were handled and more may follow.
+    More,
+    /// The step failed; the tick retries.
+    Failed,
+}
+
+/// Runs one drain pass over every projected stream; see [`drain_stream`]. Returns whether
+/// entries remain (the caller schedules the next pass). Nothing is done on a replica, while
+/// loading, or while writes are paused.
+pub fn run(ctx: &Context) -> bool {
+    server::publish_role(ctx);
+    if !can_write(ctx) {
+        return false;
+    }
+    let _db = Db0::select(ctx);
+    let settings = config::current();
+    projector::sync(&settings);
+    let mut more = false;
+    for stream in projector::streams() {
+        more |= drain_stream(ctx, &settings, &stream);
+    }
+    more
+}
+
+/// Gives the projector back what a pass learned, even if the pass panicked (then nothing).
+struct PassGuard<'a> {
+    stream: &'a str,
+    known: Option<Known>,
+}
+
+impl Drop for PassGuard<'_> {
+    fn drop(&mut self) {
+        projector::end_pass(self.stream, self.known.take());
+    }
+}
+
+/// Drains `stream` for at most [`STEP_BUDGET`]; returns whether entries remain.
+///
+/// One call is one *pass*: a series of steps of at most `heatbridge.batch` entries, run inside
+/// one callback. Nothing else runs between the steps of a pass, so no client, replica or AOF
+/// can tell its steps apart. The pass therefore reads the group once, writes latest and its
+/// pointer once per symbol (for the symbol's last projected entry), and moves the group
+/// cursor once, after every other write.
+fn drain_stream(ctx: &Context, settings: &Settings, stream: &str) -> bool {
+    let Some((trusted, target)) = projector::begin_pass(stream, &settings.consumer) else {
+        return false;
+    };
+    let mut guard = PassGuard {
+        stream,
+        known: None,
+    };
+    let start = Instant::now();
+    let mut pass = Pass::new(ctx, target);
+    pass.known = trusted.known;
+    pass.commands = trusted.commands;
+    let mut last = loop {
+        match step(ctx, settings, &mut pass) {
+            Step::More if start.elapsed() < STEP_BUDGET => {}
+            done => break done,
+        }
+    };
+    let (ok, learned) = pass.finish(ctx);
+    if !ok {
+        last = Step::Failed;
+    }
+    guard.known = learned;
+    latency_sample(start.elapsed());
+    let mut p = state::published();
+    if last == Step::Failed {
+        p.failing_passes += 1;
+    } else {
+        p.failing_passes = 0;
+    }
+    last == Step::More
+}
+
+/// Where a pass leaves the group cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cursor {
+    /// The stream's last ID (`$`): every entry was read.
+    End,
+    /// This entry, the last one handled.
+    At(EntryId),
+}
+
+/// What a drain pass carries from one step to the next; see [`drain_stream`].
+struct Pass<'c> {
+    w: Writer<'c>,
+    /// The stream and its group.
+    t: Target,
+    /// The group as this pass has left it, once read; `None` until then, and again after
+    /// pending entries were finished (XACK changes it on the server).
+    group: Option<GroupInfo>,
+    /// Our consumer's pending entries are done for this pass (others' may remain).
+    pending_checked: bool,
+    /// The last projected entry of each symbol, with the expiry of its latest keys.
+    latest: Latest,
+    /// The cursor move still to make, with the group's read counter when it is known.
+    advance: Option<(Cursor, Option<u64>)>,
+    /// Entries read by this pass's steps, counted once they are acknowledged.
+    read: u64,
+    /// The group as the previous pass left it, until the first step checks it.
+    known: Option<Known>,
+    /// The newest entry and the read counter, when the pass reaches the end of the stream
+    /// with nothing pending and an exact counter: what the next pass may trust.
+    end: Option<(EntryId, u64)>,
+    /// The stream's length, when the pass already knows it.
+    len: Option<u64>,
+    /// The arguments of the XADDs counted in `known`, when every one was kept.
+    commands: Option<Vec<capture::Command>>,
+}
+
+impl<'c> Pass<'c> {
+    fn new(ctx: &'c Context, t: Target) -> Pass<'c> {
+        Pass {
+            w: Writer::new(ctx),
+            t,
+            group: None,
+            pending_checked: false,
+            latest: Latest::default(),
+            advance: None,
+            read: 0,
+            known: None,
+            end: None,
+            len: None,
+            commands: None,
+        }
+    }
+
+    /// Writes latest and the pointers, then moves the cursor. If a latest write fails,
+    /// nothing of the pass is acknowledged: the retry rewrites it all (idempotent).
+    /// Returns whether it all succeeded, and the group as the next pass may trust it.
+    fn finish(self, ctx: &Context) -> (bool, Option<Known>) {
+        for (e, at) in &self.latest.into_sorted() {
+            if let Err(msg) = write_latest(&self.w, e, *at) {
+                METRICS.count_error(Stage::Write, now_ms());
+                log_error_limited(&format!(
+                    "write failed for the latest keys of entry {}: {msg}; the entries stay in \
+                     the backlog and are retried",
+                    e.id
+                ));
+                return (false, None);
+            }
+        }
+        let Some((to, entries_read)) = self.advance else {
+            METRICS.count_in(self.read);
+            return (true, None);
+        };
+        let id = match to {
+            Cursor::End => "$".to_string(),
+            Cursor::At(id) => id.to_string(),
+        };
+        match group::advance(ctx, &self.t, &id, entries_read) {
+            Ok(()) => {
+                // Counted once acknowledged: a failed move re-reads (and counts) them.
+                METRICS.count_in(self.read);
+                let known = match (to, self.end) {
+                    (Cursor::End, Some((last, entries_read))) => Some(Known {
+                        last,
+                        len: self
+                            .len
+                            .unwrap_or_else(|| stream_shape(ctx, &self.t.stream_key).1),
+                        entries_read,
+                        xadds: 0,
+                    }),
+                    _ => None,
+                };
+                (true, known)
+            }
+            Err(e) => {
+                METRICS.count_error(Stage::Ack, now_ms());
+                log_error_limited(&format!("cannot advance group {}: {e}", self.t.group));
+                (false, None)
+            }
+        }
+    }
+}
+
+/// One drain step of a pass; see the module documentation.
+fn step(ctx: &Context, s: &Settings, pass: &mut Pass) -> Step {
+    let started = Instant::now();
+    let stream = pass.t.stream_key.clone();
+    let (st, len) = stream_shape(ctx, &stream);
+    projector::publish_stream_state(st, &pass.t.stream);
+    if st != StreamState::Stream {
+        return Step::CaughtUp;
+    }
+    if let Some(k) = pass.known.take() {
+        let commands = pass.commands.take();
+        if let Some((group, entries)) = trust_known(ctx, s.batch, &stream, len, &k, commands) {
+            // The pass adds no entry, so the length stays what the next pass will check.
+            pass.len = Some(len);
+            return project_step(ctx, s, pass, group, entries, started);
+        }
+    }
+    let group = match pass.group.take() {
+        Some(g) => g,
+        None => match group::read_group(ctx, &pass.t) {
+            Ok(Some(g)) => g,
+            Ok(None) => match group::create_group(ctx, &pass.t)
+                .and_then(|()| group::read_group(ctx, &pass.t))
+            {
+                Ok(g) => g.unwrap_or_default(),
+                Err(e) => {
+                    METRICS.count_error(Stage::Ack, now_ms());
+                    log_error_limited(&format!("cannot create group {}: {e}", pass.t.group));
+                    return Step::Failed;
+                }
+            },
+            Err(e) => {
+                METRICS.count_error(Stage::Read, now_ms());
+                log_error_limited(&format!("cannot read group {}: {e}", pass.t.group));
+                return Step::Failed;
+            }
+        },
+    };
+
+    if group.pending > 0 && !pass.pending_checked {
+        match finish_pending(ctx, s, &pass.t) {
+            Ok(0) => pass.pending_checked = true,
+            Ok(_) => {
+                METRICS.count_loop(started.elapsed().as_secs_f64() * 1000.0);
+                return Step::More;
+            }
+            Err(()) => return Step::Failed,
+        }
+    }
+
+    let few = group.lag.is_some_and(|l| l <= s.batch as u64);
+    let entries = match read_after(ctx, &stream, group.last_id, s.batch, few) {
+        Ok(entries) => entries,
+        Err(e) => {
+            METRICS.count_error(Stage::Read, now_ms());
+            log_error_limited(&format!("cannot read {}: {e}", pass.t.stream));
+            return Step::Failed;
+        }
+    };
+    // More entries after the cursor than the group's lag says: its read counter is not what
+    // the entries are (XGROUP SETID with an ENTRIESREAD of the operator's choosing). The
+    // counter is then left for the server to work out, never carried forward.
+    let group = match group.lag {
+        Some(lag) if entries.len() as u64 > lag => GroupInfo {
+            lag: None,
+            entries_read: None,
+            ..group
+        },
+        _ => group,
+    };
+    project_step(ctx, s, pass, group, entries, started)
+}
+
+/// The group as `k` knows it and the entries added since, if the stream passes the checks
+/// of [`Known`]; else `None`, and the step reads the group.
+fn trust_known(
+    ctx: &Context,
+    batch: usize,
+    stream: &RedisString,
+    len: u64,
+    k: &Known,
+    commands: Option<Vec<capture::Command>>,
+) -> Option<(GroupInfo, Vec<Entry>)> {
+    let added = usize::try_from(k.xadds).ok()?;
+    if added == 0 || added > batch || len != k.len + k.xadds {
+        return None;
+    }
+    let entries = commands
+        .filter(|c| c.len() == added)
+        .and_then(|c| entries_from_commands(ctx, stream, k.last, c))
+        .or_else(|| read_after(ctx, stream, k.last, batch, true).ok())?;
+    if entries.len() != added {
+        return None;
+    }
+    let group = GroupInfo {
+        last_id: k.last,
+        pending: 0,
+        lag: Some(k.xadds),
+        entries_read: Some(k.entries_read),
+    };
+    Some((group, entries))
+}
+
+/// The entries after `after`, built from the arguments of the XADDs that added them (see
+/// [`capture`]) instead of read back from the stream: only the IDs and field counts are
+/// read. `None` unless exactly as many entries follow `after` and each one's ID and field
+/// count agree with its command.
+fn entries_from_commands(
+    ctx: &Context,
+    stream: &RedisString,
+    after: EntryId,
+    commands: Vec<capture::Command>,
+) -> Option<Vec<Entry>> {
+    let mut walk = IdWalk::after(ctx, stream, after, true)?;
+    let mut ids = Vec::with_capacity(commands.len() + 1);
+    while ids.len() <= commands.len() {
+        let Some(id) = walk.next_id() else { break };
+        ids.push(id);
+    }
+    drop(walk);
+    if ids.len() != commands.len() {
+        return None;
+    }
+    let mut entries = Vec::with_capacity(ids.len());
+    for ((id, numfields), c) in ids.into_iter().rev().zip(commands) {
+        let Some(fields) = c.into_entry(id, numfields) else {
+            capture::MISMATCHED.fetch_add(1, Relaxed);
+            log_error_limited(&format!(
+                "the arguments of the XADD of entry {id} do not match it; entries are read \
+                 back from the stream"
+            ));
+            return None;
+        };
+        entries.push(Entry {
+            id,
+            fields: Some(fields),
+        });
+    }
+    capture::TAKEN.fetch_add(entries.len() as u64, Relaxed);
+    Some(entries)
+}
+
+/// The rest of a drain step: project `entries` (read after `group`'s cursor) and record in
+/// `pass` where the cursor goes.
+fn project_step(
+    ctx: &Context,
+    s: &Settings,
+    pass: &mut Pass,
+    group: GroupInfo,
+    entries: Vec<Entry>,
+    started: Instant,
+) -> Step {
+    if entries.is_empty() {
+        // Nothing after the cursor, yet the group may still show a lag: the entries after it
+        // were deleted (XDEL, XTRIM). Moving the cursor to the stream's last ID makes the
+        // group's lag 0 again.
+        if group.lag != Some(0) {
+            pass.advance = Some((
+                Cursor::End,
+                group::stream_entries_added(ctx, &pass.t, &group),
+            ));
+        }
+        return Step::CaughtUp;
+    }
+    let now = now_ms();
+    let mut done: Option<EntryId> = None;
+    let mut failed = false;
+    // Entries whose latest keys are still to be written (index, expiry).
+    let mut latest: Vec<(usize, u64)> = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        match project(ctx, &pass.w, s, e, now, true) {
+            Ok(Projected::Written {
+                latest_at: Some(at),
+            }) => {
+                latest.push((i, at));
+                done = Some(e.id);
+            }
+            Ok(_) => done = Some(e.id),
+            Err(msg) => {
+                METRICS.count_error(Stage::Write, now_ms());
+                log_error_limited(&format!(
+                    "write failed for entry {}: {msg}; it stays in the backlog and is retried",
+                    e.id
+                ));
+                failed = true;
+                break;
+            }
+        }
+    }
+    let read = entries.len();
+    // An entry whose write failed is read again on the retry; it is counted then.
+    let handled = entries.iter().take_while(|e| Some(e.id) <= done).count() as u64;
+    pass.read += handled;
+    let mut marks = latest.into_iter().peekable();
+    for (i, e) in entries.into_iter().enumerate() {
+        if let Some((_, at)) = marks.next_if(|(j, _)| *j == i) {
+            pass.latest.keep(e, at);
+        }
+    }
+    if let Some(last) = done {
+        let to = if !failed && read < s.batch {
+            // Every entry after the cursor was read: with no deletion after the cursor (a
+            // valid lag), the read counter moves by exactly the entries handled. At the end
+            // of the stream the cursor goes to `$`, the stream's last ID, which keeps the lag
+            // exact even when entries after `last` were deleted.
+            let counter = group
+                .entries_read_after(handled)
+                .or_else(|| group::stream_entries_added(ctx, &pass.t, &group));
+            if group.pending == 0 {
+                pass.end = counter.map(|n| (last, n));
+            }
+            (Cursor::End, counter)
+        } else {
+            (Cursor::At(last), group.entries_read_after(handled))
+        };
+        pass.advance = Some(to);
+        pass.group = Some(GroupInfo {
+            last_id: last,
+            pending: group.pending,
+            lag: group.lag.map(|l| l.saturating_sub(handled)),
+            entries_read: group.entries_read_after(handled),
+        });
+    }
+    METRICS.count_loop(started.elapsed().as_secs_f64() * 1000.0);
+    if failed {
+        Step::Failed
+    } else if read >= s.batch {
+        Step::More
+    } else {
+        Step::CaughtUp
+    }
+}
+
+/// Projects and acknowledges the entries pending for our consumer. Returns how many.
+fn finish_pending(ctx: &Context, s: &Settings, t: &Target) -> Result<usize, ()> {
+    let ids = match group::pending_ids(ctx, t, s.batch) {
+        Ok(ids) => ids,
+        Err(e) => {
+            METRICS.count_error(Stage::Read, now_ms());
+            log_error_limited(&format!("cannot read pending entries: {e}"));
+            return Err(());
+        }
+    };
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let now = now_ms();
+    let w = Writer::new(ctx);
+    let mut acked: Vec<String> = Vec::with_capacity(ids.len());
+    let mut latest = Latest::default();
+    for id in &ids {
+        let e = read_one(ctx, &t.stream_key, *id);
+        match project(ctx, &w, s, &e, now, true) {
+            Ok(Projected::Written {
+                latest_at: Some(at),
+            }) => latest.keep(e, at),
+            Ok(_) => {}
+            Err(msg) => {
+                METRICS.count_error(Stage::Write, now_ms());
+                log_error_limited(&format!("write failed for pending entry {id}: {msg}"));
+                break;
+            }
+        }
+        acked.push(id.to_string());
+    }
+    // A pending entry is usually older than entries already projected (one XCLAIMed to our
+    // consumer, or left by the sidecar): latest keeps the newer decision.
+    if let Err(msg) = latest.write_if_newest(ctx, &w, &t.stream_key) {
+        METRICS.count_error(Stage::Write, now_ms());
+        log_error_limited(&format!(
+            "write failed for the latest keys of pending entries: {msg}"
+        ));
+        return Err(());
+    }
+    METRICS.count_in(acked.len() as u64);
+    if acked.is_empty() {
+        return Err(());
+    }
+    if let Err(e) = group::ack(ctx, t, &acked) {
+        METRICS.count_error(Stage::Ack, now_ms());
+        log_error_limited(&format!("XACK failed: {e}"));
+        return Err(());
+    }
+    if acked.len() < ids.len() {
+        return Err(());
+    }
+    Ok(acked.len())
+}

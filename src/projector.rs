@@ -1,0 +1,265 @@
+//! One projector per input stream, and the registry that holds them.
+//!
+//! A projector holds everything that projecting one stream needs between callbacks: the
+//! stream's and group's names (and their Redis strings, kept for the life of the projector),
+//! and its fast-path state ([`FastPath`]: the known group and the XADD arguments kept from
+//! commands). The registry is built from the settings (`heatbridge.stream-in`,
+//! `heatbridge.group`) in one place, [`sync`], and rebuilt whenever they change.
+//!
+//! The registry is reached only from the server's main thread (callbacks, the command
+//! filter, commands), under a lock that is never held across a call into the server that
+//! could call back into HeatBridge: a pass takes what it trusts at its start and gives back
+//! what it learned at its end.
+
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Mutex, MutexGuard};
+
+use redis_module::{Context, ContextFlags};
+
+use crate::capture::{self, Command};
+use crate::clock::now_ms;
+use crate::config::{self, Settings};
+use crate::fastpath::{FastPath, Known, Trusted, Wanted};
+use crate::group::{self, Target};
+use crate::health::StreamState;
+use crate::logging;
+use crate::read;
+use crate::server::{self, Db0};
+use crate::state;
+use crate::writer::Kept;
+
+/// One stream's projector.
+pub struct Projector {
+    /// The stream's name.
+    pub stream: String,
+    /// The group's name.
+    pub group: String,
+    stream_key: Kept,
+    group_key: Kept,
+    /// The fast path's state for this stream.
+    pub fast: FastPath<Command>,
+}
+
+impl Projector {
+    fn new(stream: &str, group: &str) -> Projector {
+        Projector {
+            stream: stream.to_string(),
+            group: group.to_string(),
+            stream_key: Kept::new(stream.as_bytes()),
+            group_key: Kept::new(group.as_bytes()),
+            fast: FastPath::default(),
+        }
+    }
+
+    /// The stream and group, for one pass or command.
+    pub fn target(&self, consumer: &str) -> Target {
+        Target {
+            stream: self.stream.clone(),
+            group: self.group.clone(),
+            consumer: consumer.to_string(),
+            stream_key: self.stream_key.retained(),
+            group_key: self.group_key.retained(),
+        }
+    }
+}
+
+struct Registry {
+    /// `heatbridge.stream-in` and `heatbridge.group` as the projectors were built from them.
+    built_from: Option<(String, String)>,
+    projectors: Vec<Projector>,
+}
+
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
+    built_from: None,
+    projectors: Vec::new(),
+});
+
+fn registry() -> MutexGuard<'static, Registry> {
+    REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether passes may trust a known group at all: only with the command filter that keeps
+/// it honest.
+static TRUST_KNOWN: AtomicBool = AtomicBool::new(true);
+
+/// Never trust a known group (the server has no command filters).
+pub fn distrust_known_group() {
+    TRUST_KNOWN.store(false, Relaxed);
+    forget_all();
+}
+
+/// Module load: no projector yet (the first use builds them), the known group trusted.
+pub fn reset() {
+    TRUST_KNOWN.store(true, Relaxed);
+    let mut r = registry();
+    r.built_from = None;
+    r.projectors.clear();
+}
+
+/// Builds the projectors from `s` unless they were built from the same settings.
+pub fn sync(s: &Settings) {
+    let mut r = registry();
+    let fresh = r
+        .built_from
+        .as_ref()
+        .is_some_and(|(stream, group)| *stream == s.stream && *group == s.group);
+    if fresh {
+        return;
+    }
+    r.projectors = vec![Projector::new(&s.stream, &s.group)];
+    r.built_from = Some((s.stream.clone(), s.group.clone()));
+}
+
+/// The names of the projected streams.
+pub fn streams() -> Vec<String> {
+    registry()
+        .projectors
+        .iter()
+        .map(|p| p.stream.clone())
+        .collect()
+}
+
+/// Runs `f` on the projector of stream `name`, if there is one. A stream of the settings
+/// that no projector has yet (just set with CONFIG SET) syncs the registry first.
+pub fn with_stream<R>(name: &[u8], f: impl FnOnce(&mut Projector) -> R) -> Option<R> {
+    if !config::STREAM_IN.matches(name) {
+        return None;
+    }
+    let mut r = registry();
+    if !r.projectors.iter().any(|p| p.stream.as_bytes() == name) {
+        drop(r);
+        sync(&config::current());
+        r = registry();
+    }
+    r.projectors
+        .iter_mut()
+        .find(|p| p.stream.as_bytes() == name)
+        .map(f)
+}
+
+/// Forgets every projector's fast-path state: the next passes read the group and entries.
+pub fn forget_all() {
+    for p in registry().projectors.iter_mut() {
+        p.fast.forget();
+    }
+}
+
+/// The command filter saw a command, `xadd_key` being the key of an XADD. Drops the XADD
+/// arguments kept for a command that was refused, and keeps those of this XADD when its
+/// stream's next pass may take them (`keep` holds them).
+pub fn command_seen(xadd_key: Option<&[u8]>, keep: impl FnOnce() -> Option<Command>) {
+    let mut r = registry();
+    for p in r.projectors.iter_mut() {
+        p.fast.command_seen();
+    }
+    let Some(key) = xadd_key else { return };
+    if !capture::enabled() || !config::fast_path() {
+        return;
+    }
+    let Some(p) = r.projectors.iter_mut().find(|p| p.stream.as_bytes() == key) else {
+        return;
+    };
+    match p.fast.wants_xadd(config::batch()) {
+        Wanted::Yes => {
+            if let Some(c) = keep() {
+                p.fast.xadd_kept(c);
+            }
+        }
+        Wanted::Full => p.fast.xadd_not_kept(),
+        Wanted::No => {}
+    }
+}
+
+/// Forgets the fast-path state of the projectors whose stream `names` names.
+pub fn forget_named(names: impl Fn(&[u8]) -> bool) {
+    for p in registry().projectors.iter_mut() {
+        if names(p.stream.as_bytes()) {
+            p.fast.forget();
+        }
+    }
+}
+
+/// The `xadd` event for stream `key`. Returns whether a drain should be scheduled (the
+/// server may write).
+pub fn xadd_event(ctx: &Context, key: &[u8]) -> bool {
+    let f = ctx.get_flags();
+    let writable = server::writable(&f);
+    // An XADD that EXEC runs: the transaction's other commands passed the command filter
+    // when they were queued, not when they run (and on Valkey a postponed EXEC does not pass
+    // it again).
+    let in_exec = f.contains(ContextFlags::MULTI);
+    with_stream(key, |p| {
+        p.fast
+            .xadd_event(writable, in_exec, |c| c.is_key_of_event(key))
+    });
+    writable
+}
+
+/// A stream event other than `xadd` on stream `key`.
+pub fn stream_changed(key: &[u8]) {
+    with_stream(key, |p| p.fast.stream_changed());
+}
+
+/// A pass over stream `stream` begins: what it may trust, and its target. `None` when the
+/// stream is not projected.
+pub fn begin_pass(stream: &str, consumer: &str) -> Option<(Trusted<Command>, Target)> {
+    let trust = TRUST_KNOWN.load(Relaxed) && config::fast_path();
+    let take_commands = trust && capture::enabled();
+    let mut r = registry();
+    let p = r.projectors.iter_mut().find(|p| p.stream == stream)?;
+    Some((p.fast.begin_pass(trust, take_commands), p.target(consumer)))
+}
+
+/// A pass over `stream` ended, leaving `known` when it ended clean.
+pub fn end_pass(stream: &str, known: Option<Known>) {
+    let trust = TRUST_KNOWN.load(Relaxed) && config::fast_path();
+    let mut r = registry();
+    if let Some(p) = r.projectors.iter_mut().find(|p| p.stream == stream) {
+        p.fast.end_pass(known.filter(|_| trust));
+    }
+}
+
+/// Reads each stream's state and backlog (unread + pending) and publishes them.
+pub fn refresh(ctx: &Context) {
+    server::publish_role(ctx);
+    if ctx.get_flags().contains(ContextFlags::LOADING) {
+        return;
+    }
+    let _db = Db0::select(ctx);
+    let s = config::current();
+    sync(&s);
+    let targets: Vec<Target> = registry()
+        .projectors
+        .iter()
+        .map(|p| p.target(&s.consumer))
+        .collect();
+    for t in &targets {
+        let (st, _) = read::stream_shape(ctx, &t.stream_key);
+        publish_stream_state(st, &t.stream);
+        let backlog = match st {
+            StreamState::Stream => match group::read_group(ctx, t) {
+                Ok(Some(g)) => Some(
+                    g.pending
+                        + g.lag
+                            .unwrap_or_else(|| read::count_after(ctx, &t.stream_key, g.last_id)),
+                ),
+                Ok(None) => Some(group::stream_len(ctx, t)),
+                Err(_) => None,
+            },
+            StreamState::WrongType => None,
+            _ => Some(0),
+        };
+        state::published().record_backlog(now_ms(), backlog);
+    }
+}
+
+/// Publishes the state of the stream key, logging when it turns into another type.
+pub fn publish_stream_state(st: StreamState, stream: &str) {
+    let previous = std::mem::replace(&mut state::published().stream_state, st);
+    // Logged after the lock is released, so the exporter never waits on a log write.
+    if st == StreamState::WrongType && previous != StreamState::WrongType {
+        logging::error(&format!(
+            "key {stream} is not a stream: projection is paused until it is"
+        ));
+    }
+}

@@ -1,0 +1,69 @@
+//! HEATBRIDGE.REPLAY: re-projects a range of the stream, synchronously, in stream order,
+//! ignoring dedupe, with entry-time expiry; latest never moves back to an older decision.
+
+use redis_module::Context;
+
+use crate::apply::{project, Latest, Projected};
+use crate::clock::now_ms;
+use crate::config;
+use crate::decision::EntryId;
+use crate::health::StreamState;
+use crate::metrics::METRICS;
+use crate::read::{read_after, stream_shape};
+use crate::server::Db0;
+use crate::writer::{rstr, Writer};
+
+/// Most bytes of fields one HEATBRIDGE.REPLAY re-projects: its writes reach replicas as one
+/// transaction, which must stay well inside a replica's output buffer.
+pub const REPLAY_MAX_BYTES: usize = 32 * 1024 * 1024;
+
+/// Re-projects the entries after `from`, in stream order, ignoring dedupe. It looks at no
+/// more than `count` entries and stops after [`REPLAY_MAX_BYTES`] of fields, so one call
+/// stays bounded in time and size; the caller pages on with the returned last ID.
+/// Returns how many entries were written and the last ID looked at.
+pub fn replay(ctx: &Context, from: EntryId, count: usize) -> Result<(u64, EntryId), String> {
+    let _db = Db0::select(ctx);
+    let s = config::current();
+    let stream = rstr(ctx, s.stream.as_bytes());
+    match stream_shape(ctx, &stream).0 {
+        StreamState::Stream => {}
+        StreamState::WrongType => return Err("WRONGTYPE input stream key is not a stream".into()),
+        _ => return Ok((0, from)),
+    }
+    let mut last = from;
+    let mut written = 0u64;
+    let mut examined = 0usize;
+    let mut bytes = 0usize;
+    let now = now_ms();
+    let w = Writer::new(ctx);
+    let mut latest = Latest::default();
+    'chunks: while examined < count {
+        let chunk = read_after(ctx, &stream, last, (count - examined).min(1000), false)?;
+        if chunk.is_empty() {
+            break;
+        }
+        for e in chunk {
+            last = e.id;
+            examined += 1;
+            bytes += e.fields.as_deref().map_or(0, |f| {
+                f.iter()
+                    .map(|(k, v)| k.as_slice().len() + v.as_slice().len())
+                    .sum()
+            });
+            if let Projected::Written { latest_at } = project(ctx, &w, &s, &e, now, false)? {
+                written += 1;
+                if let Some(at) = latest_at {
+                    latest.keep(e, at);
+                }
+            }
+            if bytes >= REPLAY_MAX_BYTES {
+                break 'chunks;
+            }
+        }
+    }
+    // Latest goes to the newest entry re-projected for each symbol, unless the stream holds
+    // a newer decision of that symbol: latest never moves back.
+    latest.write_if_newest(ctx, &w, &stream)?;
+    METRICS.count_replayed(written);
+    Ok((written, last))
+}

@@ -1,0 +1,200 @@
+//! Scheduling: when drain passes run. Never in a keyspace callback (its writes would reach
+//! replicas and the AOF before the XADD): after an XADD, in a post-notification job where the
+//! server has them (Redis 7.2+, Valkey), else in a 0 ms timer; a catch-up goes on in 0 ms
+//! timers between passes; the housekeeping tick runs on the cron server event (a module
+//! timer would make the server refuse MODULE UNLOAD).
+
+use std::ffi::c_void;
+use std::ptr;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicU8, Ordering::Relaxed};
+
+use redis_module::{raw, Context};
+
+use crate::config;
+use crate::drain;
+use crate::guard;
+use crate::logging;
+use crate::projector;
+use crate::server::can_write;
+
+/// Whether a drain timer is pending (at rest there is none).
+static TIMER_PENDING: AtomicBool = AtomicBool::new(false);
+/// The pending drain timer, while `TIMER_PENDING`.
+static TIMER_ID: AtomicU64 = AtomicU64::new(0);
+/// Whether a post-notification job is pending.
+static JOB_PENDING: AtomicBool = AtomicBool::new(false);
+/// 0 unknown, 1 the server has post-notification jobs, 2 it does not.
+static POST_JOBS: AtomicU8 = AtomicU8::new(0);
+/// Wall ms of the last housekeeping tick.
+static LAST_TICK_MS: AtomicU64 = AtomicU64::new(NEVER);
+
+/// No housekeeping tick yet: the first one runs at once (it starts catch-up at load).
+const NEVER: u64 = u64::MAX;
+
+/// Resets scheduling state (module load; statics survive an unload).
+pub fn reset() {
+    TIMER_PENDING.store(false, Relaxed);
+    JOB_PENDING.store(false, Relaxed);
+    POST_JOBS.store(0, Relaxed);
+    LAST_TICK_MS.store(NEVER, Relaxed);
+}
+
+/// Whether post-notification jobs are in use (known after the first XADD).
+pub fn post_jobs_in_use() -> Option<bool> {
+    match POST_JOBS.load(Relaxed) {
+        1 => Some(true),
+        2 => Some(false),
+        _ => None,
+    }
+}
+
+/// Whether a drain timer is pending right now.
+pub fn timer_pending() -> bool {
+    TIMER_PENDING.load(Relaxed)
+}
+
+/// After an XADD on a projected stream (the keyspace event, which must not write): runs the
+/// drain in a post-notification job where the server has them, else in a 0 ms timer.
+pub fn after_xadd(ctx: &Context) {
+    if JOB_PENDING.load(Relaxed) {
+        return;
+    }
+    if POST_JOBS.load(Relaxed) != 2 {
+        let added = ctx.add_post_notification_job(|ctx| {
+            guard::contain("post-notification job", (), || {
+                JOB_PENDING.store(false, Relaxed);
+                guard::fault_point("job");
+                run(ctx);
+            })
+        });
+        match added {
+            Ok(redis_module::Status::Ok) => {
+                POST_JOBS.store(1, Relaxed);
+                JOB_PENDING.store(true, Relaxed);
+                return;
+            }
+            _ => {
+                if POST_JOBS.swap(2, Relaxed) != 2 {
+                    logging::info(
+                        "post-notification jobs unavailable: projecting on the next event-loop turn",
+                    );
+                }
+            }
+        }
+    }
+    schedule(ctx);
+}
+
+/// Runs a drain pass, and schedules the next one when entries remain.
+fn run(ctx: &Context) {
+    if drain::run(ctx) {
+        schedule(ctx);
+    }
+}
+
+/// Schedules a drain on the next event-loop turn, unless one is pending already.
+pub fn schedule(ctx: &Context) {
+    if TIMER_PENDING.swap(true, Relaxed) {
+        return;
+    }
+    // SAFETY: `ctx.ctx` is the live context of the current callback; the callback is a plain
+    // function of this library and takes no data. A pending timer is cancelled before the
+    // module can be unloaded (see `cancel_drain_timer`), and the server refuses to unload a
+    // module that holds one.
+    let id = unsafe {
+        raw::RedisModule_CreateTimer
+            .map(|create| create(ctx.ctx, 0, Some(on_drain_timer), ptr::null_mut()))
+    };
+    match id {
+        Some(id) => TIMER_ID.store(id, Relaxed),
+        None => TIMER_PENDING.store(false, Relaxed),
+    }
+}
+
+/// The drain timer's callback.
+unsafe extern "C" fn on_drain_timer(ctx: *mut raw::RedisModuleCtx, _data: *mut c_void) {
+    guard::contain("drain timer", (), || {
+        TIMER_PENDING.store(false, Relaxed);
+        if ctx.is_null() {
+            return;
+        }
+        guard::fault_point("timer");
+        run(&Context::new(ctx));
+    })
+}
+
+/// A context of this module that outlives callbacks, for stopping the drain timer from the
+/// command filter (`RM_StopTimer` wants a context of the module that made the timer). Made
+/// at load, freed at unload.
+static MODULE_CTX: AtomicPtr<raw::RedisModuleCtx> = AtomicPtr::new(ptr::null_mut());
+
+/// Makes the module context that [`cancel_drain_timer`] needs (module load).
+pub fn keep_module_context(ctx: &Context) {
+    // SAFETY: `ctx.ctx` is the live context of the module load; the detached context it
+    // returns belongs to this module and is freed in `release_module_context`.
+    let detached = unsafe {
+        raw::RedisModule_GetDetachedThreadSafeContext.map_or(ptr::null_mut(), |f| f(ctx.ctx))
+    };
+    let old = MODULE_CTX.swap(detached, Relaxed);
+    free_context(old);
+}
+
+/// Frees the context of [`keep_module_context`] (module unload).
+pub fn release_module_context() {
+    free_context(MODULE_CTX.swap(ptr::null_mut(), Relaxed));
+}
+
+fn free_context(ctx: *mut raw::RedisModuleCtx) {
+    if ctx.is_null() {
+        return;
+    }
+    // SAFETY: `ctx` came from GetDetachedThreadSafeContext and is freed exactly once, here,
+    // on the main thread.
+    unsafe {
+        if let Some(free) = raw::RedisModule_FreeThreadSafeContext {
+            free(ctx);
+        }
+    }
+}
+
+/// Stops a pending drain timer. `MODULE UNLOAD` runs it first (through the command filter):
+/// during a long catch-up a 0 ms timer is nearly always pending, and the server refuses to
+/// unload a module that holds one. If the unload fails after all, the housekeeping tick
+/// carries the catch-up on.
+pub fn cancel_drain_timer() {
+    let ctx = MODULE_CTX.load(Relaxed);
+    if ctx.is_null() || !TIMER_PENDING.load(Relaxed) {
+        return;
+    }
+    // SAFETY: `ctx` is this module's detached context, alive until unload; the timer, if it
+    // still exists, is this module's and has no data to free.
+    let stopped = unsafe {
+        raw::RedisModule_StopTimer.is_some_and(|stop| {
+            stop(ctx, TIMER_ID.load(Relaxed), ptr::null_mut()) == raw::REDISMODULE_OK as i32
+        })
+    };
+    if stopped {
+        TIMER_PENDING.store(false, Relaxed);
+    }
+}
+
+/// The periodic tick, driven by the cron server event: retries and catch-up on a master,
+/// then fresh backlog and health for everyone. Runs at most every `heatbridge.poll-ms`.
+pub fn housekeeping(ctx: &Context) {
+    let now = crate::clock::mono_ms();
+    let period = config::POLL_MS.load(Relaxed).max(config::MIN_POLL_MS) as u64;
+    let last = LAST_TICK_MS.load(Relaxed);
+    if last != NEVER && now.saturating_sub(last) < period {
+        return;
+    }
+    LAST_TICK_MS.store(now, Relaxed);
+    // Between commands no post-notification job can still be pending; clearing the flag
+    // keeps one lost job from turning live projection into tick-driven projection.
+    JOB_PENDING.store(false, Relaxed);
+    // The tick always reads the group, so changes no event reports are seen within poll-ms.
+    projector::forget_all();
+    if can_write(ctx) && !timer_pending() {
+        run(ctx);
+    }
+    projector::refresh(ctx);
+}
