@@ -5,6 +5,12 @@
 //! a read timeout and a 5 s overall deadline per connection) and fail-open: a port that cannot be bound is logged and
 //! retried while projection goes on. CONFIG SET of bind or a port bumps a generation that
 //! makes the thread rebind; unload stops and joins it, which frees both ports.
+//!
+//! Every socket is shut down (`shutdown(2)`), not only closed, when the exporter lets it go.
+//! A fork child (BGSAVE, AOF rewrite, full sync) holds copies of the descriptors: close drops
+//! only ours, so the old port would stay in LISTEN, and a client stay connected, for as long
+//! as the child lives. Shutdown acts on the socket itself, which both copies share.
+//! Close-on-exec (Rust sets it) does not help: the child never execs.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -46,9 +52,19 @@ struct Running {
 
 static RUNNING: Mutex<Option<Running>> = Mutex::new(None);
 
+/// Set from init's [`start`] to unload's [`stop`], even if the thread could not start: the
+/// module is running then, and its settings are settled (see `config::running`).
+static STARTED: AtomicBool = AtomicBool::new(false);
+
+/// Whether the exporter was started and not stopped since.
+pub fn started() -> bool {
+    STARTED.load(Ordering::SeqCst)
+}
+
 /// Starts the exporter thread (module load). A thread already running is stopped first.
 pub fn start() {
     stop();
+    STARTED.store(true, Ordering::SeqCst);
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let spawned = std::thread::Builder::new()
@@ -64,6 +80,7 @@ pub fn start() {
 
 /// Stops and joins the exporter thread, closing its sockets (module unload).
 pub fn stop() {
+    STARTED.store(false, Ordering::SeqCst);
     let running = RUNNING.lock().unwrap_or_else(|e| e.into_inner()).take();
     if let Some(r) = running {
         r.stop.store(true, Ordering::SeqCst);
@@ -143,10 +160,17 @@ impl Listener {
         p.exporter_status[self.index()] = status;
     }
 
+    /// Stops listening, also in any fork child that inherited the socket.
+    fn close(&mut self) {
+        if let Some(sock) = self.sock.take() {
+            shut_down(sock.as_raw_fd());
+        }
+    }
+
     /// Applies a new wanted address, dropping the socket if it changed.
     fn configure(&mut self, want: Option<SocketAddr>) {
         if want != self.want {
-            self.sock = None;
+            self.close();
             self.want = want;
             self.last_try = None;
             self.last_error = None;
@@ -184,6 +208,23 @@ impl Listener {
             }
         }
         self.publish();
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// `shutdown(fd, SHUT_RDWR)`: ends the socket for every process holding a copy of `fd`.
+/// On a listening socket Linux stops listening, so new connections are refused at once.
+fn shut_down(fd: std::os::fd::RawFd) {
+    // SAFETY: `fd` is an open socket owned by the caller, which closes it right after;
+    // shutdown(2) neither frees nor reuses the descriptor. Its error (ENOTCONN on a socket
+    // the peer already closed) changes nothing for a socket about to be closed.
+    unsafe {
+        libc::shutdown(fd, libc::SHUT_RDWR);
     }
 }
 
@@ -315,6 +356,12 @@ impl Conn {
     }
 }
 
+impl Drop for Conn {
+    fn drop(&mut self) {
+        shut_down(self.stream.as_raw_fd());
+    }
+}
+
 /// Counts a reply by status code.
 fn count(code: u16) {
     crate::metrics::METRICS.count_http(code);
@@ -354,7 +401,7 @@ fn run(stop: &AtomicBool) {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
-    // Sockets close as they drop here, before join returns.
+    // Sockets are shut down and closed as they drop here, before join returns.
 }
 
 /// One poll round: accept, read, write, expire.

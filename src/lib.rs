@@ -179,26 +179,29 @@ redis_module! {
         ["heatbridge.replay", cmd_replay, "write deny-oom admin", 0, 0, 0, "", "admin dangerous write"],
     ],
     configurations: [
+        // Every registered default is a marker no config line can give (config::UNSET...):
+        // init tells settings given by a config line from those to take a module argument
+        // or the real default (config::DEFAULT_*). See the precedence in src/config.rs.
         i64: [
-            ["poll-ms", &config::POLL_MS, config::DEFAULT_POLL_MS, config::MIN_POLL_MS, config::MAX_POLL_MS, ConfigurationFlags::DEFAULT, None],
-            ["batch", &config::BATCH, config::DEFAULT_BATCH, 1, config::MAX_BATCH, ConfigurationFlags::DEFAULT, None],
-            ["ttl-plan-sec", &config::TTL_PLAN_SEC, config::DEFAULT_TTL_PLAN_SEC, 1, config::MAX_TTL_SEC, ConfigurationFlags::DEFAULT, None],
-            ["ttl-symbol-sec", &config::TTL_SYMBOL_SEC, config::DEFAULT_TTL_SYMBOL_SEC, 1, config::MAX_TTL_SEC, ConfigurationFlags::DEFAULT, None],
-            ["dedupe-ttl-sec", &config::DEDUPE_TTL_SEC, config::DEFAULT_DEDUPE_TTL_SEC, 0, config::MAX_TTL_SEC, ConfigurationFlags::DEFAULT, None],
-            ["metrics-port", &config::METRICS_PORT, config::DEFAULT_METRICS_PORT, 0, config::MAX_PORT, ConfigurationFlags::DEFAULT, Some(Box::new(on_exporter_setting))],
-            ["health-port", &config::HEALTH_PORT, config::DEFAULT_HEALTH_PORT, 0, config::MAX_PORT, ConfigurationFlags::DEFAULT, Some(Box::new(on_exporter_setting))],
+            ["poll-ms", &config::POLL_MS, config::UNSET, config::MIN_POLL_MS, config::MAX_POLL_MS, ConfigurationFlags::DEFAULT, None],
+            ["batch", &config::BATCH, config::UNSET, config::MIN_BATCH, config::MAX_BATCH, ConfigurationFlags::DEFAULT, None],
+            ["ttl-plan-sec", &config::TTL_PLAN_SEC, config::UNSET, config::MIN_TTL_SEC, config::MAX_TTL_SEC, ConfigurationFlags::DEFAULT, None],
+            ["ttl-symbol-sec", &config::TTL_SYMBOL_SEC, config::UNSET, config::MIN_TTL_SEC, config::MAX_TTL_SEC, ConfigurationFlags::DEFAULT, None],
+            ["dedupe-ttl-sec", &config::DEDUPE_TTL_SEC, config::UNSET, 0, config::MAX_TTL_SEC, ConfigurationFlags::DEFAULT, None],
+            ["metrics-port", &config::METRICS_PORT, config::UNSET, 0, config::MAX_PORT, ConfigurationFlags::DEFAULT, Some(Box::new(on_exporter_setting))],
+            ["health-port", &config::HEALTH_PORT, config::UNSET, 0, config::MAX_PORT, ConfigurationFlags::DEFAULT, Some(Box::new(on_exporter_setting))],
         ],
         string: [
-            ["stream-in", &config::STREAM_IN, config::DEFAULT_STREAM, ConfigurationFlags::DEFAULT, None],
-            ["group", &config::GROUP, config::DEFAULT_GROUP, ConfigurationFlags::DEFAULT, None],
-            ["consumer", &config::CONSUMER, config::DEFAULT_CONSUMER, ConfigurationFlags::DEFAULT, None],
-            ["bind", &config::BIND, config::DEFAULT_BIND, ConfigurationFlags::DEFAULT, Some(Box::new(on_exporter_setting))],
+            ["stream-in", &config::STREAM_IN, config::UNSET_TEXT, ConfigurationFlags::DEFAULT, None],
+            ["group", &config::GROUP, config::UNSET_TEXT, ConfigurationFlags::DEFAULT, None],
+            ["consumer", &config::CONSUMER, config::UNSET_TEXT, ConfigurationFlags::DEFAULT, None],
+            ["bind", &config::BIND, config::UNSET_TEXT, ConfigurationFlags::DEFAULT, Some(Box::new(on_exporter_setting))],
         ],
-        bool: [
-            ["fast-path", &config::FAST_PATH, true, ConfigurationFlags::DEFAULT, None],
-        ],
+        bool: [],
         enum: [
-            ["log-level", &config::LOG_LEVEL, config::LogLevel::INFO, ConfigurationFlags::DEFAULT, Some(Box::new(on_log_level))],
+            ["fast-path", &config::FAST_PATH, config::SwitchValue::UNSET, ConfigurationFlags::DEFAULT, None],
+            ["log-level", &config::LOG_LEVEL_SETTING, config::LevelValue::UNSET, ConfigurationFlags::DEFAULT,
+                Some(Box::new(|ctx: &ConfigurationContext, name: &str, _: &'static config::LevelSetting| on_log_level(ctx, name, &config::LOG_LEVEL)))],
         ],
         module_args_as_configuration: false,
     ]

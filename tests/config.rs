@@ -1,4 +1,4 @@
-//! The twelve `heatbridge.*` settings on real servers (CONTRACT §2): defaults, the four ways
+//! Every `heatbridge.*` setting on real servers (CONTRACT §2): defaults, the four ways
 //! to give them (loadmodule args, redis.conf lines, `--heatbridge.*` options, CONFIG SET),
 //! validation that keeps the old value, CONFIG REWRITE and a restart.
 
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 const BY_PLAN: &str = "quantum:harvest:heat:by_plan:";
 
 /// Every setting with its CONTRACT default.
-const DEFAULTS: [(&str, &str); 12] = [
+const DEFAULTS: [(&str, &str); 13] = [
     (
         "heatbridge.stream-in",
         "quantum:stream:harvest.heat.decision",
@@ -28,6 +28,7 @@ const DEFAULTS: [(&str, &str); 12] = [
     ("heatbridge.health-port", "8071"),
     ("heatbridge.bind", "127.0.0.1"),
     ("heatbridge.log-level", "INFO"),
+    ("heatbridge.fast-path", "yes"),
 ];
 
 /// A server started from a config file (`server conf`), as CONFIG REWRITE needs; killed on
@@ -173,6 +174,15 @@ fn projected_ttl(c: &mut Connection, stream: &str, plan_id: &str) -> i64 {
     ttl(c, &key)
 }
 
+/// Whether MODULE LIST names heatbridge (Redis 8.2 always lists vectorset too).
+fn heatbridge_loaded(c: &mut Connection) -> bool {
+    let list: redis::Value = redis::cmd("MODULE")
+        .arg("LIST")
+        .query(c)
+        .expect("MODULE LIST");
+    format!("{list:?}").contains("heatbridge")
+}
+
 fn module_load(c: &mut Connection, args: &[&str]) -> Result<(), String> {
     let mut cmd = redis::cmd("MODULE");
     cmd.arg("LOAD").arg(module_path().display().to_string());
@@ -183,7 +193,7 @@ fn module_load(c: &mut Connection, args: &[&str]) -> Result<(), String> {
 }
 
 #[test]
-fn twelve_settings_with_contract_defaults_when_loaded_without_args() {
+fn every_setting_with_contract_defaults_when_loaded_without_args() {
     for_each_flavor(|flavor| {
         let s = Options::new(flavor).without_module().start();
         let mut c = s.conn();
@@ -269,12 +279,7 @@ fn invalid_module_load_args_refuse_the_load() {
             all.extend_from_slice(args);
             let r = module_load(&mut c, &all);
             assert!(r.is_err(), "{args:?} loaded");
-            // Redis 8 lists its built-in modules too: HeatBridge must not be among them.
-            let list: redis::Value = redis::cmd("MODULE").arg("LIST").query(&mut c).unwrap();
-            assert!(
-                !format!("{list:?}").contains("heatbridge"),
-                "{args:?}: module left loaded: {list:?}"
-            );
+            assert!(!heatbridge_loaded(&mut c), "{args:?}: module left loaded");
         }
         // The server is fine and a good load still works.
         module_load(&mut c, &["metrics-port", "0", "health-port", "0"]).unwrap();
@@ -659,5 +664,213 @@ fn config_rewrite_persists_and_a_restart_picks_it_up() {
         assert_eq!(config_get(&mut c, "heatbridge.ttl-plan-sec"), "99");
         let t = projected_ttl(&mut c, "rewritten:stream", "rw1");
         assert!((94..=99).contains(&t), "TTL {t}");
+    });
+}
+
+/// CONFIG SET of several settings in one command.
+fn config_set_many(c: &mut Connection, pairs: &[(&str, &str)]) -> Result<(), String> {
+    let mut cmd = redis::cmd("CONFIG");
+    cmd.arg("SET");
+    for (k, v) in pairs {
+        cmd.arg(*k).arg(*v);
+    }
+    cmd.query::<()>(c).map_err(|e| e.to_string())
+}
+
+fn config_rewrite(c: &mut Connection) {
+    redis::cmd("CONFIG")
+        .arg("REWRITE")
+        .query::<()>(c)
+        .expect("CONFIG REWRITE");
+}
+
+// Before the marker defaults, the server skipped the setter for a line equal to the current
+// value (the default), so init could not tell the line from no line and the argument won.
+#[test]
+fn a_config_line_equal_to_the_default_wins_over_a_module_argument() {
+    for_each_flavor(|flavor| {
+        let s = ConfServer::start(
+            flavor,
+            &[
+                loadmodule_line("batch 20 group arg_group log-level DEBUG ttl-plan-sec 60"),
+                "heatbridge.batch 10".into(),
+                "heatbridge.group heat_bridge".into(),
+                "heatbridge.log-level INFO".into(),
+            ],
+        );
+        let mut c = s.conn();
+        assert_eq!(config_get(&mut c, "heatbridge.batch"), "10");
+        assert_eq!(config_get(&mut c, "heatbridge.group"), "heat_bridge");
+        assert_eq!(config_get(&mut c, "heatbridge.log-level"), "INFO");
+        // No line for it: the argument applies.
+        assert_eq!(config_get(&mut c, "heatbridge.ttl-plan-sec"), "60");
+        assert!(
+            s.log()
+                .contains("heatbridge.batch: the config line wins over the loadmodule argument"),
+            "{}",
+            s.log()
+        );
+
+        // The same from the command line.
+        let s = Options::new(flavor)
+            .without_exporter()
+            .module_arg("batch", "20")
+            .module_arg("dedupe-ttl-sec", "7")
+            .arg("--heatbridge.batch", "10")
+            .start();
+        let mut c = s.conn();
+        assert_eq!(config_get(&mut c, "heatbridge.batch"), "10");
+        assert_eq!(config_get(&mut c, "heatbridge.dedupe-ttl-sec"), "7");
+    });
+}
+
+// CONFIG REWRITE omitted a value equal to the registered default, so `batch 10` was not
+// written and the restart came back with the argument, 20.
+#[test]
+fn config_set_to_the_default_survives_rewrite_and_restart_over_an_argument() {
+    for_each_flavor(|flavor| {
+        let mut s = ConfServer::start(flavor, &[loadmodule_line("batch 20 poll-ms 250")]);
+        let mut c = s.conn();
+        assert_eq!(config_get(&mut c, "heatbridge.batch"), "20");
+        config_set(&mut c, "heatbridge.batch", "10").unwrap();
+        config_rewrite(&mut c);
+        assert_eq!(
+            conf_value(&s.conf(), "heatbridge.batch").as_deref(),
+            Some("10")
+        );
+        drop(c);
+        s.restart();
+        let mut c = s.conn();
+        assert_eq!(config_get(&mut c, "heatbridge.batch"), "10");
+        // The rewrite wrote the argument's value too: it is a config line now.
+        assert_eq!(config_get(&mut c, "heatbridge.poll-ms"), "250");
+    });
+}
+
+#[test]
+fn config_rewrite_writes_every_setting_and_a_restart_round_trips_them() {
+    for_each_flavor(|flavor| {
+        let mut s = ConfServer::start(flavor, &[loadmodule_line("consumer arg_consumer")]);
+        let mut c = s.conn();
+        let before = all_settings(&mut c);
+        config_rewrite(&mut c);
+        let conf = s.conf();
+        for (name, value) in &before {
+            assert_eq!(
+                conf_value(&conf, name).as_deref(),
+                Some(value.as_str()),
+                "{name} in\n{conf}"
+            );
+        }
+        drop(c);
+        s.restart();
+        let mut c = s.conn();
+        assert_eq!(all_settings(&mut c), before);
+    });
+}
+
+#[test]
+fn a_reload_forgets_the_previous_arguments() {
+    for_each_flavor(|flavor| {
+        let s = Options::new(flavor).without_module().start();
+        let mut c = s.conn();
+        let off = ["metrics-port", "0", "health-port", "0"];
+        let mut args = off.to_vec();
+        args.extend([
+            "batch",
+            "20",
+            "stream-in",
+            "other:stream",
+            "log-level",
+            "ERROR",
+        ]);
+        module_load(&mut c, &args).unwrap();
+        config_set(&mut c, "heatbridge.ttl-plan-sec", "99").unwrap();
+        let _: () = redis::cmd("MODULE")
+            .arg("UNLOAD")
+            .arg("heatbridge")
+            .query(&mut c)
+            .unwrap();
+        module_load(&mut c, &off).unwrap();
+        assert_eq!(config_get(&mut c, "heatbridge.batch"), "10");
+        assert_eq!(config_get(&mut c, "heatbridge.stream-in"), STREAM);
+        assert_eq!(config_get(&mut c, "heatbridge.log-level"), "INFO");
+        assert_eq!(config_get(&mut c, "heatbridge.ttl-plan-sec"), "1800");
+    });
+}
+
+// metrics-port equal to health-port was accepted, and one endpoint retried forever.
+#[test]
+fn the_two_endpoints_never_share_a_port() {
+    for_each_flavor(|flavor| {
+        let s = Server::new(flavor);
+        let mut c = s.conn();
+        let (m, h) = (s.metrics_port.to_string(), s.health_port.to_string());
+        let e = config_set(&mut c, "heatbridge.metrics-port", &h).unwrap_err();
+        assert!(e.contains("different ports"), "{e}");
+        let e = config_set(&mut c, "heatbridge.health-port", &m).unwrap_err();
+        assert!(e.contains("different ports"), "{e}");
+        assert_eq!(config_get(&mut c, "heatbridge.metrics-port"), m);
+        assert_eq!(config_get(&mut c, "heatbridge.health-port"), h);
+        // A swap in one CONFIG SET: the server sets the values in order, each is checked
+        // as it is set, and one refusal rolls the whole command back.
+        assert!(config_set_many(
+            &mut c,
+            &[
+                ("heatbridge.metrics-port", &h),
+                ("heatbridge.health-port", &m)
+            ]
+        )
+        .is_err());
+        assert_eq!(config_get(&mut c, "heatbridge.metrics-port"), m);
+        assert_eq!(config_get(&mut c, "heatbridge.health-port"), h);
+        // In an order where each step is valid, it goes through (the servers refuse one
+        // name twice in a command, hence two commands).
+        config_set_many(
+            &mut c,
+            &[
+                ("heatbridge.metrics-port", "0"),
+                ("heatbridge.health-port", &m),
+            ],
+        )
+        .expect("metrics off, health to the old metrics port");
+        config_set(&mut c, "heatbridge.metrics-port", &h).expect("metrics to the old health port");
+        assert_eq!(config_get(&mut c, "heatbridge.metrics-port"), h);
+        assert_eq!(config_get(&mut c, "heatbridge.health-port"), m);
+        // Both off is fine.
+        config_set(&mut c, "heatbridge.metrics-port", "0").unwrap();
+        config_set(&mut c, "heatbridge.health-port", "0").unwrap();
+
+        // At load: arguments, config lines, or one of each.
+        let _: () = redis::cmd("MODULE")
+            .arg("UNLOAD")
+            .arg("heatbridge")
+            .query(&mut c)
+            .unwrap();
+        let p = free_port().to_string();
+        assert!(module_load(&mut c, &["metrics-port", &p, "health-port", &p]).is_err());
+        assert!(!heatbridge_loaded(&mut c));
+        assert!(s.log().contains("the endpoints need different ports"));
+        module_load(&mut c, &["metrics-port", &p, "health-port", "0"]).expect("load");
+
+        let log = refused_at_start(
+            flavor,
+            &[
+                format!("loadmodule {} metrics-port {p}", module_path().display()),
+                format!("heatbridge.health-port {p}"),
+            ],
+            &[],
+        );
+        assert!(log.contains("the endpoints need different ports"), "{log}");
+        refused_at_start(
+            flavor,
+            &[format!("loadmodule {}", module_path().display())],
+            &[
+                "--heatbridge.metrics-port",
+                &p,
+                "--heatbridge.health-port",
+                &p,
+            ],
+        );
     });
 }

@@ -821,3 +821,110 @@ fn alert_rules_and_scrape_config_pass_promtool() {
         assert!(rules.contains(&format!("alert: {name}")), "{name} missing");
     }
 }
+
+/// The pids whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| {
+            // /proc/<pid>/stat: "pid (comm) state ppid ..."; comm may hold spaces.
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                == Some(pid)
+        })
+        .collect()
+}
+
+/// A fork child of the server, SIGKILLed on drop so that it never outlives the test.
+struct ForkChild(u32);
+
+impl ForkChild {
+    fn alive(&self) -> bool {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.0)).unwrap_or_default();
+        // A zombie (Z) has exited already.
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.split_whitespace().next() != Some("Z"))
+    }
+}
+
+impl Drop for ForkChild {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-9")
+            .arg(self.0.to_string())
+            .status();
+    }
+}
+
+// A fork child holds copies of the exporter's sockets. Without shutdown(2) before close, the
+// old port stayed in LISTEN (connections queued, never answered) and a client stayed
+// connected, until the child exited: with rdb-key-save-delay, as long as the test likes.
+#[test]
+fn a_fork_child_keeps_no_exporter_socket_alive() {
+    for_each_flavor(|flavor| {
+        // 1 s per key: the BGSAVE child lives about 20 s unless killed.
+        let s = Options::new(flavor)
+            .arg("--rdb-key-save-delay", "1000000")
+            .start();
+        let mut c = s.conn();
+        for i in 0..20 {
+            let _: () = redis::cmd("SET")
+                .arg(format!("k{i}"))
+                .arg(i)
+                .query(&mut c)
+                .expect("SET");
+        }
+        wait_for(10, "endpoints up", || {
+            answers(s.metrics_port, "/metrics") && answers(s.health_port, "/health")
+        });
+        // A silent client, accepted before the fork, so the child inherits its socket.
+        let mut silent = TcpStream::connect(local(s.health_port)).expect("connect");
+        std::thread::sleep(Duration::from_millis(300));
+
+        let server_pid = pid(&mut c);
+        let _: String = redis::cmd("BGSAVE").query(&mut c).expect("BGSAVE");
+        let mut forked = Vec::new();
+        wait_for(10, "the BGSAVE child", || {
+            forked = children_of(server_pid);
+            !forked.is_empty()
+        });
+        let children: Vec<ForkChild> = forked.into_iter().map(ForkChild).collect();
+
+        let m2 = free_port();
+        config_set(&mut c, "heatbridge.metrics-port", &m2.to_string()).expect("set");
+        wait_for(10, "the new port answers", || answers(m2, "/metrics"));
+        // The thread lets the old socket go before it binds the new one.
+        assert!(
+            refused(local(s.metrics_port)),
+            "the old metrics port still listens in the fork child"
+        );
+
+        let _: () = redis::cmd("MODULE")
+            .arg("UNLOAD")
+            .arg("heatbridge")
+            .query(&mut c)
+            .expect("MODULE UNLOAD");
+        assert!(refused(local(m2)), "metrics port still listens");
+        assert!(refused(local(s.health_port)), "health port still listens");
+        silent
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .expect("timeout");
+        let mut buf = [0u8; 64];
+        assert!(
+            matches!(silent.read(&mut buf), Ok(0)),
+            "the client of the unloaded exporter is still connected"
+        );
+        // All of the above happened while the child held its copies.
+        assert!(
+            children.iter().any(ForkChild::alive),
+            "the BGSAVE child ended too early for the test to mean anything"
+        );
+        assert_eq!(
+            info_field(&mut c, "persistence", "rdb_bgsave_in_progress").as_deref(),
+            Some("1")
+        );
+    });
+}

@@ -250,7 +250,9 @@ impl Server {
         self.dir.path()
     }
 
-    /// The module arguments including the exporter ports.
+    /// The module arguments including the exporter ports, and `fast-path` when the
+    /// environment sets `HEATBRIDGE_FAST_PATH` (scripts/test.sh runs the projection suites
+    /// with it off too).
     pub fn module_args(&self) -> Vec<String> {
         let mut a = vec![
             "metrics-port".to_string(),
@@ -258,6 +260,9 @@ impl Server {
             "health-port".to_string(),
             self.health_port.to_string(),
         ];
+        if let Ok(v) = std::env::var("HEATBRIDGE_FAST_PATH") {
+            a.extend(["fast-path".to_string(), v]);
+        }
         a.extend(self.opts.module_args.iter().cloned());
         a
     }
