@@ -715,6 +715,10 @@ def main():
     tmp = tempfile.mkdtemp(prefix="heatbench-")
     out_path = os.environ.get("BENCH_OUT") or os.path.join(tmp, "results.json")
     started = time.time()
+    unknown = [r for r in ROWS if r not in DESIGNS]
+    if unknown:
+        sys.exit(f"BENCH_ROWS: no row {', '.join(unknown)} (rows: {', '.join(DESIGNS)};"
+                 " heatbridge-base needs HB_SO_BASE, heatbridge-nofast BENCH_FASTPATH_OFF=1)")
     if HB_SO_BASE and not os.path.exists(HB_SO_BASE):
         sys.exit(f"base module not found: {HB_SO_BASE}")
     results = {"n": N, "catchup_n": CATCHUP_N, "probe_n": PROBE_N, "module": HB_SO,
