@@ -623,10 +623,18 @@ struct World {
     model: Model,
     log: VecDeque<String>,
     ops: u64,
-    counts: BTreeMap<&'static str, u64>,
+    /// Ops run and time spent, by kind.
+    counts: BTreeMap<&'static str, (u64, Duration)>,
     /// Op kinds drawn but not run (`CHAOS_SKIP=pause,failover`), to find which kind a
     /// failure needs while the rest of the sequence stays the same.
     skip: Vec<String>,
+    /// Whether an op set the group's read counter (ENTRIESREAD) to a value of its choosing,
+    /// which Redis keeps counting from: XINFO's lag is then off for good.
+    tampered_counter: bool,
+    /// The state of the group when quiescing ended, for the summary and failures.
+    quiet_note: String,
+    /// Print every op as it runs (`CHAOS_VERBOSE=1`).
+    verbose: bool,
 }
 
 impl World {
@@ -651,6 +659,9 @@ impl World {
                 .map(|k| k.trim().to_string())
                 .filter(|k| !k.is_empty())
                 .collect(),
+            tampered_counter: false,
+            quiet_note: String::new(),
+            verbose: env_u64("CHAOS_VERBOSE").is_some_and(|v| v > 0),
         };
         w.attach();
         w
@@ -760,8 +771,9 @@ impl World {
 
     /// Finds out who is master after a failover or a role change: waits (a few seconds at
     /// most) for a failover in progress to end.
-    fn settle_roles(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(8);
+    fn settle_roles(&mut self) -> String {
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(8);
         loop {
             let busy = (0..2).any(|i| {
                 self.info_field(i, "master_failover_state")
@@ -782,6 +794,7 @@ impl World {
             };
             let (s0, s1) = (slave_of(0), slave_of(1));
             let before = self.master;
+            let mut how = "settled";
             if !busy && s1 && !s0 {
                 self.master = 0;
                 self.attached = true;
@@ -799,12 +812,18 @@ impl World {
                 let _ = self.admin(m, &cmd(&["FAILOVER", "ABORT"]));
                 let _ = self.admin(m, &cmd(&["REPLICAOF", "NO", "ONE"]));
                 self.attached = false;
+                how = "stuck, old master taken back";
             }
             if before != self.master {
                 self.drop_conns();
             }
             self.conns[3] = None;
-            return;
+            return format!(
+                "{how} in {} ms (roles {roles:?}, busy {busy}): master={} attached={}",
+                started.elapsed().as_millis(),
+                self.master,
+                self.attached
+            );
         }
     }
 
@@ -1150,7 +1169,7 @@ impl World {
     /// Runs one op and checks that both servers survived it.
     fn apply(&mut self, op: Op) {
         self.ops += 1;
-        *self.counts.entry(op.kind()).or_default() += 1;
+        let started = Instant::now();
         let line = format!("#{} {}", self.ops, op.describe());
         if self.log.len() == LOG_OPS {
             self.log.pop_front();
@@ -1162,6 +1181,13 @@ impl World {
             }
             return;
         }
+        self.tampered_counter |= matches!(
+            op,
+            Op::SetId {
+                entries_read: Some(_),
+                ..
+            }
+        );
         let outcome = match op.commands(self) {
             Some(cmds) => {
                 let replies = self.send(&cmds);
@@ -1176,6 +1202,14 @@ impl World {
             last.push_str(" -> ");
             last.push_str(&outcome);
         }
+        if self.verbose {
+            if let Some(last) = self.log.back() {
+                eprintln!("{last}");
+            }
+        }
+        let count = self.counts.entry(op.kind()).or_default();
+        count.0 += 1;
+        count.1 += started.elapsed();
         self.check_alive(&op);
     }
 
@@ -1212,12 +1246,13 @@ impl World {
             }
             Op::Failover { abort } => {
                 let m = self.master;
-                let out = self.admin(m, &cmd(&["FAILOVER", "TIMEOUT", "3000"]));
+                let timeout = self.rng.range(500, 2000).to_string();
+                let out = self.admin(m, &cmd(&["FAILOVER", "TIMEOUT", &timeout]));
                 if *abort {
                     let _ = self.admin(m, &cmd(&["FAILOVER", "ABORT"]));
                 }
-                self.settle_roles();
-                format!("{out:?} master={}", self.master)
+                let settled = self.settle_roles();
+                format!("{out:?}; {settled}")
             }
             _ => "?".into(),
         }
@@ -1239,7 +1274,7 @@ impl World {
     fn report(&mut self, why: &str) -> String {
         let mut s = format!(
             "CHAOS FAILURE on {:?}, seed={} (replay: CHAOS_SEED={} CHAOS_OPS={} HEATBRIDGE_FLAVORS={}): {why}\n\
-             master=server {} attached={}\n--- last {} ops:\n",
+             master=server {} attached={} quiesce: {}\n--- last {} ops:\n",
             self.flavor,
             self.seed,
             self.seed,
@@ -1247,6 +1282,7 @@ impl World {
             self.flavor.name(),
             self.master,
             self.attached,
+            self.quiet_note,
             self.log.len()
         );
         for l in &self.log {
@@ -1324,8 +1360,9 @@ fn summarize(replies: &[Result<Value, String>]) -> String {
 /// One server's summary line.
 struct Summary {
     ops: u64,
-    counts: BTreeMap<&'static str, u64>,
+    counts: BTreeMap<&'static str, (u64, Duration)>,
     secs: f64,
+    phases: String,
 }
 
 /// Chaos for `secs` seconds (or `CHAOS_OPS` ops), then the quiet period and the invariants.
@@ -1345,12 +1382,21 @@ fn run(flavor: Flavor, seed: u64, secs: u64) -> Summary {
         let op = w.pick();
         w.apply(op);
     }
+    let chaos_done = Instant::now();
     quiesce(&mut w);
+    let quiet = Instant::now();
     check_invariants(&mut w);
     Summary {
         ops: w.ops,
         counts: std::mem::take(&mut w.counts),
         secs: started.elapsed().as_secs_f64(),
+        phases: format!(
+            "chaos {:.1}s, quiesce {:.1}s ({}), invariants {:.1}s",
+            (chaos_done - started).as_secs_f64(),
+            (quiet - chaos_done).as_secs_f64(),
+            w.quiet_note,
+            quiet.elapsed().as_secs_f64()
+        ),
     }
 }
 
@@ -1465,20 +1511,76 @@ fn quiesce(w: &mut World) {
     }
     // Best effort here: the invariants below assert the drain after the burst.
     let mut c = w.servers[m].conn();
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let waited = Instant::now();
+    let deadline = waited + Duration::from_secs(8);
     while Instant::now() < deadline && !drained(&mut c) {
         std::thread::sleep(Duration::from_millis(50));
     }
+    w.quiet_note = if drained(&mut c) {
+        format!(
+            "drained {} ms after quiescing",
+            waited.elapsed().as_millis()
+        )
+    } else {
+        format!(
+            "not drained before the burst: lag {:?} pending {:?} last-delivered-id {:?} \
+             last-generated-id {:?}",
+            group_field(&mut c, STREAM, GROUP, "lag"),
+            group_field(&mut c, STREAM, GROUP, "pending"),
+            group_field(&mut c, STREAM, GROUP, "last-delivered-id"),
+            stream_field(&mut c, STREAM, "last-generated-id")
+        )
+    };
+    // A read counter the chaos set stays wrong, and so does the lag Redis derives from it.
+    // Once the group has read everything, the right count is the stream's entries-added.
+    if w.tampered_counter && exists(&mut c, STREAM) {
+        let delivered = group_field(&mut c, STREAM, GROUP, "last-delivered-id");
+        let pending = group_field(&mut c, STREAM, GROUP, "pending");
+        let generated = stream_field(&mut c, STREAM, "last-generated-id");
+        let added = stream_field(&mut c, STREAM, "entries-added");
+        if let (Some(id), Some(added)) = (&delivered, &added) {
+            if pending.as_deref() == Some("0") && delivered == generated {
+                let _ = w.admin(
+                    m,
+                    &cmd(&["XGROUP", "SETID", STREAM, GROUP, id, "ENTRIESREAD", added]),
+                );
+            }
+        }
+    }
 }
 
-/// No backlog on the default stream (lag 0, nothing pending), or no stream at all.
+/// A field of XINFO STREAM.
+fn stream_field(c: &mut Connection, stream: &str, field: &str) -> Option<String> {
+    let v: Vec<Value> = redis::cmd("XINFO")
+        .arg("STREAM")
+        .arg(stream)
+        .query(c)
+        .ok()?;
+    v.chunks(2).find_map(|kv| match kv {
+        [Value::BulkString(k), v] if k == field.as_bytes() => match v {
+            Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+            Value::SimpleString(s) => Some(s.clone()),
+            Value::Int(i) => Some(i.to_string()),
+            _ => None,
+        },
+        _ => None,
+    })
+}
+
+/// No backlog on the default stream, or no stream at all: lag 0, nothing pending, and the
+/// group's cursor at the stream's last ID (the lag alone trusts a counter that operators
+/// can set).
 fn drained(c: &mut Connection) -> bool {
     if !exists(c, STREAM) {
         return true;
     }
     let lag = group_field(c, STREAM, GROUP, "lag");
     let pending = group_field(c, STREAM, GROUP, "pending");
-    lag.as_deref() == Some("0") && pending.as_deref() == Some("0")
+    let delivered = group_field(c, STREAM, GROUP, "last-delivered-id");
+    lag.as_deref() == Some("0")
+        && pending.as_deref() == Some("0")
+        && delivered.is_some()
+        && delivered == stream_field(c, STREAM, "last-generated-id")
 }
 
 fn check(w: &mut World, ok: bool, what: impl FnOnce() -> String) {
@@ -1585,8 +1687,13 @@ fn check_projected(w: &mut World, c: &mut Connection, entries: &[(String, Fields
     let ok = eventually(10, || drained(c));
     let lag = group_field(c, STREAM, GROUP, "lag");
     let pending = group_field(c, STREAM, GROUP, "pending");
+    let delivered = group_field(c, STREAM, GROUP, "last-delivered-id");
+    let generated = stream_field(c, STREAM, "last-generated-id");
     check(w, ok, || {
-        format!("group {GROUP} not drained in 10 s: lag {lag:?}, pending {pending:?}")
+        format!(
+            "group {GROUP} not drained in 10 s: lag {lag:?}, pending {pending:?}, \
+             last-delivered-id {delivered:?}, stream's last-generated-id {generated:?}"
+        )
     });
     let mut status = String::new();
     let ok = eventually(5, || {
@@ -1764,11 +1871,16 @@ fn chaos() {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(flavor, seed, secs)));
         match outcome {
             Ok(s) => {
-                let kinds: Vec<String> = s.counts.iter().map(|(k, n)| format!("{k}={n}")).collect();
+                let kinds: Vec<String> = s
+                    .counts
+                    .iter()
+                    .map(|(k, (n, t))| format!("{k}={n}/{}ms", t.as_millis()))
+                    .collect();
                 eprintln!(
-                    "chaos {flavor:?}: seed={seed} ops={} in {:.1}s: {}",
+                    "chaos {flavor:?}: seed={seed} ops={} in {:.1}s ({}): {}",
                     s.ops,
                     s.secs,
+                    s.phases,
                     kinds.join(" ")
                 );
             }
