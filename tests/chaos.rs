@@ -235,6 +235,7 @@ enum Op {
     RestartReplica,
     Failover {
         abort: bool,
+        timeout_ms: u64,
     },
     Replay {
         from: Option<String>,
@@ -1116,8 +1117,10 @@ impl World {
             0..=3 => Op::Attach,
             4 | 5 => Op::Detach,
             6 => Op::RestartReplica,
-            7 | 8 => Op::Failover { abort: false },
-            _ => Op::Failover { abort: true },
+            n => Op::Failover {
+                abort: n == 9,
+                timeout_ms: self.rng.range(500, 2000),
+            },
         }
     }
 
@@ -1244,9 +1247,9 @@ impl World {
                 self.conns[3] = None;
                 "restarted".into()
             }
-            Op::Failover { abort } => {
+            Op::Failover { abort, timeout_ms } => {
                 let m = self.master;
-                let timeout = self.rng.range(500, 2000).to_string();
+                let timeout = timeout_ms.to_string();
                 let out = self.admin(m, &cmd(&["FAILOVER", "TIMEOUT", &timeout]));
                 if *abort {
                     let _ = self.admin(m, &cmd(&["FAILOVER", "ABORT"]));
