@@ -1,26 +1,33 @@
-//! Seeded chaos: producers and operators hammer a master (with the module) and a replica
-//! with a random mix of commands; the servers must stay alive, and after a quiet period
-//! every fresh decision must be projected, the replica must mirror the master, and an AOF
-//! restart must carry on.
+//! Seeded chaos: a producer, an operator and a rival reader hammer a master (with the
+//! module) and its replica with a random mix of commands. The servers must stay alive and
+//! keep answering; after a quiet period every fresh decision must be projected whole, the
+//! replica must mirror the master, and a kill -9 and AOF restart must carry on.
 //!
-//! The seed is printed at the start and in every failure. Replay one, or run a soak:
+//! The seed is printed at the start, in every failure and in each server's summary line.
+//! Replay a run, narrow it, or soak:
 //!
 //! ```text
 //! CHAOS_SEED=1234 cargo test --release --test chaos -- --nocapture
-//! CHAOS_SEED=1234 CHAOS_SECS=600 cargo test --release --test chaos -- --nocapture
 //! CHAOS_SEED=1234 CHAOS_OPS=5230 HEATBRIDGE_FLAVORS=redis cargo test --release --test chaos -- --nocapture
+//! CHAOS_SEED=1234 CHAOS_SECS=600 cargo test --release --test chaos -- --nocapture
 //! ```
 //!
-//! `CHAOS_SECS` is the chaos time per server (default 45); `CHAOS_OPS`, when set, runs that
-//! many operations instead, so a failure's op count replays the same sequence.
-//! `CHAOS_SKIP=pause,failover` draws those kinds of op (by the names in the summary) but does
-//! not run them, to find which ones a failure needs. The sequence
-//! is a function of the seed alone; only the timing between the server's own timers and the
-//! commands varies from run to run.
+//! - `CHAOS_SECS`: chaos time per server (default 40; each server then needs about 10-15 s
+//!   more to quiesce and check).
+//! - `CHAOS_OPS`: run exactly that many ops instead; a failure prints the count to pass.
+//! - `CHAOS_SKIP=pause,failover`: draw those kinds of op (named as in the summary) but do
+//!   not run them, so the rest of the sequence stays the same: it shows which kinds a
+//!   failure needs.
+//! - `CHAOS_VERBOSE=1`: print every op and its outcome as it runs.
+//!
+//! The op sequence is a function of the seed alone (the same on every server); what varies
+//! between runs is the timing of the server's own timers against the commands, so a crash
+//! may need a few replays. Ops that pair two clients send both commands before reading
+//! either reply, so the server handles them in one event-loop turn.
 //!
 //! Commands are refused all the time here (wrong type, paused, READONLY, no such group...):
-//! that is fine. What fails the test is a server process that dies or stops answering, or
-//! a broken invariant after the quiet period.
+//! that is fine. What fails the test is a server that dies or stops answering, or a broken
+//! invariant after the quiet period.
 
 mod common;
 use common::*;
@@ -1865,7 +1872,7 @@ fn check_invariants(w: &mut World) {
 #[test]
 fn chaos() {
     let seed = seed();
-    let secs = env_u64("CHAOS_SECS").unwrap_or(45);
+    let secs = env_u64("CHAOS_SECS").unwrap_or(40);
     eprintln!("chaos: seed={seed} secs={secs} (replay: CHAOS_SEED={seed})");
     let failed = std::cell::RefCell::new(Vec::new());
     for_each_flavor(|flavor| {
