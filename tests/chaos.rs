@@ -1133,10 +1133,11 @@ impl World {
 
     fn pick_read(&mut self) -> Op {
         let replica = self.rng.chance(25);
-        let (name, arg) = match self.rng.below(4) {
+        let (name, arg) = match self.rng.below(5) {
             0 => ("HEATBRIDGE.GET", self.model.some_plan(&mut self.rng)),
             1 => ("HEATBRIDGE.LATEST", self.rng.pick(&SYMBOLS).to_string()),
             2 => ("HEATBRIDGE.HEALTH", String::new()),
+            3 => ("INFO", "heatbridge".to_string()),
             _ => ("HEATBRIDGE.METRICS", String::new()),
         };
         Op::Read {
@@ -1317,7 +1318,14 @@ fn log_excerpt(log: &str) -> String {
     let lines: Vec<&str> = log.lines().collect();
     let report = lines.iter().position(|l| l.contains("BUG REPORT START"));
     let range = match report {
-        Some(at) => at.saturating_sub(20)..(at + 12).min(lines.len()),
+        Some(at) => {
+            // Through the main thread's first frames: where the server was when it died.
+            let trace = lines[at..]
+                .iter()
+                .position(|l| l.contains("STACK TRACE"))
+                .map_or(at, |t| at + t);
+            at.saturating_sub(20)..(trace + 14).min(lines.len())
+        }
         None => lines.len().saturating_sub(30)..lines.len(),
     };
     let mut out = lines[range].join("\n");
@@ -1401,13 +1409,25 @@ fn run(flavor: Flavor, seed: u64, secs: u64) -> Summary {
         counts: std::mem::take(&mut w.counts),
         secs: started.elapsed().as_secs_f64(),
         phases: format!(
-            "chaos {:.1}s, quiesce {:.1}s ({}), invariants {:.1}s",
+            "chaos {:.1}s, quiesce {:.1}s ({}), invariants {:.1}s; contained internal \
+             errors logged: {}",
             (chaos_done - started).as_secs_f64(),
             (quiet - chaos_done).as_secs_f64(),
             w.quiet_note,
-            quiet.elapsed().as_secs_f64()
+            quiet.elapsed().as_secs_f64(),
+            internal_errors(&w)
         ),
     }
+}
+
+/// How often each server logged an internal error the module contained: not a failure (the
+/// server lives on), but each one is a bug to look at.
+fn internal_errors(w: &World) -> String {
+    w.servers
+        .iter()
+        .map(|s| s.log().matches("internal error").count().to_string())
+        .collect::<Vec<_>>()
+        .join("+")
 }
 
 /// Default-ish settings that quiescing restores: the contract's defaults, except a faster
