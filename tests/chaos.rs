@@ -1328,16 +1328,18 @@ fn log_excerpt(log: &str) -> String {
         }
         None => lines.len().saturating_sub(30)..lines.len(),
     };
-    let mut out = lines[range].join("\n");
-    if report.is_some() {
-        let frames: Vec<&str> = lines
+    let mut out = lines[range.clone()].join("\n");
+    if let Some(at) = report {
+        // Redis 8 and Valkey list every thread; the main thread's name ends in " *".
+        let main = lines[at..]
             .iter()
-            .filter(|l| l.contains("libheatbridge") && l.contains('('))
-            .take(12)
-            .copied()
-            .collect();
-        out.push_str("\n... module frames:\n");
-        out.push_str(&frames.join("\n"));
+            .position(|l| l.ends_with(" *") && l.contains("-server"))
+            .map(|m| at + m)
+            .filter(|m| !range.contains(m));
+        if let Some(m) = main {
+            out.push_str("\n... main thread:\n");
+            out.push_str(&lines[m..(m + 14).min(lines.len())].join("\n"));
+        }
     }
     out
 }
