@@ -708,22 +708,32 @@ impl World {
     /// Sends every command, then reads the replies in the same order: one round trip per
     /// client, so the server sees them together. Returns each reply, or its error text.
     fn send(&mut self, cmds: &[(Who, redis::Cmd)]) -> Vec<Result<Value, String>> {
+        // A connection dropped halfway takes the replies still owed on it along: they must
+        // not be read from its replacement. `generation` tells the two apart.
+        let mut generation = [0u32; 4];
+        let slot_of = |who: &Who| WHO.iter().position(|w| w == who).unwrap_or(0);
         let mut sent = Vec::with_capacity(cmds.len());
         for (who, c) in cmds {
+            let slot = slot_of(who);
             let packed = c.get_packed_command();
             let ok = match self.conn(*who) {
                 Some(conn) => conn.send_packed_command(&packed).is_ok(),
                 None => false,
             };
-            sent.push(ok);
+            if !ok {
+                self.conns[slot] = None;
+                generation[slot] += 1;
+            }
+            sent.push(ok.then_some(generation[slot]));
         }
         let mut out = Vec::with_capacity(cmds.len());
-        for ((who, _), ok) in cmds.iter().zip(sent) {
-            if !ok {
-                out.push(Err("not sent".to_string()));
+        for ((who, _), sent_in) in cmds.iter().zip(sent) {
+            let slot = slot_of(who);
+            if sent_in != Some(generation[slot]) {
+                out.push(Err("not sent, or its connection was lost".to_string()));
                 continue;
             }
-            let reply = match self.conn(*who) {
+            let reply = match self.conns[slot].as_mut() {
                 Some(conn) => conn.recv_response(),
                 None => {
                     out.push(Err("no connection".into()));
@@ -736,8 +746,8 @@ impl World {
                     "{who:?} got no reply within {REPLY_TIMEOUT:?}: the server hangs"
                 )),
                 Err(e) if e.is_io_error() || e.is_connection_dropped() => {
-                    let slot = WHO.iter().position(|w| w == who).unwrap_or(0);
                     self.conns[slot] = None;
+                    generation[slot] += 1;
                     out.push(Err(e.to_string()));
                 }
                 Err(e) => out.push(Err(e.to_string())),
