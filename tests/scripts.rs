@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 const BY_PLAN: &str = "quantum:harvest:heat:by_plan:";
 
 /// Every setting of CONTRACT §2: name, default, the seed env var it replaces ("" if new).
-const SETTINGS: [(&str, &str, &str); 12] = [
+const SETTINGS: [(&str, &str, &str); 13] = [
     (
         "stream-in",
         "quantum:stream:harvest.heat.decision",
@@ -31,6 +31,7 @@ const SETTINGS: [(&str, &str, &str); 12] = [
     ("health-port", "8071", "P27_HEALTH_PORT"),
     ("bind", "127.0.0.1", ""),
     ("log-level", "INFO", "P27_LOG_LEVEL"),
+    ("fast-path", "yes", ""),
 ];
 
 fn repo() -> PathBuf {
@@ -461,7 +462,7 @@ fn start_from_example(flavor: Flavor, dir: &Path, values: &BTreeMap<String, Stri
     let example = std::fs::read_to_string(repo().join("redis.conf.example")).expect("example");
     let port = free_port();
     let (conf, changed) = adapt(&example, dir, port, values);
-    assert_eq!(changed, 2 + SETTINGS.len(), "loadmodule, port, 12 settings");
+    assert_eq!(changed, 2 + SETTINGS.len(), "loadmodule, port, every setting");
     let path = dir.join("redis.conf");
     std::fs::write(&path, conf).expect("write config");
     ConfServer::start(
@@ -567,6 +568,7 @@ fn example_config_loads_and_applies_every_setting() {
             ("health-port", &free_port().to_string()),
             ("bind", "127.0.0.2"),
             ("log-level", "WARNING"),
+            ("fast-path", "no"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
