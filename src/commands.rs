@@ -63,6 +63,7 @@ pub fn health(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         return Err(RedisError::WrongArity);
     }
     refresh_if_possible(ctx);
+    crate::guard::fault_crash_holding("crash-locked", state::published);
     Ok(RedisValue::BulkString(state::health().1))
 }
 

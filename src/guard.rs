@@ -42,6 +42,26 @@ pub fn fault_point(site: &str) {
     let _ = site;
 }
 
+/// Crashes the server with SIGSEGV while `hold` (a lock guard) is held, when the crate is
+/// built with the `fault-injection` feature and `heatbridge.fault-inject` names `site`: the
+/// crash report must still be written, so INFO for a crash report may take no lock. Without
+/// the feature it compiles to nothing.
+#[inline]
+pub fn fault_crash_holding<G>(site: &str, hold: impl FnOnce() -> G) {
+    #[cfg(feature = "fault-injection")]
+    {
+        if crate::config::fault_site_matches(site) {
+            let _held = hold();
+            // SAFETY: test-only, on purpose: the server's crash handler takes over.
+            unsafe {
+                libc::raise(libc::SIGSEGV);
+            }
+        }
+    }
+    #[cfg(not(feature = "fault-injection"))]
+    let _ = (site, hold);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

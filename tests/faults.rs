@@ -76,3 +76,38 @@ fn panic_in_cron_housekeeping_is_contained() {
 fn panic_while_projecting_an_entry_is_contained() {
     for_each_flavor(|flavor| run_site(flavor, "project"));
 }
+
+/// A crash while HeatBridge holds its state lock still ends in a crash report, with
+/// HeatBridge's INFO section, and the process exits: INFO for a crash report takes no lock
+/// (it used to wait for the lock its own thread held, and the server hung instead of dying).
+#[test]
+fn crash_report_with_a_lock_held_completes() {
+    for_each_flavor(|flavor| {
+        let Some(module) = fault_module_path() else {
+            panic!(
+                "the fault-injection build is missing: scripts/test.sh builds it into target/fault"
+            );
+        };
+        let mut opts = Options::new(flavor)
+            .without_exporter()
+            .arg("--crash-memcheck-enabled", "no");
+        opts.module_file = Some(module);
+        opts.env
+            .push(("HEATBRIDGE_FAULT_INJECT".into(), "crash-locked".into()));
+        let mut s = opts.start();
+        let mut c = s.conn();
+        inject(&mut c, "F", "f1");
+        let _: redis::RedisResult<String> = redis::cmd("HEATBRIDGE.HEALTH").query(&mut c);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while s.alive() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let log = s.log();
+        assert!(!s.alive(), "the server hung in its crash report:\n{log}");
+        assert!(log.contains("crashed by signal"), "no crash report:\n{log}");
+        assert!(
+            log.contains("heatbridge_loops_total"),
+            "no heatbridge section in the crash report:\n{log}"
+        );
+    });
+}

@@ -462,7 +462,11 @@ fn start_from_example(flavor: Flavor, dir: &Path, values: &BTreeMap<String, Stri
     let example = std::fs::read_to_string(repo().join("redis.conf.example")).expect("example");
     let port = free_port();
     let (conf, changed) = adapt(&example, dir, port, values);
-    assert_eq!(changed, 2 + SETTINGS.len(), "loadmodule, port, every setting");
+    assert_eq!(
+        changed,
+        2 + SETTINGS.len(),
+        "loadmodule, port, every setting"
+    );
     let path = dir.join("redis.conf");
     std::fs::write(&path, conf).expect("write config");
     ConfServer::start(
