@@ -7,11 +7,11 @@ use std::collections::HashMap;
 use redis_module::{Context, ContextFlags, RedisString};
 
 use crate::config::Settings;
-use crate::decision::{self, EntryId, Invalid};
+use crate::decision::{self, Invalid};
 use crate::guard;
 use crate::logging::{self, RateLimit};
 use crate::metrics::{Stage, METRICS};
-use crate::projection::{self, Dedupe};
+use crate::projection::{self, Dedupe, Keys, LatestOrder};
 use crate::read::{self, Entry};
 use crate::writer::{self, Writer};
 
@@ -39,6 +39,7 @@ pub enum Projected {
 pub fn project(
     ctx: &Context,
     w: &Writer,
+    keys: &Keys,
     s: &Settings,
     e: &Entry,
     now: u64,
@@ -76,7 +77,7 @@ pub fn project(
     if ctx.get_flags().contains(ContextFlags::OOM) {
         return Err("OOM: used memory is over maxmemory".into());
     }
-    let dedupe_key = w.string(&projection::key(projection::DEDUPE_PREFIX, d.plan_id));
+    let dedupe_key = w.string(&keys.dedupe(d.plan_id));
     if dedupe && s.ttls.dedupe_ms > 0 {
         let existing = writer::read_string(ctx, &dedupe_key);
         if projection::dedupe_verdict(existing.as_deref(), d.id) == Dedupe::Duplicate {
@@ -95,10 +96,7 @@ pub fn project(
         w.set_string(&dedupe_key, &id, at)?;
     }
     if let Some(at) = plan.by_plan_at {
-        let key = w.string(&projection::key(
-            projection::BY_PLAN_PREFIX,
-            plan_id.as_slice(),
-        ));
+        let key = w.string(&keys.by_plan(plan_id.as_slice()));
         if w.replace_hash(&key, fields, None, at)? {
             METRICS.count_by_plan();
         }
@@ -142,33 +140,39 @@ impl Latest {
         latest
     }
 
-    /// Writes the latest keys of each kept entry that no later entry of the stream
-    /// supersedes (see [`read::newest_of_symbols`]): for entries behind the stream's
-    /// end (pending entries, REPLAY), whose symbol may have newer decisions.
-    pub fn write_if_newest(
+    /// Writes the latest keys of each kept entry unless the symbol's latest already holds a
+    /// newer decision: for passes that do not end at the stream's end (a catch-up, a rewound
+    /// cursor), pending entries and REPLAY, whose symbols may have newer decisions projected.
+    ///
+    /// Latest expires at its entry's time plus `ttl-symbol-sec`, so its absolute expiry
+    /// (PEXPIRETIME) orders it against a candidate, which would expire at `at`. Two entries
+    /// of one millisecond are ordered by reading that millisecond of the stream.
+    pub fn write_if_newer(
         self,
         ctx: &Context,
         w: &Writer,
+        keys: &Keys,
         stream: &RedisString,
     ) -> Result<(), String> {
-        let latest = self.into_sorted();
-        if latest.is_empty() {
-            return Ok(());
-        }
-        let candidates: Vec<(Vec<u8>, EntryId)> = latest
-            .iter()
-            .filter_map(|(e, _)| {
-                let sym = e
-                    .fields
-                    .as_deref()
-                    .and_then(|f| writer::field(f, b"symbol"))?;
-                Some((sym.as_slice().to_vec(), e.id))
-            })
-            .collect();
-        let newest = read::newest_of_symbols(ctx, stream, &candidates, read::NEWEST_SCAN_BUDGET);
-        for ((e, at), newest) in latest.iter().zip(newest) {
-            if newest {
-                write_latest(w, e, *at)?;
+        for (e, at) in self.into_sorted() {
+            let Some(sym) = e
+                .fields
+                .as_deref()
+                .and_then(|f| writer::field(f, b"symbol"))
+            else {
+                continue;
+            };
+            let current = writer::expire_time(ctx, &w.string(&keys.latest(sym.as_slice())));
+            let write = match projection::latest_order(at, current) {
+                LatestOrder::Newer => true,
+                LatestOrder::Older => false,
+                LatestOrder::SameMillisecond => {
+                    read::newest_in_ms(ctx, stream, e.id.ms, sym.as_slice())
+                        .is_none_or(|newest| newest <= e.id)
+                }
+            };
+            if write {
+                write_latest(w, keys, &e, at)?;
             }
         }
         Ok(())
@@ -176,7 +180,7 @@ impl Latest {
 }
 
 /// Writes the latest hash and the latest_plan_id pointer of an entry's symbol.
-pub fn write_latest(w: &Writer, e: &Entry, at_ms: u64) -> Result<(), String> {
+pub fn write_latest(w: &Writer, keys: &Keys, e: &Entry, at_ms: u64) -> Result<(), String> {
     let Some(fields) = &e.fields else {
         return Ok(());
     };
@@ -186,19 +190,13 @@ pub fn write_latest(w: &Writer, e: &Entry, at_ms: u64) -> Result<(), String> {
     ) else {
         return Ok(());
     };
-    let key = w.string(&projection::key(
-        projection::LATEST_PREFIX,
-        symbol.as_slice(),
-    ));
+    let key = w.string(&keys.latest(symbol.as_slice()));
     // A latest key of another type is left alone, and so is the pointer, which would
     // otherwise name a plan whose latest hash was never written.
     if !w.replace_hash(&key, fields, Some(plan), at_ms)? {
         return Ok(());
     }
-    let ptr = w.string(&projection::key(
-        projection::POINTER_PREFIX,
-        symbol.as_slice(),
-    ));
+    let ptr = w.string(&keys.pointer(symbol.as_slice()));
     w.set_string(&ptr, plan, at_ms)?;
     METRICS.count_latest();
     Ok(())

@@ -139,6 +139,33 @@ pub fn call(ctx: &Context, cmd: &CStr, kind: Kind, args: &[&RedisString]) -> Res
     Ok(reply)
 }
 
+/// Whether this cluster node owns the slot of `key`. The server refuses a module's call on a
+/// key of a slot the node does not serve (a NULL reply with `EPERM`, before the command
+/// runs), which is asked here with a cheap read.
+pub fn owns_key(ctx: &Context, key: &RedisString) -> bool {
+    // SAFETY: reading a function pointer that the module API set at load.
+    let Some(rm_call) = (unsafe { raw::RedisModule_Call }) else {
+        return false;
+    };
+    let mut argv = [key.inner];
+    // SAFETY: as in `call`: a live context, static NUL-terminated strings, and the format
+    // `v` matched by an array of one valid string and its length.
+    let reply = unsafe {
+        rm_call(
+            ctx.ctx,
+            c"EXISTS".as_ptr(),
+            c"v".as_ptr(),
+            argv.as_mut_ptr(),
+            argv.len(),
+        )
+    };
+    let Some(reply) = NonNull::new(reply).map(Reply) else {
+        return std::io::Error::last_os_error().raw_os_error() != Some(libc::EPERM);
+    };
+    drop(reply);
+    true
+}
+
 /// Options for `Context::call_ext` reads: errors come back as replies.
 pub fn read_opts() -> CallOptions {
     CallOptionsBuilder::new().errors_as_replies().build()

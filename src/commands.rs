@@ -8,8 +8,9 @@ use redis_module::{
     RedisError, RedisResult, RedisString, RedisValue,
 };
 
+use crate::config;
 use crate::decision::{EntryId, MAX_ID_LEN};
-use crate::projection;
+use crate::projection::Keys;
 use crate::projector;
 use crate::replay;
 use crate::server;
@@ -31,7 +32,10 @@ pub mod errors {
     pub const PAUSED: &str =
         "TRYAGAIN HEATBRIDGE.REPLAY: writes are paused (CLIENT PAUSE WRITE or a failover)";
     /// A bad REPLAY argument.
-    pub const SYNTAX: &str = "ERR syntax error: HEATBRIDGE.REPLAY [FROM <id>] [COUNT <n>]";
+    pub const SYNTAX: &str =
+        "ERR syntax error: HEATBRIDGE.REPLAY [STREAM <stream>] [FROM <id>] [COUNT <n>]";
+    /// A bad GET or LATEST argument.
+    pub const LOOKUP_SYNTAX: &str = "ERR syntax error: <id> [STREAM <stream>]";
     /// A bad FROM id.
     pub const BAD_ID: &str = "ERR Invalid stream ID specified as FROM";
     /// A bad COUNT.
@@ -76,25 +80,40 @@ pub fn metrics(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     Ok(RedisValue::BulkString(state::metrics_text()))
 }
 
-/// `HEATBRIDGE.GET <plan_id>`: the by_plan hash.
+/// `HEATBRIDGE.GET <plan_id> [STREAM <stream>]`: the by_plan hash.
 pub fn get(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    read_lookup(ctx, args, projection::BY_PLAN_PREFIX)
+    read_lookup(ctx, args, Keys::by_plan)
 }
 
-/// `HEATBRIDGE.LATEST <symbol>`: the latest hash.
+/// `HEATBRIDGE.LATEST <symbol> [STREAM <stream>]`: the latest hash.
 pub fn latest(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    read_lookup(ctx, args, projection::LATEST_PREFIX)
+    read_lookup(ctx, args, Keys::latest)
 }
 
-fn read_lookup(ctx: &Context, args: Vec<RedisString>, prefix: &[u8]) -> RedisResult {
-    let [_, id] = args.as_slice() else {
-        return Err(RedisError::WrongArity);
-    };
-    let id = id.as_slice();
+/// The `STREAM <stream>` of `<id> [STREAM <stream>]`, after the command name.
+fn lookup_stream(args: &[RedisString]) -> Result<(&[u8], Option<&[u8]>), RedisError> {
+    match args {
+        [_, id] => Ok((id.as_slice(), None)),
+        [_, id, kw, stream] if kw.as_slice().eq_ignore_ascii_case(b"STREAM") => {
+            Ok((id.as_slice(), Some(stream.as_slice())))
+        }
+        [_, _, _, _] => Err(RedisError::Str(errors::LOOKUP_SYNTAX)),
+        _ => Err(RedisError::WrongArity),
+    }
+}
+
+fn read_lookup(
+    ctx: &Context,
+    args: Vec<RedisString>,
+    name: fn(&Keys, &[u8]) -> Vec<u8>,
+) -> RedisResult {
+    let (id, stream) = lookup_stream(&args)?;
     if id.is_empty() || id.len() > MAX_ID_LEN {
         return Err(RedisError::Str(errors::BAD_NAME));
     }
-    let key = writer::rstr(ctx, &projection::key(prefix, id));
+    let s = config::current();
+    let t = projector::target_for(stream, &s.consumer).map_err(RedisError::String)?;
+    let key = writer::rstr(ctx, &name(&t.keys, id));
     if !may_read(ctx, &key) {
         return Err(RedisError::String(format!(
             "NOPERM this user has no permissions to access the '{}' key",
@@ -102,10 +121,20 @@ fn read_lookup(ctx: &Context, args: Vec<RedisString>, prefix: &[u8]) -> RedisRes
         )));
     }
     let opts = CallOptionsBuilder::new().errors_as_replies().build();
-    // The lookup keys live in database 0, whatever the caller selected.
-    let db = server::Db0::select(ctx);
+    // The lookup keys live in heatbridge.db, whatever the caller selected.
+    let Some(db) = server::Db::select(ctx, s.db) else {
+        return Err(RedisError::String(format!(
+            "ERR {}",
+            server::no_such_db(s.db)
+        )));
+    };
     let r: CallResult = ctx.call_ext("HGETALL", &opts, &[&key][..]);
     drop(db);
+    hash_reply(r)
+}
+
+/// An HGETALL reply as a map, or nil for a missing key.
+fn hash_reply(r: CallResult) -> RedisResult {
     match r {
         Err(e) => Err(RedisError::String(
             e.to_utf8_string()
@@ -185,23 +214,28 @@ fn may_read(ctx: &Context, key: &RedisString) -> bool {
 
 /// Parsed arguments of HEATBRIDGE.REPLAY.
 #[derive(Debug, PartialEq, Eq)]
-pub struct ReplayArgs {
+pub struct ReplayArgs<'a> {
+    /// The stream named with STREAM, if any.
+    pub stream: Option<&'a [u8]>,
     /// Exclusive start.
     pub from: EntryId,
     /// Most entries to re-project.
     pub count: usize,
 }
 
-/// Parses `[FROM <id>] [COUNT <n>]` (after the command name).
-pub fn parse_replay(args: &[&[u8]]) -> Result<ReplayArgs, &'static str> {
+/// Parses `[STREAM <stream>] [FROM <id>] [COUNT <n>]` (after the command name).
+pub fn parse_replay<'a>(args: &[&'a [u8]]) -> Result<ReplayArgs<'a>, &'static str> {
     let mut out = ReplayArgs {
+        stream: None,
         from: EntryId::ZERO,
         count: REPLAY_DEFAULT_COUNT,
     };
     let mut it = args.iter();
     while let Some(opt) = it.next() {
         let value = it.next().ok_or(errors::SYNTAX)?;
-        if opt.eq_ignore_ascii_case(b"FROM") {
+        if opt.eq_ignore_ascii_case(b"STREAM") {
+            out.stream = Some(value);
+        } else if opt.eq_ignore_ascii_case(b"FROM") {
             out.from = EntryId::parse(value).ok_or(errors::BAD_ID)?;
         } else if opt.eq_ignore_ascii_case(b"COUNT") {
             let n: usize = std::str::from_utf8(value)
@@ -219,7 +253,8 @@ pub fn parse_replay(args: &[&[u8]]) -> Result<ReplayArgs, &'static str> {
     Ok(out)
 }
 
-/// `HEATBRIDGE.REPLAY [FROM <id>] [COUNT <n>]`: re-projects entries, ignoring dedupe.
+/// `HEATBRIDGE.REPLAY [STREAM <stream>] [FROM <id>] [COUNT <n>]`: re-projects entries,
+/// ignoring dedupe.
 pub fn replay(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let raw: Vec<&[u8]> = args.iter().skip(1).map(RedisString::as_slice).collect();
     let a = parse_replay(&raw).map_err(RedisError::Str)?;
@@ -231,7 +266,9 @@ pub fn replay(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     if server::writes_paused() {
         return Err(RedisError::Str(errors::PAUSED));
     }
-    let (n, last) = replay::replay(ctx, a.from, a.count).map_err(RedisError::String)?;
+    let s = config::current();
+    let t = projector::target_for(a.stream, &s.consumer).map_err(RedisError::String)?;
+    let (n, last) = replay::replay(ctx, &t, a.from, a.count).map_err(RedisError::String)?;
     Ok(RedisValue::Array(vec![
         RedisValue::Integer(n as i64),
         RedisValue::BulkString(last.to_string()),
@@ -247,6 +284,7 @@ mod tests {
         assert_eq!(
             parse_replay(&[]),
             Ok(ReplayArgs {
+                stream: None,
                 from: EntryId::ZERO,
                 count: 10_000
             })
@@ -254,6 +292,7 @@ mod tests {
         assert_eq!(
             parse_replay(&[b"from", b"5-1", b"COUNT", b"7"]),
             Ok(ReplayArgs {
+                stream: None,
                 from: EntryId { ms: 5, seq: 1 },
                 count: 7
             })

@@ -62,6 +62,9 @@ pub const MAX_TTL_SEC: i64 = 10 * 365 * 24 * 3600;
 pub const DEFAULT_METRICS_PORT: i64 = 8070;
 /// Health endpoint port (P27_HEALTH_PORT); 0 turns it off.
 pub const DEFAULT_HEALTH_PORT: i64 = 8071;
+/// Highest database index accepted by `heatbridge.db` (the server's `databases` bounds it
+/// further: a database it does not have is reported by health).
+pub const MAX_DB: i64 = 1_000_000;
 /// Highest TCP port.
 pub const MAX_PORT: i64 = 65535;
 /// Longest stream, group or consumer name accepted.
@@ -72,8 +75,9 @@ pub const MIN_BATCH: i64 = 1;
 pub const MIN_TTL_SEC: i64 = 1;
 
 /// Bounds of every numeric setting, by name without the prefix: `(name, min, max)`.
-pub const NUMERIC_BOUNDS: [(&str, i64, i64); 7] = [
+pub const NUMERIC_BOUNDS: [(&str, i64, i64); 8] = [
     ("poll-ms", MIN_POLL_MS, MAX_POLL_MS),
+    ("db", 0, MAX_DB),
     ("batch", MIN_BATCH, MAX_BATCH),
     ("ttl-plan-sec", MIN_TTL_SEC, MAX_TTL_SEC),
     ("ttl-symbol-sec", MIN_TTL_SEC, MAX_TTL_SEC),
@@ -87,7 +91,7 @@ pub type Check = fn(&str) -> Result<(), String>;
 
 /// Validators of every string setting, by name without the prefix.
 pub const STRING_CHECKS: [(&str, Check); 4] = [
-    ("stream-in", validate_name),
+    ("stream-in", validate_streams),
     ("group", validate_name),
     ("consumer", validate_name),
     ("bind", validate_bind),
@@ -113,6 +117,8 @@ pub static TTL_PLAN_SEC: NumericSetting = NumericSetting::new(DEFAULT_TTL_PLAN_S
 pub static TTL_SYMBOL_SEC: NumericSetting = NumericSetting::new(DEFAULT_TTL_SYMBOL_SEC);
 /// `heatbridge.dedupe-ttl-sec`
 pub static DEDUPE_TTL_SEC: NumericSetting = NumericSetting::new(DEFAULT_DEDUPE_TTL_SEC);
+/// `heatbridge.db`: the database that holds the streams and keys (0 in a cluster).
+pub static DB: NumericSetting = NumericSetting::checked(0, check_db);
 /// `heatbridge.metrics-port`: never the health port, unless both are 0.
 pub static METRICS_PORT: NumericSetting =
     NumericSetting::port(DEFAULT_METRICS_PORT, "heatbridge.health-port", &HEALTH_PORT);
@@ -124,7 +130,7 @@ pub static HEALTH_PORT: NumericSetting = NumericSetting::port(
 );
 
 /// `heatbridge.stream-in`
-pub static STREAM_IN: StringSetting = StringSetting::new(DEFAULT_STREAM, validate_name);
+pub static STREAM_IN: StringSetting = StringSetting::new(DEFAULT_STREAM, validate_streams);
 /// `heatbridge.group`
 pub static GROUP: StringSetting = StringSetting::new(DEFAULT_GROUP, validate_name);
 /// `heatbridge.consumer`
@@ -176,6 +182,8 @@ pub struct NumericSetting {
     default: i64,
     /// For a port: the other endpoint's setting and name, which it may not equal.
     other_port: Option<(&'static str, &'static NumericSetting)>,
+    /// A further check of a value set at runtime.
+    check: Option<fn(i64) -> Result<(), String>>,
 }
 
 impl NumericSetting {
@@ -184,6 +192,16 @@ impl NumericSetting {
             value: AtomicI64::new(default),
             default,
             other_port: None,
+            check: None,
+        }
+    }
+
+    const fn checked(default: i64, check: fn(i64) -> Result<(), String>) -> Self {
+        NumericSetting {
+            value: AtomicI64::new(default),
+            default,
+            other_port: None,
+            check: Some(check),
         }
     }
 
@@ -192,6 +210,7 @@ impl NumericSetting {
             value: AtomicI64::new(default),
             default,
             other_port: Some((other, port)),
+            check: None,
         }
     }
 
@@ -202,6 +221,9 @@ impl NumericSetting {
 
     /// Stores `v` unless it would put both endpoints on one port.
     fn try_set(&self, v: i64) -> Result<(), String> {
+        if let Some(check) = self.check {
+            check(v)?;
+        }
         if let Some((name, other)) = self.other_port {
             check_port_pair(v, other.load(Relaxed)).map_err(|_| {
                 format!("{name} is already {v}: the endpoints need different ports (or 0)")
@@ -360,6 +382,17 @@ impl StringSetting {
         }
     }
 
+    /// Whether `bytes` is one of the comma-separated names of the current value, without
+    /// copying it.
+    pub fn lists(&self, bytes: &[u8]) -> bool {
+        match &*self.slot() {
+            Slot::Value(v) => stream_names(v).any(|n| n.as_bytes() == bytes),
+            Slot::Default | Slot::Unset => {
+                stream_names(self.default).any(|n| n.as_bytes() == bytes)
+            }
+        }
+    }
+
     /// Whether the current value equals `bytes`, without copying it.
     pub fn matches(&self, bytes: &[u8]) -> bool {
         match &*self.slot() {
@@ -411,6 +444,68 @@ impl ConfigurationValue<RedisString> for StringSetting {
                 .map_err(|e| RedisError::String(e.replace('\0', "\\0")))
         })
     }
+}
+
+/// Whether the server runs in cluster mode (set at load).
+static CLUSTER: AtomicBool = AtomicBool::new(false);
+
+/// Records whether the server runs in cluster mode (module load).
+pub fn set_cluster(on: bool) {
+    CLUSTER.store(on, Relaxed);
+}
+
+/// Whether the server runs in cluster mode.
+pub fn cluster() -> bool {
+    CLUSTER.load(Relaxed)
+}
+
+/// The stream names of a `heatbridge.stream-in` value: separated by commas, surrounding
+/// spaces ignored.
+pub fn stream_names(list: &str) -> impl Iterator<Item = &str> {
+    list.split(',').map(str::trim)
+}
+
+/// The error for a stream without a hash tag in a cluster (CONTRACT §11).
+pub fn untagged_stream_error(name: &str) -> String {
+    format!(
+        "heatbridge.stream-in: {name} has no hash tag; in a cluster every stream needs one, \
+         e.g. quantum:stream:{{heat}}:harvest.heat.decision"
+    )
+}
+
+/// `heatbridge.stream-in`: one or more stream names separated by commas, each a valid name,
+/// none twice; at runtime on a cluster node, each with a hash tag. (A tagless name that
+/// arrives at load is kept, not projected, and reported by health.)
+pub fn validate_streams(v: &str) -> Result<(), String> {
+    if v.len() > MAX_NAME_LEN * 16 {
+        return Err(format!("must be at most {} bytes", MAX_NAME_LEN * 16));
+    }
+    let mut seen: Vec<&str> = Vec::new();
+    for name in stream_names(v) {
+        validate_name(name).map_err(|e| {
+            if name.is_empty() {
+                "a stream name must not be empty".to_string()
+            } else {
+                e
+            }
+        })?;
+        if seen.contains(&name) {
+            return Err(format!("{name} is listed twice"));
+        }
+        if running() && cluster() && crate::projection::hash_tag(name.as_bytes()).is_none() {
+            return Err(untagged_stream_error(name));
+        }
+        seen.push(name);
+    }
+    Ok(())
+}
+
+/// `heatbridge.db` set at runtime: 0 in a cluster, where only database 0 exists.
+fn check_db(v: i64) -> Result<(), String> {
+    if cluster() && v != 0 {
+        return Err("heatbridge.db must be 0 in a cluster".into());
+    }
+    Ok(())
 }
 
 /// Stream, group and consumer names: non-empty, bounded, no control characters.
@@ -505,8 +600,9 @@ pub fn apply_module_args(args: &[&[u8]]) -> Result<Vec<String>, String> {
             overridden.push(format!("heatbridge.{name}"));
         }
     };
-    let numeric: [(&str, &NumericSetting); 7] = [
+    let numeric: [(&str, &NumericSetting); 8] = [
         ("poll-ms", &POLL_MS),
+        ("db", &DB),
         ("batch", &BATCH),
         ("ttl-plan-sec", &TTL_PLAN_SEC),
         ("ttl-symbol-sec", &TTL_SYMBOL_SEC),
@@ -615,8 +711,10 @@ pub fn check_value(name: &str, value: &str) -> Result<(), String> {
 /// A copy of the settings that one drain step uses.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
-    /// Input stream.
+    /// `heatbridge.stream-in` as given (see [`Settings::streams`]).
     pub stream: String,
+    /// The database that holds the streams and keys.
+    pub db: i64,
     /// Consumer group.
     pub group: String,
     /// Consumer whose pending entries are finished first.
@@ -627,11 +725,19 @@ pub struct Settings {
     pub ttls: crate::projection::Ttls,
 }
 
+impl Settings {
+    /// The input streams, in the order listed.
+    pub fn streams(&self) -> Vec<String> {
+        stream_names(&self.stream).map(str::to_string).collect()
+    }
+}
+
 /// Reads the settings in force now.
 pub fn current() -> Settings {
     let secs = |a: &AtomicI64| a.load(Relaxed).max(0) as u64;
     Settings {
         stream: STREAM_IN.get(),
+        db: DB.load(Relaxed).max(0),
         group: GROUP.get(),
         consumer: CONSUMER.get(),
         batch: batch(),

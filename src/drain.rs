@@ -29,7 +29,7 @@ use crate::logging::error_limited as log_error_limited;
 use crate::metrics::{Stage, METRICS};
 use crate::projector;
 use crate::read::{read_after, read_one, stream_shape, Entry, IdWalk};
-use crate::server::{self, can_write, latency_sample, Db0};
+use crate::server::{self, can_write, latency_sample, Db};
 use crate::state;
 use crate::writer::Writer;
 
@@ -55,9 +55,12 @@ pub fn run(ctx: &Context) -> bool {
     if !can_write(ctx) {
         return false;
     }
-    let _db = Db0::select(ctx);
     let settings = config::current();
     projector::sync(&settings);
+    let Some(_db) = Db::select(ctx, settings.db) else {
+        // Reported by health (projector::refresh); nothing can be read or written.
+        return false;
+    };
     let mut more = false;
     for stream in projector::streams() {
         more |= drain_stream(ctx, &settings, &stream);
@@ -88,6 +91,12 @@ fn drain_stream(ctx: &Context, settings: &Settings, stream: &str) -> bool {
     let Some((trusted, target)) = projector::begin_pass(stream, &settings.consumer) else {
         return false;
     };
+    if config::cluster() && !projector::owns(ctx, &target) {
+        // Another master owns the stream's slot (or it moved away): not this node's to
+        // project. Nothing was trusted from this pass; the projector forgets its state.
+        projector::end_pass(stream, None);
+        return false;
+    }
     let mut guard = PassGuard {
         stream,
         known: None,
@@ -174,16 +183,24 @@ impl<'c> Pass<'c> {
     /// nothing of the pass is acknowledged: the retry rewrites it all (idempotent).
     /// Returns whether it all succeeded, and the group as the next pass may trust it.
     fn finish(self, ctx: &Context) -> (bool, Option<Known>) {
-        for (e, at) in &self.latest.into_sorted() {
-            if let Err(msg) = write_latest(&self.w, e, *at) {
-                METRICS.count_error(Stage::Write, now_ms());
-                log_error_limited(&format!(
-                    "write failed for the latest keys of entry {}: {msg}; the entries stay in \
-                     the backlog and are retried",
-                    e.id
-                ));
-                return (false, None);
-            }
+        // A pass that reached the stream's end holds each symbol's newest entry; one that
+        // stopped before it (a catch-up, a rewound cursor) may hold an older one than latest.
+        let written = if matches!(self.advance, Some((Cursor::End, _))) {
+            self.latest
+                .into_sorted()
+                .iter()
+                .try_for_each(|(e, at)| write_latest(&self.w, &self.t.keys, e, *at))
+        } else {
+            self.latest
+                .write_if_newer(ctx, &self.w, &self.t.keys, &self.t.stream_key)
+        };
+        if let Err(msg) = written {
+            METRICS.count_error(Stage::Write, now_ms());
+            log_error_limited(&format!(
+                "write failed for the latest keys: {msg}; the entries stay in the backlog and \
+                 are retried"
+            ));
+            return (false, None);
         }
         let Some((to, entries_read)) = self.advance else {
             METRICS.count_in(self.read);
@@ -389,7 +406,7 @@ fn project_step(
     // Entries whose latest keys are still to be written (index, expiry).
     let mut latest: Vec<(usize, u64)> = Vec::new();
     for (i, e) in entries.iter().enumerate() {
-        match project(ctx, &pass.w, s, e, now, true) {
+        match project(ctx, &pass.w, &pass.t.keys, s, e, now, true) {
             Ok(Projected::Written {
                 latest_at: Some(at),
             }) => {
@@ -471,7 +488,7 @@ fn finish_pending(ctx: &Context, s: &Settings, t: &Target) -> Result<usize, ()> 
     let mut latest = Latest::default();
     for id in &ids {
         let e = read_one(ctx, &t.stream_key, *id);
-        match project(ctx, &w, s, &e, now, true) {
+        match project(ctx, &w, &t.keys, s, &e, now, true) {
             Ok(Projected::Written {
                 latest_at: Some(at),
             }) => latest.keep(e, at),
@@ -486,7 +503,7 @@ fn finish_pending(ctx: &Context, s: &Settings, t: &Target) -> Result<usize, ()> 
     }
     // A pending entry is usually older than entries already projected (one XCLAIMed to our
     // consumer, or left by the sidecar): latest keeps the newer decision.
-    if let Err(msg) = latest.write_if_newest(ctx, &w, &t.stream_key) {
+    if let Err(msg) = latest.write_if_newer(ctx, &w, &t.keys, &t.stream_key) {
         METRICS.count_error(Stage::Write, now_ms());
         log_error_limited(&format!(
             "write failed for the latest keys of pending entries: {msg}"

@@ -136,11 +136,14 @@ unsafe extern "C" fn on_server_event(
     })
 }
 
-/// Stream keyspace events: an XADD on `heatbridge.stream-in` in database 0 schedules a
+/// Stream keyspace events: an XADD on a stream of `heatbridge.stream-in` in `heatbridge.db` schedules a
 /// drain. (Only stream events are subscribed: on Valkey 8.1 a module subscribed to generic or
 /// new-key events makes COPY ... DB and MOVE leave the client on the other database.)
 fn on_stream_event(ctx: &Context, _kind: NotifyEvent, event: &[u8], key: &[u8]) {
-    if !crate::config::STREAM_IN.matches(key) || selected_db(ctx) != 0 {
+    if !crate::config::STREAM_IN.lists(key)
+        || i64::from(selected_db(ctx))
+            != crate::config::DB.load(std::sync::atomic::Ordering::Relaxed)
+    {
         return;
     }
     guard::fault_point("event");

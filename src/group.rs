@@ -8,6 +8,7 @@ use redis_module::{CallReply, CallResult, Context, RedisString};
 use crate::call::{self, for_each_pair, int_of, read_opts, reply_error, str_of, write_opts};
 use crate::decision::EntryId;
 use crate::logging;
+use crate::projection::Keys;
 use crate::writer::{self, rstr};
 
 /// One stream and its consumer group, by name and as Redis strings (references to the ones
@@ -23,6 +24,8 @@ pub struct Target {
     pub stream_key: RedisString,
     /// The group's name as a Redis string.
     pub group_key: RedisString,
+    /// The names of the keys derived from the stream.
+    pub keys: Keys,
 }
 
 /// The group as XINFO GROUPS shows it.

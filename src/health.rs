@@ -59,6 +59,34 @@ pub enum StreamState {
     WrongType,
 }
 
+/// One input stream, as health reports it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StreamHealth {
+    /// Its name.
+    pub name: String,
+    /// Its key's state.
+    pub state: StreamState,
+    /// Its backlog, if known.
+    pub backlog: Option<u64>,
+    /// Whether this node projects it (a master owning its slot).
+    pub owned: bool,
+    /// Why it is not projected although it should be (no hash tag in a cluster, no such
+    /// database), if so.
+    pub problem: Option<String>,
+}
+
+impl StreamState {
+    /// The JSON and INFO spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamState::Unknown => "unknown",
+            StreamState::Missing => "missing",
+            StreamState::Stream => "stream",
+            StreamState::WrongType => "wrongtype",
+        }
+    }
+}
+
 /// Everything the status depends on.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Input {
@@ -84,8 +112,10 @@ pub struct Input {
     pub last_loop_ms: f64,
     /// Errors so far, all stages.
     pub errors_total: u64,
-    /// Configured stream name.
+    /// Configured stream names (`heatbridge.stream-in` as given).
     pub stream: String,
+    /// Each input stream.
+    pub streams: Vec<StreamHealth>,
     /// Configured group name.
     pub group: String,
     /// Module version.
@@ -105,8 +135,15 @@ pub struct Report {
 pub fn evaluate(i: &Input) -> Report {
     let mut errors = Vec::new();
     let mut degraded = Vec::new();
-    if i.stream_state == StreamState::WrongType {
+    if i.streams.is_empty() && i.stream_state == StreamState::WrongType {
         errors.push(format!("stream key {} is not a stream", i.stream));
+    }
+    for st in &i.streams {
+        if let Some(problem) = &st.problem {
+            errors.push(problem.clone());
+        } else if st.owned && st.state == StreamState::WrongType {
+            errors.push(format!("stream key {} is not a stream", st.name));
+        }
     }
     if i.is_master && i.failing_passes >= FAILING_PASSES {
         errors.push(format!("the last {} drain passes failed", i.failing_passes));
@@ -170,15 +207,20 @@ pub fn to_json(i: &Input, r: &Report) -> String {
     );
     m.insert("loading".into(), json!(i.loading));
     m.insert("stream".into(), json!(i.stream));
-    m.insert(
-        "stream_state".into(),
-        json!(match i.stream_state {
-            StreamState::Unknown => "unknown",
-            StreamState::Missing => "missing",
-            StreamState::Stream => "stream",
-            StreamState::WrongType => "wrongtype",
-        }),
-    );
+    m.insert("stream_state".into(), json!(i.stream_state.as_str()));
+    let streams: Vec<Value> = i
+        .streams
+        .iter()
+        .map(|st| {
+            json!({
+                "name": st.name,
+                "state": if st.problem.is_some() { "error" } else { st.state.as_str() },
+                "backlog": st.backlog,
+                "owned": st.owned,
+            })
+        })
+        .collect();
+    m.insert("streams".into(), Value::Array(streams));
     m.insert("group".into(), json!(i.group));
     m.insert("errors".into(), json!(i.errors_total));
     m.insert("reasons".into(), json!(r.reasons));

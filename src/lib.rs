@@ -126,6 +126,10 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
         schedule::reset();
         projector::reset();
         capture::reset();
+        config::set_cluster(
+            ctx.get_flags()
+                .contains(redis_module::ContextFlags::CLUSTER),
+        );
         if let Err(e) = events::subscribe(ctx) {
             logging::warning(&format!("heatbridge not loaded: {e}"));
             return Status::Err;
@@ -190,6 +194,7 @@ redis_module! {
             ["dedupe-ttl-sec", &config::DEDUPE_TTL_SEC, config::UNSET, 0, config::MAX_TTL_SEC, ConfigurationFlags::DEFAULT, None],
             ["metrics-port", &config::METRICS_PORT, config::UNSET, 0, config::MAX_PORT, ConfigurationFlags::DEFAULT, Some(Box::new(on_exporter_setting))],
             ["health-port", &config::HEALTH_PORT, config::UNSET, 0, config::MAX_PORT, ConfigurationFlags::DEFAULT, Some(Box::new(on_exporter_setting))],
+            ["db", &config::DB, config::UNSET, 0, config::MAX_DB, ConfigurationFlags::DEFAULT, None],
         ],
         string: [
             ["stream-in", &config::STREAM_IN, config::UNSET_TEXT, ConfigurationFlags::DEFAULT, None],

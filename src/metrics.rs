@@ -238,6 +238,37 @@ pub struct Gauges {
     pub health_status: u8,
     /// 1 on a master, 0 on a replica.
     pub is_master: bool,
+    /// Each input stream.
+    pub streams: Vec<StreamGauges>,
+}
+
+/// One input stream's gauges.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StreamGauges {
+    /// The stream's name.
+    pub name: String,
+    /// Its backlog, if known.
+    pub backlog: Option<u64>,
+    /// Whether this node projects it.
+    pub owned: bool,
+}
+
+fn as_refs(v: &[(String, String)]) -> Vec<(&str, String)> {
+    v.iter().map(|(l, x)| (l.as_str(), x.clone())).collect()
+}
+
+/// A label value in Prometheus text: backslash, double quote and newline escaped.
+pub fn label_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Formats a sample value the way Prometheus reads it.
@@ -351,6 +382,28 @@ pub fn render(s: &Snapshot, g: &Gauges, version: &str) -> String {
         "gauge",
         "Entries not yet acknowledged by the group: unread plus pending (-1 if unknown).",
         &[("", g.backlog.map_or_else(|| "-1".to_string(), n))],
+    );
+    let per_stream = |f: &dyn Fn(&StreamGauges) -> String| -> Vec<(String, String)> {
+        g.streams
+            .iter()
+            .map(|st| (format!("{{stream=\"{}\"}}", label_value(&st.name)), f(st)))
+            .collect()
+    };
+    let backlogs = per_stream(&|st| st.backlog.map_or_else(|| "-1".to_string(), n));
+    let owned = per_stream(&|st| n(u64::from(st.owned)));
+    family(
+        &mut o,
+        "p27_stream_backlog",
+        "gauge",
+        "Entries of each input stream not yet acknowledged by its group (-1 if unknown).",
+        &as_refs(&backlogs),
+    );
+    family(
+        &mut o,
+        "p27_stream_owned",
+        "gauge",
+        "1 when this node projects the stream (a master owning its slot), else 0.",
+        &as_refs(&owned),
     );
     family(
         &mut o,

@@ -25,6 +25,109 @@ pub fn key(prefix: &[u8], id: &[u8]) -> Vec<u8> {
     k
 }
 
+/// The hash tag of a key name, Redis Cluster's rule: the bytes between the first `{` and the
+/// first `}` after it, when there are any.
+pub fn hash_tag(name: &[u8]) -> Option<&[u8]> {
+    let open = name.iter().position(|&b| b == b'{')?;
+    let rest = name.get(open + 1..)?;
+    let close = rest.iter().position(|&b| b == b'}')?;
+    rest.get(..close).filter(|t| !t.is_empty())
+}
+
+/// The hash slot of a key name (CRC16-XMODEM of its hash tag, or of the whole name, mod
+/// 16384), as Redis Cluster computes it.
+pub fn key_slot(name: &[u8]) -> u16 {
+    let hashed = hash_tag(name).unwrap_or(name);
+    let mut crc: u16 = 0;
+    for &b in hashed {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc & 0x3fff
+}
+
+/// The names of the keys derived from one stream: the seed's names for an untagged stream;
+/// for a stream tagged `{T}`, the same tag right after each prefix, so that the stream, its
+/// group and its keys live in one cluster slot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Keys {
+    /// `{T}:` for a tagged stream, empty otherwise.
+    infix: Vec<u8>,
+}
+
+impl Keys {
+    /// The key names of stream `stream`.
+    pub fn of_stream(stream: &[u8]) -> Keys {
+        let infix = hash_tag(stream).map_or_else(Vec::new, |t| {
+            let mut v = Vec::with_capacity(t.len() + 3);
+            v.push(b'{');
+            v.extend_from_slice(t);
+            v.extend_from_slice(b"}:");
+            v
+        });
+        Keys { infix }
+    }
+
+    fn name(&self, prefix: &[u8], id: &[u8]) -> Vec<u8> {
+        let mut k = Vec::with_capacity(prefix.len() + self.infix.len() + id.len());
+        k.extend_from_slice(prefix);
+        k.extend_from_slice(&self.infix);
+        k.extend_from_slice(id);
+        k
+    }
+
+    /// `quantum:harvest:heat:by_plan:[{T}:]<plan_id>`.
+    pub fn by_plan(&self, plan_id: &[u8]) -> Vec<u8> {
+        self.name(BY_PLAN_PREFIX, plan_id)
+    }
+
+    /// `quantum:harvest:heat:latest:[{T}:]<symbol>`.
+    pub fn latest(&self, symbol: &[u8]) -> Vec<u8> {
+        self.name(LATEST_PREFIX, symbol)
+    }
+
+    /// `quantum:harvest:heat:latest_plan_id:[{T}:]<symbol>`.
+    pub fn pointer(&self, symbol: &[u8]) -> Vec<u8> {
+        self.name(POINTER_PREFIX, symbol)
+    }
+
+    /// `quantum:dedupe:p27:[{T}:]<plan_id>`.
+    pub fn dedupe(&self, plan_id: &[u8]) -> Vec<u8> {
+        self.name(DEDUPE_PREFIX, plan_id)
+    }
+}
+
+/// How a candidate for a symbol's latest keys compares with the decision they hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LatestOrder {
+    /// The candidate is newer (or latest holds nothing that tells): write it.
+    Newer,
+    /// Latest holds a newer decision: keep it.
+    Older,
+    /// Both are from the same millisecond: the stream decides.
+    SameMillisecond,
+}
+
+/// Orders a candidate that would expire at `candidate_at` against the latest key's absolute
+/// expiry (`PEXPIRETIME`: -2 for no key, -1 for no expiry). Both expiries are an entry time
+/// plus `ttl-symbol-sec`, so with the setting unchanged they order the entries.
+pub fn latest_order(candidate_at: u64, current: i64) -> LatestOrder {
+    let Ok(current) = u64::try_from(current) else {
+        return LatestOrder::Newer;
+    };
+    match candidate_at.cmp(&current) {
+        std::cmp::Ordering::Greater => LatestOrder::Newer,
+        std::cmp::Ordering::Less => LatestOrder::Older,
+        std::cmp::Ordering::Equal => LatestOrder::SameMillisecond,
+    }
+}
+
 /// Lifetimes of the keys, in milliseconds. Zero means the key is never written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ttls {
@@ -114,6 +217,63 @@ pub fn plan(entry_ms: u64, ttls: Ttls, now_ms: u64) -> Plan {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn latest_is_ordered_by_its_expiry() {
+        assert_eq!(latest_order(10, -2), LatestOrder::Newer, "no latest key");
+        assert_eq!(
+            latest_order(10, -1),
+            LatestOrder::Newer,
+            "no expiry tells nothing"
+        );
+        assert_eq!(latest_order(10, 9), LatestOrder::Newer);
+        assert_eq!(latest_order(10, 11), LatestOrder::Older);
+        assert_eq!(latest_order(10, 10), LatestOrder::SameMillisecond);
+    }
+
+    #[test]
+    fn hash_tags_follow_the_cluster_rule() {
+        assert_eq!(hash_tag(b"quantum:stream:{heat}:x"), Some(&b"heat"[..]));
+        assert_eq!(hash_tag(b"a{b}c{d}"), Some(&b"b"[..]));
+        assert_eq!(
+            hash_tag(b"a{}b{c}"),
+            None,
+            "the first {{ and the first }} after it"
+        );
+        assert_eq!(hash_tag(b"a}{b"), None);
+        assert_eq!(hash_tag(b"{b"), None);
+        assert_eq!(hash_tag(b"plain"), None);
+        assert_eq!(hash_tag(b"a{{b}}"), Some(&b"{b"[..]));
+    }
+
+    #[test]
+    fn slots_match_redis() {
+        // Values from CLUSTER KEYSLOT.
+        assert_eq!(key_slot(b"foo"), 12182);
+        assert_eq!(key_slot(b"bar"), 5061);
+        assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
+        assert_eq!(key_slot(b"123456789"), 0x31c3 & 0x3fff);
+    }
+
+    #[test]
+    fn derived_keys_carry_the_stream_tag() {
+        let k = Keys::of_stream(b"quantum:stream:{T}:harvest.heat.decision");
+        assert_eq!(k.by_plan(b"p"), b"quantum:harvest:heat:by_plan:{T}:p");
+        assert_eq!(k.latest(b"S"), b"quantum:harvest:heat:latest:{T}:S");
+        assert_eq!(
+            k.pointer(b"S"),
+            b"quantum:harvest:heat:latest_plan_id:{T}:S"
+        );
+        assert_eq!(k.dedupe(b"p"), b"quantum:dedupe:p27:{T}:p");
+        for name in [k.by_plan(b"p"), k.latest(b"x"), k.dedupe(b"{y}")] {
+            assert_eq!(key_slot(&name), key_slot(b"quantum:stream:{T}:x"));
+        }
+        let seed = Keys::of_stream(b"quantum:stream:harvest.heat.decision");
+        assert_eq!(seed.by_plan(b"p"), key(BY_PLAN_PREFIX, b"p"));
+        assert_eq!(seed.latest(b"S"), key(LATEST_PREFIX, b"S"));
+        assert_eq!(seed.pointer(b"S"), key(POINTER_PREFIX, b"S"));
+        assert_eq!(seed.dedupe(b"p"), key(DEDUPE_PREFIX, b"p"));
+    }
+
     use super::*;
 
     const NOW: u64 = 1_800_000_000_000;

@@ -21,10 +21,11 @@ use crate::clock::now_ms;
 use crate::config::{self, Settings};
 use crate::fastpath::{FastPath, Known, Trusted, Wanted};
 use crate::group::{self, Target};
-use crate::health::StreamState;
+use crate::health::{StreamHealth, StreamState};
 use crate::logging;
+use crate::projection::Keys;
 use crate::read;
-use crate::server::{self, Db0};
+use crate::server::{self, Db};
 use crate::state;
 use crate::writer::Kept;
 
@@ -36,17 +37,24 @@ pub struct Projector {
     pub group: String,
     stream_key: Kept,
     group_key: Kept,
+    keys: Keys,
     /// The fast path's state for this stream.
     pub fast: FastPath<Command>,
+    /// Why this stream is not projected although listed (no hash tag in a cluster).
+    problem: Option<String>,
 }
 
 impl Projector {
-    fn new(stream: &str, group: &str) -> Projector {
+    fn new(stream: &str, group: &str, cluster: bool) -> Projector {
+        let untagged = cluster && crate::projection::hash_tag(stream.as_bytes()).is_none();
         Projector {
+            problem: untagged
+                .then(|| format!("{}: not projected", config::untagged_stream_error(stream))),
             stream: stream.to_string(),
             group: group.to_string(),
             stream_key: Kept::new(stream.as_bytes()),
             group_key: Kept::new(group.as_bytes()),
+            keys: Keys::of_stream(stream.as_bytes()),
             fast: FastPath::default(),
         }
     }
@@ -59,13 +67,15 @@ impl Projector {
             consumer: consumer.to_string(),
             stream_key: self.stream_key.retained(),
             group_key: self.group_key.retained(),
+            keys: self.keys.clone(),
         }
     }
 }
 
 struct Registry {
-    /// `heatbridge.stream-in` and `heatbridge.group` as the projectors were built from them.
-    built_from: Option<(String, String)>,
+    /// `heatbridge.stream-in`, `heatbridge.group` and the cluster mode as the projectors
+    /// were built from them.
+    built_from: Option<(String, String, bool)>,
     projectors: Vec<Projector>,
 }
 
@@ -96,33 +106,70 @@ pub fn reset() {
     r.projectors.clear();
 }
 
-/// Builds the projectors from `s` unless they were built from the same settings.
+/// Builds the projectors from `s` unless they were built from the same settings: one per
+/// listed stream, in the order listed.
 pub fn sync(s: &Settings) {
+    let cluster = config::cluster();
     let mut r = registry();
-    let fresh = r
-        .built_from
-        .as_ref()
-        .is_some_and(|(stream, group)| *stream == s.stream && *group == s.group);
+    let fresh = r.built_from.as_ref().is_some_and(|(stream, group, c)| {
+        *stream == s.stream && *group == s.group && *c == cluster
+    });
     if fresh {
         return;
     }
-    r.projectors = vec![Projector::new(&s.stream, &s.group)];
-    r.built_from = Some((s.stream.clone(), s.group.clone()));
+    r.projectors = s
+        .streams()
+        .iter()
+        .map(|name| Projector::new(name, &s.group, cluster))
+        .collect();
+    r.built_from = Some((s.stream.clone(), s.group.clone(), cluster));
 }
 
-/// The names of the projected streams.
+/// The names of the listed streams that can be projected (a cluster node still checks that
+/// it owns each one before a pass).
 pub fn streams() -> Vec<String> {
     registry()
         .projectors
         .iter()
+        .filter(|p| p.problem.is_none())
         .map(|p| p.stream.clone())
         .collect()
+}
+
+/// The stream a command names (`STREAM <stream>`, or none), as a target: the stream must be
+/// listed; without one, a standalone server takes the first listed stream and a cluster node
+/// refuses (the stream decides the node).
+pub fn target_for(name: Option<&[u8]>, consumer: &str) -> Result<Target, String> {
+    sync(&config::current());
+    let r = registry();
+    let p = match name {
+        Some(name) => r
+            .projectors
+            .iter()
+            .find(|p| p.stream.as_bytes() == name)
+            .ok_or_else(|| {
+                format!(
+                    "ERR HEATBRIDGE: {} is not in heatbridge.stream-in",
+                    logging::show_bytes(name)
+                )
+            })?,
+        None if config::cluster() => {
+            return Err(
+                "ERR HEATBRIDGE: name the stream with STREAM <stream> in a cluster".to_string(),
+            )
+        }
+        None => r
+            .projectors
+            .first()
+            .ok_or_else(|| "ERR HEATBRIDGE: heatbridge.stream-in names no stream".to_string())?,
+    };
+    Ok(p.target(consumer))
 }
 
 /// Runs `f` on the projector of stream `name`, if there is one. A stream of the settings
 /// that no projector has yet (just set with CONFIG SET) syncs the registry first.
 pub fn with_stream<R>(name: &[u8], f: impl FnOnce(&mut Projector) -> R) -> Option<R> {
-    if !config::STREAM_IN.matches(name) {
+    if !config::STREAM_IN.lists(name) {
         return None;
     }
     let mut r = registry();
@@ -206,7 +253,10 @@ pub fn begin_pass(stream: &str, consumer: &str) -> Option<(Trusted<Command>, Tar
     let trust = TRUST_KNOWN.load(Relaxed) && config::fast_path();
     let take_commands = trust && capture::enabled();
     let mut r = registry();
-    let p = r.projectors.iter_mut().find(|p| p.stream == stream)?;
+    let p = r
+        .projectors
+        .iter_mut()
+        .find(|p| p.stream == stream && p.problem.is_none())?;
     Some((p.fast.begin_pass(trust, take_commands), p.target(consumer)))
 }
 
@@ -219,24 +269,37 @@ pub fn end_pass(stream: &str, known: Option<Known>) {
     }
 }
 
-/// Reads each stream's state and backlog (unread + pending) and publishes them.
+/// Whether this node projects the stream of `t` now: a master, and in a cluster the owner
+/// of the stream's slot (the server refuses a module's call on a key of a slot the node does
+/// not own, so nothing could be written there anyway).
+pub fn owns(ctx: &Context, t: &Target) -> bool {
+    server::can_write(ctx) && (!config::cluster() || crate::call::owns_key(ctx, &t.stream_key))
+}
+
+/// Reads each stream's state, ownership and backlog (unread + pending), and publishes them.
 pub fn refresh(ctx: &Context) {
     server::publish_role(ctx);
     if ctx.get_flags().contains(ContextFlags::LOADING) {
         return;
     }
-    let _db = Db0::select(ctx);
     let s = config::current();
     sync(&s);
-    let targets: Vec<Target> = registry()
+    let Some(_db) = Db::select(ctx, s.db) else {
+        publish_db_problem(&s);
+        return;
+    };
+    let targets: Vec<(Target, Option<String>)> = registry()
         .projectors
         .iter()
-        .map(|p| p.target(&s.consumer))
+        .map(|p| (p.target(&s.consumer), p.problem.clone()))
         .collect();
-    for t in &targets {
+    let mut streams = Vec::with_capacity(targets.len());
+    let mut total: Option<u64> = Some(0);
+    for (t, problem) in &targets {
+        let owned = problem.is_none() && owns(ctx, t);
         let (st, _) = read::stream_shape(ctx, &t.stream_key);
-        publish_stream_state(st, &t.stream);
         let backlog = match st {
+            _ if problem.is_some() => None,
             StreamState::Stream => match group::read_group(ctx, t) {
                 Ok(Some(g)) => Some(
                     g.pending
@@ -249,8 +312,43 @@ pub fn refresh(ctx: &Context) {
             StreamState::WrongType => None,
             _ => Some(0),
         };
-        state::published().record_backlog(now_ms(), backlog);
+        if owned {
+            total = total.zip(backlog).map(|(a, b)| a + b);
+        }
+        streams.push(StreamHealth {
+            name: t.stream.clone(),
+            state: st,
+            backlog,
+            owned,
+            problem: problem.clone(),
+        });
     }
+    let first = streams.first().map_or(StreamState::Unknown, |st| st.state);
+    publish_stream_state(
+        first,
+        targets.first().map_or("", |(t, _)| t.stream.as_str()),
+    );
+    let mut p = state::published();
+    p.streams = streams;
+    p.record_backlog(now_ms(), total);
+}
+
+/// Health when `heatbridge.db` names a database the server does not have: every stream in
+/// error.
+fn publish_db_problem(s: &Settings) {
+    let problem = crate::server::no_such_db(s.db);
+    let streams = s
+        .streams()
+        .into_iter()
+        .map(|name| StreamHealth {
+            name,
+            problem: Some(problem.clone()),
+            ..StreamHealth::default()
+        })
+        .collect();
+    let mut p = state::published();
+    p.streams = streams;
+    p.record_backlog(now_ms(), None);
 }
 
 /// Publishes the state of the stream key, logging when it turns into another type.

@@ -186,6 +186,16 @@ pub fn read_after(
     count: usize,
     few: bool,
 ) -> Result<Vec<Entry>, String> {
+    // Nothing can follow the largest ID (and the server refuses an iterator that starts
+    // after it).
+    if after
+        == (EntryId {
+            ms: u64::MAX,
+            seq: u64::MAX,
+        })
+    {
+        return Ok(Vec::new());
+    }
     let to_entry = |(id, fields)| Entry {
         id,
         fields: Some(fields),
@@ -258,65 +268,27 @@ pub fn count_after(ctx: &Context, stream: &RedisString, after: EntryId) -> u64 {
     n
 }
 
-/// Most entries [`newest_of_symbols`] reads before it gives up on a symbol.
-pub const NEWEST_SCAN_BUDGET: usize = 20_000;
-
-/// For each candidate `(symbol, id)`, whether no later entry of the stream carries that
-/// symbol, so that the candidate may be written as the symbol's latest: latest never goes
-/// back to an older decision. The stream is read backwards from its end until each
-/// candidate is settled, or `budget` entries were read; a candidate still unsettled then is
-/// `false` (not known to be the newest, so not written).
-pub fn newest_of_symbols(
+/// The newest entry of millisecond `ms` of the stream whose symbol is `symbol`, if any.
+pub fn newest_in_ms(
     ctx: &Context,
     stream: &RedisString,
-    candidates: &[(Vec<u8>, EntryId)],
-    budget: usize,
-) -> Vec<bool> {
-    let mut verdict: Vec<Option<bool>> = vec![None; candidates.len()];
-    let Some(mut walk) = IdWalk::range(ctx, stream, None, None, false, true) else {
-        return vec![false; candidates.len()];
-    };
-    let mut read = 0usize;
-    while verdict.iter().any(Option::is_none) && read < budget {
-        let Some((id, fields)) = walk.next_entry() else {
-            // The whole stream was read: nothing newer exists.
-            break;
-        };
-        read += 1;
-        let symbol = fields
+    ms: u64,
+    symbol: &[u8],
+) -> Option<EntryId> {
+    let from = EntryId { ms, seq: 0 };
+    let to = EntryId { ms, seq: u64::MAX };
+    let mut walk = IdWalk::range(ctx, stream, Some(from), Some(to), false, true)?;
+    while let Some((id, fields)) = walk.next_entry() {
+        let sym = fields
             .iter()
             .rev()
             .find(|(k, _)| k.as_slice() == b"symbol")
             .map(|(_, v)| v.as_slice());
-        settle(&mut verdict, candidates, id, symbol);
-    }
-    let exhausted = read < budget;
-    verdict
-        .into_iter()
-        .map(|v| v.unwrap_or(exhausted))
-        .collect()
-}
-
-/// Settles the candidates that entry `id` (carrying `symbol`), read newest first, decides:
-/// the first entry of a candidate's symbol at or before the candidate means it is the
-/// newest, one after it means it is not; passing a candidate's ID without meeting its
-/// symbol means nothing newer carries it.
-fn settle(
-    verdict: &mut [Option<bool>],
-    candidates: &[(Vec<u8>, EntryId)],
-    id: EntryId,
-    symbol: Option<&[u8]>,
-) {
-    for (v, (sym, at)) in verdict.iter_mut().zip(candidates) {
-        if v.is_some() {
-            continue;
-        }
-        if symbol == Some(sym.as_slice()) {
-            *v = Some(id <= *at);
-        } else if id < *at {
-            *v = Some(true);
+        if sym == Some(symbol) {
+            return Some(id);
         }
     }
+    None
 }
 
 const OK: i32 = raw::REDISMODULE_OK as i32;
@@ -333,54 +305,5 @@ impl Drop for IdWalk {
             }
         }
         raw::close_key(self.key);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn id(ms: u64) -> EntryId {
-        EntryId { ms, seq: 0 }
-    }
-
-    /// Runs `settle` over a stream given oldest first, read newest first, until settled.
-    fn run(stream: &[(u64, &str)], candidates: &[(&str, u64)]) -> Vec<Option<bool>> {
-        let candidates: Vec<(Vec<u8>, EntryId)> = candidates
-            .iter()
-            .map(|(s, at)| (s.as_bytes().to_vec(), id(*at)))
-            .collect();
-        let mut verdict = vec![None; candidates.len()];
-        for (ms, sym) in stream.iter().rev() {
-            settle(&mut verdict, &candidates, id(*ms), Some(sym.as_bytes()));
-        }
-        verdict
-    }
-
-    #[test]
-    fn a_later_entry_of_the_symbol_supersedes_a_candidate() {
-        let stream = [(1, "A"), (2, "B"), (3, "A"), (4, "C")];
-        assert_eq!(
-            run(&stream, &[("A", 1), ("A", 3), ("B", 2), ("C", 4)]),
-            vec![Some(false), Some(true), Some(true), Some(true)]
-        );
-    }
-
-    #[test]
-    fn a_deleted_candidate_is_newest_when_nothing_later_carries_its_symbol() {
-        // The candidate (ms 2) is no longer in the stream; passing its position settles it.
-        let stream = [(1, "A"), (3, "B")];
-        assert_eq!(run(&stream, &[("A", 2)]), vec![Some(true)]);
-        let stream = [(1, "A"), (3, "A")];
-        assert_eq!(run(&stream, &[("A", 2)]), vec![Some(false)]);
-    }
-
-    #[test]
-    fn unsettled_until_read() {
-        let stream = [(5, "A"), (6, "B")];
-        assert_eq!(run(&stream, &[("A", 1)]), vec![Some(false)]);
-        // Not settled by what was read: the caller decides by whether the stream ended.
-        assert_eq!(run(&stream, &[("C", 1)]), vec![None]);
-        assert_eq!(run(&[], &[("C", 1)]), vec![None]);
     }
 }

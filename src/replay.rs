@@ -7,11 +7,12 @@ use crate::apply::{project, Latest, Projected};
 use crate::clock::now_ms;
 use crate::config;
 use crate::decision::EntryId;
+use crate::group::Target;
 use crate::health::StreamState;
 use crate::metrics::METRICS;
 use crate::read::{read_after, stream_shape};
-use crate::server::Db0;
-use crate::writer::{rstr, Writer};
+use crate::server::Db;
+use crate::writer::Writer;
 
 /// Most bytes of fields one HEATBRIDGE.REPLAY re-projects: its writes reach replicas as one
 /// transaction, which must stay well inside a replica's output buffer.
@@ -21,11 +22,18 @@ pub const REPLAY_MAX_BYTES: usize = 32 * 1024 * 1024;
 /// more than `count` entries and stops after [`REPLAY_MAX_BYTES`] of fields, so one call
 /// stays bounded in time and size; the caller pages on with the returned last ID.
 /// Returns how many entries were written and the last ID looked at.
-pub fn replay(ctx: &Context, from: EntryId, count: usize) -> Result<(u64, EntryId), String> {
-    let _db = Db0::select(ctx);
+pub fn replay(
+    ctx: &Context,
+    t: &Target,
+    from: EntryId,
+    count: usize,
+) -> Result<(u64, EntryId), String> {
     let s = config::current();
-    let stream = rstr(ctx, s.stream.as_bytes());
-    match stream_shape(ctx, &stream).0 {
+    let Some(_db) = Db::select(ctx, s.db) else {
+        return Err(format!("ERR {}", crate::server::no_such_db(s.db)));
+    };
+    let stream = &t.stream_key;
+    match stream_shape(ctx, stream).0 {
         StreamState::Stream => {}
         StreamState::WrongType => return Err("WRONGTYPE input stream key is not a stream".into()),
         _ => return Ok((0, from)),
@@ -38,7 +46,7 @@ pub fn replay(ctx: &Context, from: EntryId, count: usize) -> Result<(u64, EntryI
     let w = Writer::new(ctx);
     let mut latest = Latest::default();
     'chunks: while examined < count {
-        let chunk = read_after(ctx, &stream, last, (count - examined).min(1000), false)?;
+        let chunk = read_after(ctx, stream, last, (count - examined).min(1000), false)?;
         if chunk.is_empty() {
             break;
         }
@@ -50,7 +58,8 @@ pub fn replay(ctx: &Context, from: EntryId, count: usize) -> Result<(u64, EntryI
                     .map(|(k, v)| k.as_slice().len() + v.as_slice().len())
                     .sum()
             });
-            if let Projected::Written { latest_at } = project(ctx, &w, &s, &e, now, false)? {
+            if let Projected::Written { latest_at } = project(ctx, &w, &t.keys, &s, &e, now, false)?
+            {
                 written += 1;
                 if let Some(at) = latest_at {
                     latest.keep(e, at);
@@ -63,7 +72,7 @@ pub fn replay(ctx: &Context, from: EntryId, count: usize) -> Result<(u64, EntryI
     }
     // Latest goes to the newest entry re-projected for each symbol, unless the stream holds
     // a newer decision of that symbol: latest never moves back.
-    latest.write_if_newest(ctx, &w, &stream)?;
+    latest.write_if_newer(ctx, &w, &t.keys, stream)?;
     METRICS.count_replayed(written);
     Ok((written, last))
 }

@@ -39,31 +39,31 @@ pub fn publish_role(ctx: &Context) {
     p.loading = f.contains(ContextFlags::LOADING) || f.contains(ContextFlags::ASYNC_LOADING);
 }
 
-/// Database 0 for as long as the guard lives; then the context's client gets its own
-/// database back. In a command context that client is the caller's, whose `SELECT` must
+/// A database selected for as long as the guard lives; then the context's client gets its
+/// own database back. In a command context that client is the caller's, whose `SELECT` must
 /// survive `HEATBRIDGE.*` (and every later command of a script that calls one).
-pub struct Db0<'c> {
+pub struct Db<'c> {
     ctx: &'c Context,
     previous: i32,
 }
 
-impl<'c> Db0<'c> {
-    /// Selects database 0.
-    pub fn select(ctx: &'c Context) -> Db0<'c> {
+impl<'c> Db<'c> {
+    /// Selects database `db` (`heatbridge.db`); `None` if the server has no such database.
+    pub fn select(ctx: &'c Context, db: i64) -> Option<Db<'c>> {
+        let db = i32::try_from(db).ok()?;
         // SAFETY: ctx.ctx is the live context of the current callback or command;
         // GetSelectedDb only reads it and SelectDb only switches its client's database.
-        let previous = unsafe {
+        let (previous, selected) = unsafe {
             let previous = raw::RedisModule_GetSelectedDb.map_or(0, |f| f(ctx.ctx));
-            if let Some(f) = raw::RedisModule_SelectDb {
-                f(ctx.ctx, 0);
-            }
-            previous
+            let selected = raw::RedisModule_SelectDb
+                .is_some_and(|f| f(ctx.ctx, db) == raw::REDISMODULE_OK as i32);
+            (previous, selected)
         };
-        Db0 { ctx, previous }
+        selected.then_some(Db { ctx, previous })
     }
 }
 
-impl Drop for Db0<'_> {
+impl Drop for Db<'_> {
     fn drop(&mut self) {
         // SAFETY: as in `select`; the context outlives the guard.
         unsafe {
@@ -72,6 +72,11 @@ impl Drop for Db0<'_> {
             }
         }
     }
+}
+
+/// The error for a `heatbridge.db` the server does not have.
+pub fn no_such_db(db: i64) -> String {
+    format!("heatbridge.db is {db}, a database this server does not have (see `databases`)")
 }
 
 /// Reports a pass to the server's latency monitor as event `heatbridge-drain`, so that

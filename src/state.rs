@@ -30,6 +30,8 @@ pub struct Published {
     pub exporter_status: [String; 2],
     /// Whether each exporter endpoint is bound (metrics, health).
     pub exporter_up: [bool; 2],
+    /// Each input stream, as the last refresh saw it.
+    pub streams: Vec<health::StreamHealth>,
 }
 
 impl Published {
@@ -43,6 +45,7 @@ impl Published {
             failing_passes: 0,
             exporter_status: [String::new(), String::new()],
             exporter_up: [false, false],
+            streams: Vec::new(),
         }
     }
 
@@ -117,6 +120,7 @@ pub fn health_input() -> health::Input {
         last_loop_ms: snap.last_loop_ms,
         errors_total: snap.errors_total(),
         stream,
+        streams: p.streams.clone(),
         group,
         version: VERSION.to_string(),
     }
@@ -139,6 +143,15 @@ pub fn metrics_text() -> String {
         exporter_up: (p.exporter_up[0], p.exporter_up[1]),
         health_status: status.gauge(),
         is_master: p.is_master,
+        streams: p
+            .streams
+            .iter()
+            .map(|st| metrics::StreamGauges {
+                name: st.name.clone(),
+                backlog: st.backlog,
+                owned: st.owned,
+            })
+            .collect(),
     };
     drop(p);
     metrics::render(&METRICS.snapshot(), &gauges, VERSION)

@@ -291,6 +291,16 @@ pub fn read_string(ctx: &Context, key: &RedisString) -> Option<Vec<u8>> {
     }
 }
 
+/// The absolute expiry of `key` in ms (`PEXPIRETIME`): -2 when there is no key, -1 when it
+/// does not expire.
+pub fn expire_time(ctx: &Context, key: &RedisString) -> i64 {
+    let r: CallResult = ctx.call_ext("PEXPIRETIME", &read_opts(), &[key][..]);
+    match r {
+        Ok(CallReply::I64(n)) => n.to_i64(),
+        _ => -2,
+    }
+}
+
 /// Number of distinct field names among `fields` and `extra`.
 fn distinct_fields(fields: &[(RedisString, RedisString)], extra: Option<&[u8]>) -> usize {
     let names: Vec<&[u8]> = fields

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 const BY_PLAN: &str = "quantum:harvest:heat:by_plan:";
 
 /// Every setting with its CONTRACT default.
-const DEFAULTS: [(&str, &str); 13] = [
+const DEFAULTS: [(&str, &str); 14] = [
     (
         "heatbridge.stream-in",
         "quantum:stream:harvest.heat.decision",
@@ -28,6 +28,7 @@ const DEFAULTS: [(&str, &str); 13] = [
     ("heatbridge.health-port", "8071"),
     ("heatbridge.bind", "127.0.0.1"),
     ("heatbridge.log-level", "INFO"),
+    ("heatbridge.db", "0"),
     ("heatbridge.fast-path", "yes"),
 ];
 

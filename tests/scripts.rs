@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 const BY_PLAN: &str = "quantum:harvest:heat:by_plan:";
 
 /// Every setting of CONTRACT §2: name, default, the seed env var it replaces ("" if new).
-const SETTINGS: [(&str, &str, &str); 13] = [
+const SETTINGS: [(&str, &str, &str); 14] = [
     (
         "stream-in",
         "quantum:stream:harvest.heat.decision",
@@ -31,6 +31,7 @@ const SETTINGS: [(&str, &str, &str); 13] = [
     ("health-port", "8071", "P27_HEALTH_PORT"),
     ("bind", "127.0.0.1", ""),
     ("log-level", "INFO", "P27_LOG_LEVEL"),
+    ("db", "0", ""),
     ("fast-path", "yes", ""),
 ];
 
@@ -572,6 +573,7 @@ fn example_config_loads_and_applies_every_setting() {
             ("health-port", &free_port().to_string()),
             ("bind", "127.0.0.2"),
             ("log-level", "WARNING"),
+            ("db", "0"),
             ("fast-path", "no"),
         ]
         .into_iter()
