@@ -16,6 +16,7 @@ pub mod apply;
 pub mod call;
 pub mod capture;
 pub mod clock;
+pub mod command_info;
 pub mod commands;
 pub mod config;
 pub mod decision;
@@ -70,17 +71,20 @@ fn cmd_metrics(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     commands::guarded("HEATBRIDGE.METRICS", ctx, args, commands::metrics)
 }
 
-/// `HEATBRIDGE.GET <plan_id>` → the by_plan hash as a map, or nil. ACL-checked as a read.
+/// `HEATBRIDGE.GET <plan_id> [STREAM <stream>]` → the by_plan hash as a map, or nil.
+/// ACL-checked as a read of the derived key.
 fn cmd_get(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     commands::guarded("HEATBRIDGE.GET", ctx, args, commands::get)
 }
 
-/// `HEATBRIDGE.LATEST <symbol>` → the latest hash as a map, or nil. ACL-checked as a read.
+/// `HEATBRIDGE.LATEST <symbol> [STREAM <stream>]` → the latest hash as a map, or nil.
+/// ACL-checked as a read of the derived key.
 fn cmd_latest(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     commands::guarded("HEATBRIDGE.LATEST", ctx, args, commands::latest)
 }
 
-/// `HEATBRIDGE.REPLAY [FROM <id>] [COUNT <n>]` → `[re-projected, last-id]`. Admin.
+/// `HEATBRIDGE.REPLAY [STREAM <stream>] [FROM <id>] [COUNT <n>]` → `[re-projected,
+/// last-id]`. Admin.
 fn cmd_replay(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     commands::guarded("HEATBRIDGE.REPLAY", ctx, args, commands::replay)
 }
@@ -126,6 +130,10 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
         schedule::reset();
         projector::reset();
         capture::reset();
+        if let Err(e) = command_info::describe(ctx) {
+            logging::warning(&format!("heatbridge not loaded: {e}"));
+            return Status::Err;
+        }
         config::set_cluster(
             ctx.get_flags()
                 .contains(redis_module::ContextFlags::CLUSTER),
