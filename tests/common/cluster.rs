@@ -507,6 +507,19 @@ impl Cluster {
             .expect("node of port")
     }
 
+    /// Index of the master the node at `i` serves: itself, or the master it replicates.
+    pub fn master_of(&self, i: usize) -> usize {
+        let topo = self.topology();
+        let me = topo
+            .iter()
+            .find(|t| t.port == self.nodes[i].port)
+            .expect("node in CLUSTER NODES");
+        match &me.master {
+            Some(id) => self.index(topo.iter().find(|t| &t.id == id).expect("its master").port),
+            None => i,
+        }
+    }
+
     /// Index of the live master that owns `slot`.
     pub fn owner_of_slot(&self, slot: u16) -> usize {
         let topo = self.topology();
