@@ -451,3 +451,65 @@ fn commands_route_by_stream_and_replicas_serve_them() {
         );
     });
 }
+
+/// The plans that must survive: acknowledged by a node that is still alive, or confirmed by
+/// a replica (WAIT) before their node died. An XADD its dead master never passed to a
+/// replica is lost by Redis's asynchronous replication, not by HeatBridge.
+fn required_plans(acks: &[Ack], stream: usize, dead_port: Option<u16>) -> Vec<String> {
+    acks.iter()
+        .filter(|a| a.stream == stream && (Some(a.port) != dead_port || a.confirmed >= 1))
+        .map(|a| a.plan_id.clone())
+        .collect()
+}
+
+#[test]
+fn failover_loses_no_acknowledged_decision() {
+    for_each_flavor(|flavor| {
+        let tags = tags_on_three_masters();
+        let streams = streams();
+        let mut cluster = ClusterOptions::new(flavor, &streams).start();
+        let victim = cluster.owner(&streams[0]);
+        let heir = cluster.replicas_of(victim)[0];
+        let dead_port = cluster.nodes[victim].port;
+
+        let mut producer = cluster.producer(400, "f", &streams);
+        let count = |a: &[Ack], s: usize| a.iter().filter(|a| a.stream == s).count();
+        assert!(
+            producer.until(|a| count(a, 0) >= 100),
+            "producer ended early"
+        );
+        cluster.nodes[victim].kill();
+        let (acks, retries) = producer.finish();
+        assert!(retries > 0, "the producer wrote while the master was down");
+        let before = acks.iter().filter(|a| a.port == dead_port).count();
+        let confirmed = acks
+            .iter()
+            .filter(|a| a.port == dead_port && a.confirmed >= 1)
+            .count();
+        assert!(
+            confirmed * 10 >= before * 9 && before >= 100,
+            "{confirmed} of {before} acknowledged XADDs on the old master reached its replica"
+        );
+        assert!(
+            acks.iter()
+                .any(|a| a.stream == 0 && a.port == cluster.nodes[heir].port),
+            "the producer wrote to the promoted replica"
+        );
+
+        eprintln!(
+            "{} acks, {retries} failed attempts, {before} on the old master ({confirmed} confirmed)",
+            acks.len()
+        );
+        cluster.wait_ok();
+        assert_eq!(cluster.owner(&streams[0]), heir, "the replica took over");
+        for (i, tag) in tags.iter().enumerate() {
+            let required = required_plans(&acks, i, Some(dead_port));
+            let checked = assert_stream_projected(&cluster, tag, &required);
+            assert!(checked >= required.len());
+        }
+        assert_owned_metrics(&cluster);
+        cluster.assert_keys_in_owned_slots();
+        let h = health(&mut cluster.nodes[heir].conn());
+        assert_eq!(health_stream(&h, &streams[0])["backlog"], 0, "{h}");
+    });
+}
