@@ -513,3 +513,64 @@ fn failover_loses_no_acknowledged_decision() {
         assert_eq!(health_stream(&h, &streams[0])["backlog"], 0, "{h}");
     });
 }
+
+#[test]
+fn reshard_moves_projection_with_the_slot() {
+    for_each_flavor(|flavor| {
+        let tags = tags_on_three_masters();
+        let streams = streams();
+        let cluster = ClusterOptions::new(flavor, &streams).start();
+        let moving = &streams[1];
+        let slot = key_slot(moving);
+        let from = cluster.owner(moving);
+        let to = cluster.owner(&streams[2]);
+
+        let mut producer = cluster.producer(600, "r", &streams);
+        let count = |a: &[Ack], s: usize| a.iter().filter(|a| a.stream == s).count();
+        assert!(
+            producer.until(|a| count(a, 1) >= 150),
+            "producer ended early"
+        );
+        // Small batches, the stream last, and decisions acknowledged between batches: the
+        // producer writes to the stream while it sits on the old owner with the slot
+        // MIGRATING, and after it moved, through ASK, while the new owner is only IMPORTING.
+        let mut during = 0;
+        let moved = cluster.move_slot_with(slot, from, to, 50, Some(moving), || {
+            let n = count(&producer.acks, 1) + 5;
+            assert!(producer.until(|a| count(a, 1) >= n), "producer ended early");
+            during += 5;
+        });
+        let (acks, _) = producer.finish();
+        eprintln!(
+            "{moved} keys moved, {during} decisions acknowledged meanwhile; {} acks in all",
+            acks.len()
+        );
+        assert!(moved > 2 * 150, "the stream and its keys moved: {moved}");
+        assert!(
+            acks.iter()
+                .any(|a| a.stream == 1 && a.port == cluster.nodes[to].port),
+            "the producer wrote to the new owner after the move"
+        );
+
+        assert_eq!(cluster.owner(moving), to);
+        for (i, tag) in tags.iter().enumerate() {
+            assert_stream_projected(&cluster, tag, &required_plans(&acks, i, None));
+        }
+        cluster.wait_replicas_synced();
+        for n in [from, cluster.replicas_of(from)[0]] {
+            let left: i64 = redis::cmd("CLUSTER")
+                .arg("COUNTKEYSINSLOT")
+                .arg(slot)
+                .query(&mut cluster.nodes[n].conn())
+                .expect("COUNTKEYSINSLOT");
+            assert_eq!(
+                left, 0,
+                "keys left in slot {slot} on {}",
+                cluster.nodes[n].port
+            );
+        }
+        cluster.assert_keys_in_owned_slots();
+        cluster.assert_redis_cli_check();
+        assert_owned_metrics(&cluster);
+    });
+}

@@ -681,6 +681,21 @@ impl Cluster {
     /// until the source has no key left in it, then SETSLOT NODE on the target, the source
     /// and every other master. Returns how many keys moved.
     pub fn move_slot(&self, slot: u16, from: usize, to: usize) -> usize {
+        self.move_slot_with(slot, from, to, 500, None, || {})
+    }
+
+    /// [`Cluster::move_slot`], `batch` keys per MIGRATE, `last` (when given) only once no
+    /// other key is left, and `between` called after each MIGRATE (while the slot is half
+    /// moved).
+    pub fn move_slot_with(
+        &self,
+        slot: u16,
+        from: usize,
+        to: usize,
+        batch: usize,
+        last: Option<&str>,
+        mut between: impl FnMut(),
+    ) -> usize {
         let (src, dst) = (&self.nodes[from], &self.nodes[to]);
         let (src_id, dst_id) = (src.id(), dst.id());
         let mut s = src.conn();
@@ -704,12 +719,19 @@ impl Cluster {
             let keys: Vec<String> = redis::cmd("CLUSTER")
                 .arg("GETKEYSINSLOT")
                 .arg(slot)
-                .arg(500)
+                .arg(batch + 1)
                 .query(&mut s)
                 .expect("GETKEYSINSLOT");
             if keys.is_empty() {
                 break;
             }
+            let others: Vec<String> = keys
+                .iter()
+                .filter(|k| Some(k.as_str()) != last)
+                .take(batch)
+                .cloned()
+                .collect();
+            let keys = if others.is_empty() { keys } else { others };
             moved += keys.len();
             let _: redis::Value = redis::cmd("MIGRATE")
                 .arg("127.0.0.1")
@@ -721,6 +743,7 @@ impl Cluster {
                 .arg(&keys)
                 .query(&mut s)
                 .expect("MIGRATE");
+            between();
         }
         let set_node = |c: &mut Connection| {
             let _: () = redis::cmd("CLUSTER")
