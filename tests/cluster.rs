@@ -574,3 +574,90 @@ fn reshard_moves_projection_with_the_slot() {
         assert_owned_metrics(&cluster);
     });
 }
+
+#[test]
+fn untagged_stream_is_refused_and_never_projected() {
+    for_each_flavor(|flavor| {
+        let untagged = STREAM.to_string();
+        // Loaded by module argument: the nodes still start, hold no key and form a cluster.
+        let cluster = ClusterOptions::new(flavor, std::slice::from_ref(&untagged)).start();
+        for n in cluster.live() {
+            let h = health(&mut n.conn());
+            assert_eq!(h["status"], "error", "node {}: {h}", n.port);
+            assert_eq!(health_stream(&h, &untagged)["state"], "error", "{h}");
+            // The reason, beside the list of streams, names the stream and the rule.
+            let mut rest = h.clone();
+            rest.as_object_mut()
+                .expect("health object")
+                .remove("streams");
+            let rest = rest.to_string();
+            assert!(
+                rest.contains(&untagged) && rest.contains("hash tag"),
+                "node {}: {h}",
+                n.port
+            );
+        }
+        let xadds: Vec<Vec<String>> = (0..20)
+            .map(|i| xadd_cmd(&untagged, &format!("S{}", i % 4), &format!("u{i}")))
+            .collect();
+        for r in cluster.rc(&xadds) {
+            r.expect("XADD");
+        }
+        // Nothing to wait for when nothing happens: give projection (next event-loop turn on
+        // Redis 7.0, housekeeping ticks elsewhere) time to do something wrong.
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        cluster.wait_replicas_synced();
+        let owner = cluster.owner(&untagged);
+        for (i, n) in cluster.nodes.iter().enumerate() {
+            let want: Vec<String> = if cluster.master_of(i) == owner {
+                vec![untagged.clone()]
+            } else {
+                Vec::new()
+            };
+            assert_eq!(n.keys(), want, "keys of node {}", n.port);
+        }
+        assert_eq!(
+            group_field(&mut cluster.nodes[owner].conn(), &untagged, GROUP, "name"),
+            None,
+            "no group on an unprojected stream"
+        );
+
+        // A tagged name is accepted, and projected by its owner.
+        let tagged = tagged_stream("heat");
+        for n in cluster.live() {
+            config_set(&mut n.conn(), "heatbridge.stream-in", &tagged).expect("tagged");
+        }
+        for r in cluster.rc(&[xadd_cmd(&tagged, "S0", "t1")]) {
+            r.expect("XADD");
+        }
+        assert_stream_projected(&cluster, "heat", &["t1".to_string()]);
+        let h = health(&mut cluster.nodes[cluster.owner(&tagged)].conn());
+        assert_eq!(h["status"], "ok", "{h}");
+        // CONFIG SET refuses untagged names, alone or in a list, on masters and replicas
+        // (set over a tagged value, so that no server can skip it as unchanged).
+        let rule = "has no hash tag; in a cluster every stream needs one, e.g. quantum:stream:{heat}:harvest.heat.decision";
+        for n in cluster.live() {
+            let mut c = n.conn();
+            let e = config_set(&mut c, "heatbridge.stream-in", &untagged).expect_err("untagged");
+            assert!(
+                e.contains(&format!("heatbridge.stream-in: {untagged} {rule}")),
+                "{e}"
+            );
+            let list = format!("{}, quantum:stream:plain", tagged_stream("x"));
+            let e = config_set(&mut c, "heatbridge.stream-in", &list).expect_err("a list");
+            assert!(
+                e.contains(&format!(
+                    "heatbridge.stream-in: quantum:stream:plain {rule}"
+                )),
+                "{e}"
+            );
+            assert_eq!(config_get(&mut c, "heatbridge.stream-in"), tagged);
+            assert!(
+                config_set(&mut c, "heatbridge.db", "1").is_err(),
+                "heatbridge.db must stay 0 in a cluster"
+            );
+        }
+
+        cluster.assert_keys_in_owned_slots();
+    });
+}
