@@ -8,7 +8,7 @@
 
   cluster_client.py produce PORT COUNT PREFIX STREAM...
       XADDs seed decisions round-robin over the streams until each stream has COUNT
-      acknowledged entries, plan_id PREFIX-<stream index>-<n>, symbol S<n % 5>. After each
+      acknowledged entries (COUNT 0: until stdin is closed), plan_id PREFIX-<stream index>-<n>, symbol S<n % 5>. After each
       acknowledged XADD, WAIT 1 on the same node and connection tells whether a replica has
       it (skipped, -1, on a node that had no replica when first seen, e.g. a promoted one),
       and one line is printed and flushed:
@@ -19,8 +19,10 @@
       so a retried plan_id may be in the stream twice; dedupe keeps the first. Gives up
       (exit 2) when one XADD has kept failing for 30 s.
 """
+import itertools
 import json
 import sys
+import threading
 import time
 
 from redis.cluster import RedisCluster
@@ -79,7 +81,17 @@ def decision(symbol, plan_id):
 def run_produce(port, count, prefix, streams):
     rc = client(port)
     has_replica = {}
-    for n in range(count):
+    stop = threading.Event()
+    if count == 0:
+
+        def watch_stdin():
+            sys.stdin.read()
+            stop.set()
+
+        threading.Thread(target=watch_stdin, daemon=True).start()
+    for n in itertools.count():
+        if stop.is_set() or (count and n >= count):
+            break
         for i, stream in enumerate(streams):
             plan_id = f"{prefix}-{i}-{n}"
             fields = decision(f"S{n % 5}", plan_id)

@@ -593,7 +593,8 @@ impl Cluster {
         self.rc(&[cmd]).remove(0)
     }
 
-    /// Starts `cluster_client.py produce`: `count` acknowledged decisions per stream.
+    /// Starts `cluster_client.py produce`: `count` acknowledged decisions per stream, or
+    /// with 0, decisions until [`Producer::finish`].
     pub fn producer(&self, count: usize, prefix: &str, streams: &[String]) -> Producer {
         let mut child = Command::new("python3")
             .arg(client_script())
@@ -602,13 +603,14 @@ impl Cluster {
             .arg(count.to_string())
             .arg(prefix)
             .args(streams)
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("python3");
         let lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
         Producer {
+            stdin: child.stdin.take(),
             child,
             lines: Box::new(lines.map_while(Result::ok)),
             acks: Vec::new(),
@@ -847,6 +849,7 @@ pub struct Ack {
 /// A running `cluster_client.py produce`.
 pub struct Producer {
     child: Child,
+    stdin: Option<std::process::ChildStdin>,
     lines: Box<dyn Iterator<Item = String> + Send>,
     /// Acknowledged XADDs so far.
     pub acks: Vec<Ack>,
@@ -877,8 +880,10 @@ impl Producer {
         true
     }
 
-    /// Reads to the end and asserts the producer exited 0.
+    /// Stops an endless producer (closes its stdin), reads to the end and asserts it
+    /// exited 0.
     pub fn finish(mut self) -> (Vec<Ack>, usize) {
+        drop(self.stdin.take());
         self.until(|_| false);
         let status = self.child.wait().expect("producer");
         let mut err = String::new();
