@@ -5,6 +5,7 @@
 //! Each node has its own temp dir and two free ports: its Redis port and an explicit
 //! `cluster-port`, so the bus never depends on port+10000 being free. Clients that route by
 //! slot are redis-py's `RedisCluster`, driven through `tests/cluster_client.py`.
+//! `REDIS_CLI` overrides the redis-cli binary.
 //!
 //! One cluster runs at a time in a test process: six servers per test on two cores are
 //! enough, and failover timing stays predictable.
@@ -407,6 +408,10 @@ impl Cluster {
                 .map(str::to_string)
                 .to_vec();
             a.extend(["stream-in".to_string(), opts.streams.join(",")]);
+            // scripts/test.sh runs suites with the fast path off too, as for Server.
+            if let Ok(v) = std::env::var("HEATBRIDGE_FAST_PATH") {
+                a.extend(["fast-path".to_string(), v]);
+            }
             a.extend(opts.module_args.iter().cloned());
             a
         } else {
@@ -424,7 +429,7 @@ impl Cluster {
         for n in &cluster.nodes {
             assert_eq!(n.dbsize(), 0, "node {} holds keys before create", n.port);
         }
-        let mut create = Command::new("redis-cli");
+        let mut create = Command::new(redis_cli());
         create.arg("--cluster").arg("create");
         for n in &cluster.nodes {
             create.arg(format!("127.0.0.1:{}", n.port));
@@ -662,7 +667,7 @@ impl Cluster {
     /// `redis-cli --cluster check` from a live node: its output, asserting it found no error
     /// or warning.
     pub fn assert_redis_cli_check(&self) -> String {
-        let out = Command::new("redis-cli")
+        let out = Command::new(redis_cli())
             .arg("--cluster")
             .arg("check")
             .arg(format!("127.0.0.1:{}", self.seed_port()))
@@ -824,6 +829,11 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// `redis-cli` (7.0 or later), or `REDIS_CLI`.
+pub fn redis_cli() -> PathBuf {
+    std::env::var("REDIS_CLI").map_or_else(|_| PathBuf::from("redis-cli"), PathBuf::from)
 }
 
 /// `tests/cluster_client.py`.
