@@ -706,3 +706,5 @@ impl Drop for ConfFileServer {
         }
     }
 }
+
+pub mod cluster;
