@@ -82,12 +82,46 @@ pub fn metrics(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
 
 /// `HEATBRIDGE.GET <plan_id> [STREAM <stream>]`: the by_plan hash.
 pub fn get(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    if let Some(done) = keys_request(ctx, &args, 2, 1) {
+        return done;
+    }
     read_lookup(ctx, args, Keys::by_plan)
 }
 
 /// `HEATBRIDGE.LATEST <symbol> [STREAM <stream>]`: the latest hash.
 pub fn latest(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    if let Some(done) = keys_request(ctx, &args, 2, 1) {
+        return done;
+    }
     read_lookup(ctx, args, Keys::latest)
+}
+
+/// The position of the stream after the keyword `STREAM`, looking at arguments `from`,
+/// `from + step`, ... (the keyword never being the last argument).
+pub fn stream_position(args: &[&[u8]], from: usize, step: usize) -> Option<usize> {
+    (from..args.len().saturating_sub(1))
+        .step_by(step.max(1))
+        .find(|&i| args.get(i).is_some_and(|a| a.eq_ignore_ascii_case(b"STREAM")))
+        .map(|i| i + 1)
+}
+
+/// Answers the server's question "which arguments are keys?" (the commands have the
+/// `getkeys-api` flag): the stream after `STREAM`. The server asks it to route and redirect
+/// the command in a cluster (MOVED) and for COMMAND GETKEYS. `None` for a normal call.
+fn keys_request(
+    ctx: &Context,
+    args: &[RedisString],
+    from: usize,
+    step: usize,
+) -> Option<RedisResult> {
+    if !ctx.is_keys_position_request() {
+        return None;
+    }
+    let raw: Vec<&[u8]> = args.iter().map(RedisString::as_slice).collect();
+    if let Some(pos) = stream_position(&raw, from, step).and_then(|p| i32::try_from(p).ok()) {
+        ctx.key_at_pos(pos);
+    }
+    Some(Ok(RedisValue::Null))
 }
 
 /// The `STREAM <stream>` of `<id> [STREAM <stream>]`, after the command name.
@@ -256,6 +290,9 @@ pub fn parse_replay<'a>(args: &[&'a [u8]]) -> Result<ReplayArgs<'a>, &'static st
 /// `HEATBRIDGE.REPLAY [STREAM <stream>] [FROM <id>] [COUNT <n>]`: re-projects entries,
 /// ignoring dedupe.
 pub fn replay(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    if let Some(done) = keys_request(ctx, &args, 1, 2) {
+        return done;
+    }
     let raw: Vec<&[u8]> = args.iter().skip(1).map(RedisString::as_slice).collect();
     let a = parse_replay(&raw).map_err(RedisError::Str)?;
     let flags = ctx.get_flags();
@@ -278,6 +315,21 @@ pub fn replay(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stream_follows_its_keyword() {
+        let get: [&[u8]; 4] = [b"HEATBRIDGE.GET", b"p", b"stream", b"s"];
+        assert_eq!(stream_position(&get, 2, 1), Some(3));
+        // A plan_id that reads STREAM is not the keyword.
+        let odd: [&[u8]; 2] = [b"HEATBRIDGE.GET", b"STREAM"];
+        assert_eq!(stream_position(&odd, 2, 1), None);
+        let dangling: [&[u8]; 3] = [b"HEATBRIDGE.GET", b"p", b"STREAM"];
+        assert_eq!(stream_position(&dangling, 2, 1), None);
+        let replay: [&[u8]; 5] = [b"HEATBRIDGE.REPLAY", b"COUNT", b"STREAM", b"STREAM", b"s"];
+        assert_eq!(stream_position(&replay, 1, 2), Some(4), "COUNT's value is not a keyword");
+        let none: [&[u8]; 1] = [b"HEATBRIDGE.REPLAY"];
+        assert_eq!(stream_position(&none, 1, 2), None);
+    }
 
     #[test]
     fn replay_args() {

@@ -186,9 +186,9 @@ redis_module! {
         // admin flag still puts REPLAY in @admin and @dangerous.
         ["heatbridge.health", cmd_health, "readonly allow-loading allow-stale", 0, 0, 0, "", "read"],
         ["heatbridge.metrics", cmd_metrics, "readonly allow-loading allow-stale", 0, 0, 0, "", "read"],
-        ["heatbridge.get", cmd_get, "readonly allow-stale", 0, 0, 0, "", "read"],
-        ["heatbridge.latest", cmd_latest, "readonly allow-stale", 0, 0, 0, "", "read"],
-        ["heatbridge.replay", cmd_replay, "write deny-oom admin", 0, 0, 0, "", "admin dangerous write"],
+        ["heatbridge.get", cmd_get, "readonly allow-stale getkeys-api", 0, 0, 0, "", "read"],
+        ["heatbridge.latest", cmd_latest, "readonly allow-stale getkeys-api", 0, 0, 0, "", "read"],
+        ["heatbridge.replay", cmd_replay, "write deny-oom admin getkeys-api", 0, 0, 0, "", "admin dangerous write"],
     ],
     configurations: [
         // Every registered default is a marker no config line can give (config::UNSET...):
