@@ -91,7 +91,10 @@ if HB_SO_BASE:
     HEATBRIDGES["heatbridge-base"] = (HB_SO_BASE, HB_ARGS)
 if FASTPATH_OFF:
     HEATBRIDGES["heatbridge-nofast"] = (HB_SO, HB_ARGS + ["fast-path", "no"])
-DESIGNS = ["raw", "pipeline", "lua"] + list(HEATBRIDGES)
+# Rows over three tagged streams (CONTRACT §11), the load split by symbol: one standalone server
+# that lists all three, and a 3-master cluster where each master owns one of them.
+MULTI = ["standalone-3", "cluster"]
+DESIGNS = ["raw", "pipeline", "lua"] + list(HEATBRIDGES) + MULTI
 ROWS = os.environ.get("BENCH_ROWS", ",".join(DESIGNS)).split(",")
 FAST_PATH_FIELDS = ("entries_from_commands", "entries_from_commands_total",
                     "entries_from_commands_mismatch_total", "post_notification_jobs")
@@ -105,6 +108,57 @@ def log(msg):
 
 
 # ---------------------------------------------------------------- the load
+
+def tagged_stream(tag):
+    return b"quantum:stream:{%s}:harvest.heat.decision" % tag
+
+
+SLOTS = 16384
+# The slot ranges `redis-cli --cluster create` gives three masters.
+MASTER_RANGES = [(0, 5460), (5461, 10922), (10923, 16383)]
+
+
+def crc16(data):
+    """CRC16/XMODEM, the checksum Redis Cluster hashes keys with."""
+    crc = 0
+    for b in data:
+        crc ^= b << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+            crc &= 0xFFFF
+    return crc
+
+
+def key_slot(key):
+    """Redis's keyHashSlot: the hash tag (first `{`, first `}` after it, non-empty) or the key."""
+    open_ = key.find(b"{")
+    if open_ >= 0:
+        close = key.find(b"}", open_ + 1)
+        if close > open_ + 1:
+            key = key[open_ + 1:close]
+    return crc16(key) % SLOTS
+
+
+def tags_on_three_masters():
+    """One one-letter tag per range of MASTER_RANGES, so that the three streams land on three
+    different masters of a freshly created cluster."""
+    tags = [None, None, None]
+    for c in b"abcdefghijklmnopqrstuvwxyz":
+        slot = key_slot(tagged_stream(bytes([c])))
+        for i, (lo, hi) in enumerate(MASTER_RANGES):
+            if lo <= slot <= hi and tags[i] is None:
+                tags[i] = bytes([c])
+    return tags
+
+
+STREAMS3 = [tagged_stream(t) for t in tags_on_three_masters()]
+
+
+def stream3_of(i):
+    """Decision i's stream among STREAMS3: by symbol, as a producer that shards by symbol would,
+    so that every symbol's latest lives in one stream. 8 symbols over 3 streams is 3/3/2."""
+    return (i % len(SYMBOLS)) % len(STREAMS3)
+
 
 def fields(i, plan_id):
     """The 13 seed fields of decision i (about 330 bytes; every value fits a listpack)."""
@@ -168,6 +222,26 @@ def gen_xadd(path, n):
             out.write(resp([b"XADD", STREAM, b"*"] + fields(i, plan_id(i))))
 
 
+def gen_xadd3(paths, n):
+    """The load of gen_xadd split over STREAMS3, one file per stream. Returns, per stream, the
+    keys HeatBridge leaves: the stream, by_plan and dedupe per decision, latest and pointer per
+    symbol."""
+    outs = [open(p, "wb") for p in paths]
+    counts = [0] * len(STREAMS3)
+    symbols = [set() for _ in STREAMS3]
+    try:
+        for i in range(n):
+            k = stream3_of(i)
+            outs[k].write(resp([b"XADD", STREAMS3[k], b"*"] + fields(i, plan_id(i))))
+            counts[k] += 1
+            symbols[k].add(SYMBOLS[i % len(SYMBOLS)])
+    finally:
+        for o in outs:
+            o.close()
+    return [{"stream": st.decode(), "n": c, "keys": 1 + 2 * c + 2 * len(sy) if c else 0}
+            for st, c, sy in zip(STREAMS3, counts, symbols)]
+
+
 def gen_lua(path, n):
     with open(path, "wb") as out:
         for i in range(n):
@@ -210,8 +284,8 @@ def server_binary(kind):
 
 
 class Server:
-    def __init__(self, kind, tmp, module=None):
-        """module: (path, arguments) to --loadmodule, or None."""
+    def __init__(self, kind, tmp, module=None, extra=()):
+        """module: (path, arguments) to --loadmodule, or None; extra: more server arguments."""
         self.kind = kind
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix=f"{kind}-", dir=tmp)
@@ -221,6 +295,7 @@ class Server:
                 "--enable-module-command", "yes", "--daemonize", "no"]
         if module is not None:
             args += ["--loadmodule", module[0]] + module[1]
+        args += list(extra)
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if PIDFILE:
             with open(PIDFILE, "a") as pf:
@@ -266,10 +341,10 @@ def pipe(srv, path):
     return int(m.group(2))
 
 
-def group_state(r):
+def group_state(r, stream=STREAM):
     """(last-delivered-id, pending, lag) of the HeatBridge group, or None before it exists."""
     try:
-        groups = r.xinfo_groups(STREAM)
+        groups = r.xinfo_groups(stream)
     except redis.exceptions.ResponseError:
         return None
     for g in groups:
@@ -278,17 +353,18 @@ def group_state(r):
     return None
 
 
-def wait_projected(r, timeout=300, interval=0.002):
+def wait_projected(r, timeout=300, interval=0.002, stream=STREAM):
     """Waits until the group's cursor is at the last entry and nothing is pending. (The
     group's entries-read, and so its lag, is unknown after XGROUP SETID without ENTRIESREAD.)"""
-    last = r.xrevrange(STREAM, count=1)[0][0]
+    last = r.xrevrange(stream, count=1)[0][0]
     deadline = time.time() + timeout
     while time.time() < deadline:
-        st = group_state(r)
+        st = group_state(r, stream)
         if st and st[0] == last and st[1] == 0:
             return
         time.sleep(interval)
-    raise RuntimeError(f"projection did not complete: group {group_state(r)}, last entry {last}")
+    raise RuntimeError(f"projection of {stream!r} did not complete: group "
+                       f"{group_state(r, stream)}, last entry {last}")
 
 
 # ---------------------------------------------------------------- visibility probe
