@@ -101,7 +101,10 @@ pub fn latest(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
 pub fn stream_position(args: &[&[u8]], from: usize, step: usize) -> Option<usize> {
     (from..args.len().saturating_sub(1))
         .step_by(step.max(1))
-        .find(|&i| args.get(i).is_some_and(|a| a.eq_ignore_ascii_case(b"STREAM")))
+        .find(|&i| {
+            args.get(i)
+                .is_some_and(|a| a.eq_ignore_ascii_case(b"STREAM"))
+        })
         .map(|i| i + 1)
 }
 
@@ -326,7 +329,11 @@ mod tests {
         let dangling: [&[u8]; 3] = [b"HEATBRIDGE.GET", b"p", b"STREAM"];
         assert_eq!(stream_position(&dangling, 2, 1), None);
         let replay: [&[u8]; 5] = [b"HEATBRIDGE.REPLAY", b"COUNT", b"STREAM", b"STREAM", b"s"];
-        assert_eq!(stream_position(&replay, 1, 2), Some(4), "COUNT's value is not a keyword");
+        assert_eq!(
+            stream_position(&replay, 1, 2),
+            Some(4),
+            "COUNT's value is not a keyword"
+        );
         let none: [&[u8]; 1] = [b"HEATBRIDGE.REPLAY"];
         assert_eq!(stream_position(&none, 1, 2), None);
     }

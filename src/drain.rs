@@ -47,10 +47,11 @@ enum Step {
     Failed,
 }
 
-/// Runs one drain pass over every projected stream; see [`drain_stream`]. Returns whether
-/// entries remain (the caller schedules the next pass). Nothing is done on a replica, while
-/// loading, or while writes are paused.
-pub fn run(ctx: &Context) -> bool {
+/// Runs one drain pass over every projected stream (`all`: the housekeeping tick) or over
+/// those with something due (after an XADD, or to go on with a catch-up); see
+/// [`drain_stream`]. Returns whether entries remain (the caller schedules the next pass).
+/// Nothing is done on a replica, while loading, or while writes are paused.
+pub fn run(ctx: &Context, all: bool) -> bool {
     server::publish_role(ctx);
     if !can_write(ctx) {
         return false;
@@ -63,7 +64,7 @@ pub fn run(ctx: &Context) -> bool {
     };
     let mut more = false;
     for stream in projector::streams() {
-        more |= drain_stream(ctx, &settings, &stream);
+        more |= drain_stream(ctx, &settings, &stream, !all);
     }
     more
 }
@@ -72,11 +73,12 @@ pub fn run(ctx: &Context) -> bool {
 struct PassGuard<'a> {
     stream: &'a str,
     known: Option<Known>,
+    more: bool,
 }
 
 impl Drop for PassGuard<'_> {
     fn drop(&mut self) {
-        projector::end_pass(self.stream, self.known.take());
+        projector::end_pass(self.stream, self.known.take(), self.more);
     }
 }
 
@@ -87,19 +89,21 @@ impl Drop for PassGuard<'_> {
 /// can tell its steps apart. The pass therefore reads the group once, writes latest and its
 /// pointer once per symbol (for the symbol's last projected entry), and moves the group
 /// cursor once, after every other write.
-fn drain_stream(ctx: &Context, settings: &Settings, stream: &str) -> bool {
-    let Some((trusted, target)) = projector::begin_pass(stream, &settings.consumer) else {
+fn drain_stream(ctx: &Context, settings: &Settings, stream: &str, only_due: bool) -> bool {
+    let Some((trusted, target)) = projector::begin_pass(stream, &settings.consumer, only_due)
+    else {
         return false;
     };
     if config::cluster() && !projector::owns(ctx, &target) {
         // Another master owns the stream's slot (or it moved away): not this node's to
         // project. Nothing was trusted from this pass; the projector forgets its state.
-        projector::end_pass(stream, None);
+        projector::end_pass(stream, None, false);
         return false;
     }
     let mut guard = PassGuard {
         stream,
         known: None,
+        more: false,
     };
     let start = Instant::now();
     let mut pass = Pass::new(ctx, target);
@@ -116,6 +120,7 @@ fn drain_stream(ctx: &Context, settings: &Settings, stream: &str) -> bool {
         last = Step::Failed;
     }
     guard.known = learned;
+    guard.more = last == Step::More;
     latency_sample(start.elapsed());
     let mut p = state::published();
     if last == Step::Failed {

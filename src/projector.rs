@@ -42,6 +42,9 @@ pub struct Projector {
     pub fast: FastPath<Command>,
     /// Why this stream is not projected although listed (no hash tag in a cluster).
     problem: Option<String>,
+    /// Whether a pass should look at the stream when it drains only what is due: an XADD,
+    /// a change or a forgotten state since its last pass, or entries left by it.
+    due: bool,
 }
 
 impl Projector {
@@ -56,6 +59,7 @@ impl Projector {
             group_key: Kept::new(group.as_bytes()),
             keys: Keys::of_stream(stream.as_bytes()),
             fast: FastPath::default(),
+            due: true,
         }
     }
 
@@ -188,6 +192,7 @@ pub fn with_stream<R>(name: &[u8], f: impl FnOnce(&mut Projector) -> R) -> Optio
 pub fn forget_all() {
     for p in registry().projectors.iter_mut() {
         p.fast.forget();
+        p.due = true;
     }
 }
 
@@ -222,6 +227,7 @@ pub fn forget_named(names: impl Fn(&[u8]) -> bool) {
     for p in registry().projectors.iter_mut() {
         if names(p.stream.as_bytes()) {
             p.fast.forget();
+            p.due = true;
         }
     }
 }
@@ -236,6 +242,7 @@ pub fn xadd_event(ctx: &Context, key: &[u8]) -> bool {
     // it again).
     let in_exec = f.contains(ContextFlags::MULTI);
     with_stream(key, |p| {
+        p.due = true;
         p.fast
             .xadd_event(writable, in_exec, |c| c.is_key_of_event(key))
     });
@@ -244,28 +251,39 @@ pub fn xadd_event(ctx: &Context, key: &[u8]) -> bool {
 
 /// A stream event other than `xadd` on stream `key`.
 pub fn stream_changed(key: &[u8]) {
-    with_stream(key, |p| p.fast.stream_changed());
+    with_stream(key, |p| {
+        p.due = true;
+        p.fast.stream_changed()
+    });
 }
 
 /// A pass over stream `stream` begins: what it may trust, and its target. `None` when the
-/// stream is not projected.
-pub fn begin_pass(stream: &str, consumer: &str) -> Option<(Trusted<Command>, Target)> {
+/// stream is not projected, or when `only_due` and nothing is due on it (see
+/// [`Projector::due`]): a pass after one XADD looks at that XADD's stream only.
+pub fn begin_pass(
+    stream: &str,
+    consumer: &str,
+    only_due: bool,
+) -> Option<(Trusted<Command>, Target)> {
     let trust = TRUST_KNOWN.load(Relaxed) && config::fast_path();
     let take_commands = trust && capture::enabled();
     let mut r = registry();
     let p = r
         .projectors
         .iter_mut()
-        .find(|p| p.stream == stream && p.problem.is_none())?;
+        .find(|p| p.stream == stream && p.problem.is_none() && (p.due || !only_due))?;
+    p.due = false;
     Some((p.fast.begin_pass(trust, take_commands), p.target(consumer)))
 }
 
-/// A pass over `stream` ended, leaving `known` when it ended clean.
-pub fn end_pass(stream: &str, known: Option<Known>) {
+/// A pass over `stream` ended, leaving `known` when it ended clean; `more` when entries
+/// remain (the stream stays due).
+pub fn end_pass(stream: &str, known: Option<Known>, more: bool) {
     let trust = TRUST_KNOWN.load(Relaxed) && config::fast_path();
     let mut r = registry();
     if let Some(p) = r.projectors.iter_mut().find(|p| p.stream == stream) {
         p.fast.end_pass(known.filter(|_| trust));
+        p.due |= more;
     }
 }
 

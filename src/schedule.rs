@@ -64,7 +64,7 @@ pub fn after_xadd(ctx: &Context) {
             guard::contain("post-notification job", (), || {
                 JOB_PENDING.store(false, Relaxed);
                 guard::fault_point("job");
-                run(ctx);
+                run(ctx, false);
             })
         });
         match added {
@@ -85,9 +85,10 @@ pub fn after_xadd(ctx: &Context) {
     schedule(ctx);
 }
 
-/// Runs a drain pass, and schedules the next one when entries remain.
-fn run(ctx: &Context) {
-    if drain::run(ctx) {
+/// Runs a drain pass over the streams with something due (all of them for the tick), and
+/// schedules the next one when entries remain.
+fn run(ctx: &Context, all: bool) {
+    if drain::run(ctx, all) {
         schedule(ctx);
     }
 }
@@ -119,7 +120,7 @@ unsafe extern "C" fn on_drain_timer(ctx: *mut raw::RedisModuleCtx, _data: *mut c
             return;
         }
         guard::fault_point("timer");
-        run(&Context::new(ctx));
+        run(&Context::new(ctx), false);
     })
 }
 
@@ -194,7 +195,7 @@ pub fn housekeeping(ctx: &Context) {
     // The tick always reads the group, so changes no event reports are seen within poll-ms.
     projector::forget_all();
     if can_write(ctx) && !timer_pending() {
-        run(ctx);
+        run(ctx, true);
     }
     projector::refresh(ctx);
 }
