@@ -5,8 +5,7 @@
 mod common;
 use common::*;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BY_PLAN: &str = "quantum:harvest:heat:by_plan:";
@@ -32,117 +31,8 @@ const DEFAULTS: [(&str, &str); 14] = [
     ("heatbridge.fast-path", "yes"),
 ];
 
-/// A server started from a config file (`server conf`), as CONFIG REWRITE needs; killed on
-/// drop. The harness's [`Server`] passes everything on the command line, where a config file
-/// cannot go.
-struct ConfServer {
-    flavor: Flavor,
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl ConfServer {
-    /// Writes `redis.conf` (the basics, then `lines`) and starts the server from it.
-    fn start(flavor: Flavor, lines: &[String]) -> ConfServer {
-        let dir = tempfile::Builder::new()
-            .prefix("heatbridge-conf-")
-            .tempdir()
-            .expect("temp dir");
-        let port = free_port();
-        let mut conf = format!(
-            "port {port}\nbind 127.0.0.1\ndir {}\nlogfile {}\nsave \"\"\nenable-module-command yes\n",
-            dir.path().display(),
-            dir.path().join("server.log").display()
-        );
-        for l in lines {
-            conf.push_str(l);
-            conf.push('\n');
-        }
-        std::fs::write(dir.path().join("redis.conf"), conf).expect("write redis.conf");
-        let mut s = ConfServer {
-            flavor,
-            child: None,
-            dir,
-            port,
-        };
-        s.spawn();
-        s
-    }
-
-    fn conf_path(&self) -> PathBuf {
-        self.dir.path().join("redis.conf")
-    }
-
-    fn conf(&self) -> String {
-        std::fs::read_to_string(self.conf_path()).unwrap_or_default()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new(server_binary(self.flavor))
-            .arg(self.conf_path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn server");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(Ok(Some(st))) = self.child.as_mut().map(Child::try_wait) {
-                panic!("server exited with {st}:\n{}\n{}", self.conf(), self.log());
-            }
-            if let Ok(mut c) = self.try_conn() {
-                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
-                    return;
-                }
-            }
-            assert!(Instant::now() < deadline, "not ready:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(30));
-        }
-    }
-
-    fn try_conn(&self) -> redis::RedisResult<Connection> {
-        redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))?
-            .get_connection_with_timeout(Duration::from_secs(2))
-    }
-
-    fn conn(&self) -> Connection {
-        let c = self.try_conn().expect("connect");
-        c.set_read_timeout(Some(Duration::from_secs(30))).ok();
-        c
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn restart(&mut self) {
-        self.kill();
-        self.spawn();
-    }
-}
-
-impl Drop for ConfServer {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            eprintln!(
-                "--- redis.conf ({:?}):\n{}\n--- server log:\n{}",
-                self.flavor,
-                self.conf(),
-                self.log()
-            );
-        }
-    }
-}
+/// A server started from a config file, as CONFIG REWRITE needs (the harness's).
+use common::ConfFileServer as ConfServer;
 
 /// `loadmodule <module> <args>` with the exporter off.
 fn loadmodule_line(args: &str) -> String {

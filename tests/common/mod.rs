@@ -644,6 +644,11 @@ impl ConfFileServer {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
 
+    /// The config file's text now (CONFIG REWRITE may have changed it).
+    pub fn conf(&self) -> String {
+        std::fs::read_to_string(self.conf_path()).unwrap_or_default()
+    }
+
     fn spawn(&mut self) {
         let child = Command::new(server_binary(self.flavor))
             .arg(self.conf_path())
