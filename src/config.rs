@@ -22,14 +22,13 @@
 //! the server omits only values equal to the registered default. So after a rewrite, every
 //! value is a config line, and a restart comes back with exactly the running values.
 
-use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::Relaxed};
-use std::sync::Mutex;
 
-use redis_module::configuration::ConfigurationContext;
-use redis_module::{enum_configuration, ConfigurationValue, RedisError, RedisString};
-
-use crate::guard;
+pub use crate::setting::{
+    check_port_pair, running, set_running, stream_names, LevelSetting, LevelValue, LogLevel,
+    NumericSetting, StringSetting, SwitchSetting, SwitchValue, LOG_LEVEL, LOG_LEVEL_SETTING, UNSET,
+    UNSET_TEXT,
+};
 
 /// Default input stream (P27_STREAM_IN).
 pub const DEFAULT_STREAM: &str = "quantum:stream:harvest.heat.decision";
@@ -87,7 +86,7 @@ pub const NUMERIC_BOUNDS: [(&str, i64, i64); 8] = [
 ];
 
 /// A validator of a string setting.
-pub type Check = fn(&str) -> Result<(), String>;
+pub use crate::setting::Check;
 
 /// Validators of every string setting, by name without the prefix.
 pub const STRING_CHECKS: [(&str, Check); 4] = [
@@ -99,13 +98,6 @@ pub const STRING_CHECKS: [(&str, Check); 4] = [
 
 /// Names accepted by `heatbridge.log-level` (case-insensitive, as CONFIG SET takes them).
 pub const LOG_LEVELS: [&str; 4] = ["DEBUG", "INFO", "WARNING", "ERROR"];
-
-/// The registered default of every numeric setting: below every minimum, so no config line
-/// can give it (see the module doc).
-pub const UNSET: i64 = -1;
-/// The registered default of every string setting: no name or address may hold a control
-/// character, so no valid config line can give it.
-pub const UNSET_TEXT: &str = "\u{1}heatbridge:unset";
 
 /// `heatbridge.poll-ms`
 pub static POLL_MS: NumericSetting = NumericSetting::new(DEFAULT_POLL_MS);
@@ -138,314 +130,6 @@ pub static CONSUMER: StringSetting = StringSetting::new(DEFAULT_CONSUMER, valida
 /// `heatbridge.bind`
 pub static BIND: StringSetting = StringSetting::new(DEFAULT_BIND, validate_bind);
 
-enum_configuration! {
-    /// `heatbridge.log-level` (P27_LOG_LEVEL).
-    #[allow(clippy::upper_case_acronyms)]
-    #[derive(Debug, PartialEq, Eq, Copy)]
-    pub enum LogLevel {
-        DEBUG = 0,
-        INFO = 1,
-        WARNING = 2,
-        ERROR = 3,
-    }
-}
-
-/// `heatbridge.log-level`: the level in force.
-pub static LOG_LEVEL: Mutex<LogLevel> = Mutex::new(LogLevel::INFO);
-/// What the server sees of `heatbridge.log-level`: [`LOG_LEVEL`], or unset during a load.
-pub static LOG_LEVEL_SETTING: LevelSetting = LevelSetting {
-    unset: std::sync::atomic::AtomicBool::new(false),
-};
-
-impl LogLevel {
-    /// The matching logging threshold.
-    pub fn threshold(self) -> crate::logging::Level {
-        use crate::logging::Level;
-        match self {
-            LogLevel::DEBUG => Level::Debug,
-            LogLevel::INFO => Level::Info,
-            LogLevel::WARNING => Level::Warning,
-            LogLevel::ERROR => Level::Error,
-        }
-    }
-}
-
-/// Whether the module is running (between init and unload). Before that, during a load,
-/// the server applies config lines one by one, so a cross-setting check waits for init.
-fn running() -> bool {
-    crate::exporter::started()
-}
-
-/// A numeric setting, readable from any thread; the server checks its bounds.
-pub struct NumericSetting {
-    value: AtomicI64,
-    default: i64,
-    /// For a port: the other endpoint's setting and name, which it may not equal.
-    other_port: Option<(&'static str, &'static NumericSetting)>,
-    /// A further check of a value set at runtime.
-    check: Option<fn(i64) -> Result<(), String>>,
-}
-
-impl NumericSetting {
-    const fn new(default: i64) -> Self {
-        NumericSetting {
-            value: AtomicI64::new(default),
-            default,
-            other_port: None,
-            check: None,
-        }
-    }
-
-    const fn checked(default: i64, check: fn(i64) -> Result<(), String>) -> Self {
-        NumericSetting {
-            value: AtomicI64::new(default),
-            default,
-            other_port: None,
-            check: Some(check),
-        }
-    }
-
-    const fn port(default: i64, other: &'static str, port: &'static NumericSetting) -> Self {
-        NumericSetting {
-            value: AtomicI64::new(default),
-            default,
-            other_port: Some((other, port)),
-            check: None,
-        }
-    }
-
-    /// Whether the load left this setting without a config line.
-    fn is_unset(&self) -> bool {
-        self.value.load(Relaxed) == UNSET
-    }
-
-    /// Stores `v` unless it would put both endpoints on one port.
-    fn try_set(&self, v: i64) -> Result<(), String> {
-        if let Some(check) = self.check {
-            check(v)?;
-        }
-        if let Some((name, other)) = self.other_port {
-            check_port_pair(v, other.load(Relaxed)).map_err(|_| {
-                format!("{name} is already {v}: the endpoints need different ports (or 0)")
-            })?;
-        }
-        self.value.store(v, Relaxed);
-        Ok(())
-    }
-}
-
-impl Deref for NumericSetting {
-    type Target = AtomicI64;
-
-    fn deref(&self) -> &AtomicI64 {
-        &self.value
-    }
-}
-
-impl ConfigurationValue<i64> for NumericSetting {
-    fn get(&self, _ctx: &ConfigurationContext) -> i64 {
-        self.value.load(Relaxed)
-    }
-
-    fn set(&self, _ctx: &ConfigurationContext, v: i64) -> Result<(), RedisError> {
-        guard::contain("config set", Err(RedisError::Str("internal error")), || {
-            if !running() {
-                // During a load: UNSET from the server means no config line; the pair of
-                // ports is checked once both are known, in init.
-                self.value.store(v, Relaxed);
-                return Ok(());
-            }
-            self.try_set(v).map_err(RedisError::String)
-        })
-    }
-}
-
-/// Refuses two endpoints on one port; 0 (off) may repeat.
-pub fn check_port_pair(metrics: i64, health: i64) -> Result<(), String> {
-    if metrics != 0 && metrics == health {
-        return Err(format!(
-            "heatbridge.metrics-port and heatbridge.health-port are both {metrics}: \
-             the endpoints need different ports (or 0 to turn one off)"
-        ));
-    }
-    Ok(())
-}
-
-/// The value `heatbridge.log-level` takes through the server: a [`LogLevel`], or
-/// [`LevelValue::UNSET`], the registered default (see the module doc).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LevelValue(i32);
-
-impl LevelValue {
-    /// No config line gave log-level.
-    pub const UNSET: LevelValue = LevelValue(-1);
-}
-
-impl TryFrom<i32> for LevelValue {
-    type Error = RedisError;
-
-    fn try_from(v: i32) -> Result<Self, RedisError> {
-        if v == LevelValue::UNSET.0 || LogLevel::try_from(v).is_ok() {
-            return Ok(LevelValue(v));
-        }
-        Err(RedisError::Str("Value is not supported"))
-    }
-}
-
-impl From<LevelValue> for i32 {
-    fn from(v: LevelValue) -> i32 {
-        v.0
-    }
-}
-
-impl EnumConfigurationValue for LevelValue {
-    fn get_options(&self) -> (Vec<String>, Vec<i32>) {
-        LogLevel::INFO.get_options()
-    }
-}
-
-/// `heatbridge.log-level` as the server sees it; the level itself is in [`LOG_LEVEL`].
-pub struct LevelSetting {
-    unset: std::sync::atomic::AtomicBool,
-}
-
-impl LevelSetting {
-    fn level(&self) -> LogLevel {
-        *LOG_LEVEL.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-impl ConfigurationValue<LevelValue> for LevelSetting {
-    fn get(&self, _ctx: &ConfigurationContext) -> LevelValue {
-        if self.unset.load(Relaxed) {
-            return LevelValue::UNSET;
-        }
-        LevelValue(self.level().into())
-    }
-
-    fn set(&self, _ctx: &ConfigurationContext, v: LevelValue) -> Result<(), RedisError> {
-        guard::contain("config set", Err(RedisError::Str("internal error")), || {
-            if v == LevelValue::UNSET {
-                if running() {
-                    return Err(RedisError::Str("Value is not supported"));
-                }
-                self.unset.store(true, Relaxed);
-                return Ok(());
-            }
-            let level = LogLevel::try_from(v.0)?;
-            *LOG_LEVEL.lock().unwrap_or_else(|e| e.into_inner()) = level;
-            self.unset.store(false, Relaxed);
-            Ok(())
-        })
-    }
-}
-
-/// A string setting with a validator, readable from any thread.
-///
-/// It holds its default until a value is set. The server compares a value from redis.conf
-/// with the current one and skips the setter when they are equal, so a setting that started
-/// out empty would take `heatbridge.stream-in ""` without ever validating it.
-pub struct StringSetting {
-    value: Mutex<Slot>,
-    default: &'static str,
-    check: Check,
-}
-
-/// What a [`StringSetting`] holds.
-enum Slot {
-    /// Its default.
-    Default,
-    /// Its default, and the load gave it no config line.
-    Unset,
-    /// A value that was set.
-    Value(String),
-}
-
-impl StringSetting {
-    const fn new(default: &'static str, check: Check) -> Self {
-        StringSetting {
-            value: Mutex::new(Slot::Default),
-            default,
-            check,
-        }
-    }
-
-    fn slot(&self) -> std::sync::MutexGuard<'_, Slot> {
-        self.value.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The current value.
-    pub fn get(&self) -> String {
-        match &*self.slot() {
-            Slot::Value(v) => v.clone(),
-            Slot::Default | Slot::Unset => self.default.to_string(),
-        }
-    }
-
-    /// Whether `bytes` is one of the comma-separated names of the current value, without
-    /// copying it.
-    pub fn lists(&self, bytes: &[u8]) -> bool {
-        match &*self.slot() {
-            Slot::Value(v) => stream_names(v).any(|n| n.as_bytes() == bytes),
-            Slot::Default | Slot::Unset => {
-                stream_names(self.default).any(|n| n.as_bytes() == bytes)
-            }
-        }
-    }
-
-    /// Whether the current value equals `bytes`, without copying it.
-    pub fn matches(&self, bytes: &[u8]) -> bool {
-        match &*self.slot() {
-            Slot::Value(v) => v.as_bytes() == bytes,
-            Slot::Default | Slot::Unset => self.default.as_bytes() == bytes,
-        }
-    }
-
-    /// Validates and stores `v`; on error the old value stays.
-    pub fn try_set(&self, v: &str) -> Result<(), String> {
-        (self.check)(v)?;
-        *self.slot() = Slot::Value(v.to_string());
-        Ok(())
-    }
-
-    fn is_unset(&self) -> bool {
-        matches!(*self.slot(), Slot::Unset)
-    }
-
-    /// Back to the default (a load without a config line or argument for it).
-    fn reset(&self) {
-        *self.slot() = Slot::Default;
-    }
-}
-
-impl ConfigurationValue<RedisString> for StringSetting {
-    fn get(&self, _ctx: &ConfigurationContext) -> RedisString {
-        if self.is_unset() {
-            return RedisString::create(None, UNSET_TEXT);
-        }
-        RedisString::create(None, StringSetting::get(self).as_str())
-    }
-
-    fn set(&self, _ctx: &ConfigurationContext, val: RedisString) -> Result<(), RedisError> {
-        guard::contain("config set", Err(RedisError::Str("internal error")), || {
-            let s = val
-                .try_as_str()
-                .map_err(|_| RedisError::Str("value must be valid UTF-8"))?;
-            if s == UNSET_TEXT && !running() {
-                *self.slot() = Slot::Unset;
-                return Ok(());
-            }
-            // The crate turns this error into a C string with an unwrap: a NUL byte in it
-            // would abort the server, so NUL is refused up front and never echoed.
-            if s.contains('\0') {
-                return Err(RedisError::Str("value must not contain NUL bytes"));
-            }
-            self.try_set(s)
-                .map_err(|e| RedisError::String(e.replace('\0', "\\0")))
-        })
-    }
-}
-
 /// Whether the server runs in cluster mode (set at load).
 static CLUSTER: AtomicBool = AtomicBool::new(false);
 
@@ -457,12 +141,6 @@ pub fn set_cluster(on: bool) {
 /// Whether the server runs in cluster mode.
 pub fn cluster() -> bool {
     CLUSTER.load(Relaxed)
-}
-
-/// The stream names of a `heatbridge.stream-in` value: separated by commas, surrounding
-/// spaces ignored.
-pub fn stream_names(list: &str) -> impl Iterator<Item = &str> {
-    list.split(',').map(str::trim)
 }
 
 /// The error for a stream without a hash tag in a cluster (CONTRACT §11).
@@ -532,182 +210,6 @@ pub fn validate_bind(v: &str) -> Result<(), String> {
     })
 }
 
-/// Validates `loadmodule` / `MODULE LOAD` arguments: `NAME VALUE` pairs of known settings
-/// (no prefix), each name once, each value within its limits.
-///
-/// Module args become the registered defaults, and the server does not refuse a default
-/// that is out of bounds or that its setter rejects: `ttl-plan-sec -1` would load as -1, and
-/// on Valkey 8.1 a rejected string default (`stream-in ""`) makes the server unload the
-/// module after init and crash if a timer is pending. So init checks the args first and
-/// fails the load cleanly.
-pub fn check_module_args(args: &[&[u8]]) -> Result<(), String> {
-    if !args.len().is_multiple_of(2) {
-        return Err("module arguments must be NAME VALUE pairs".into());
-    }
-    let known = |n: &str| {
-        NUMERIC_BOUNDS.iter().any(|(k, _, _)| *k == n)
-            || STRING_CHECKS.iter().any(|(k, _)| *k == n)
-            || n == "log-level"
-            || n == "fast-path"
-    };
-    let mut seen: Vec<&str> = Vec::new();
-    for pair in args.chunks(2) {
-        let [name, value] = pair else {
-            return Err("module arguments must be NAME VALUE pairs".into());
-        };
-        let name = std::str::from_utf8(name)
-            .map_err(|_| "a module argument name is not valid UTF-8".to_string())?;
-        let value = std::str::from_utf8(value)
-            .map_err(|_| format!("the value of {name} is not valid UTF-8"))?;
-        if !known(name) {
-            return Err(format!("unknown setting '{name}'"));
-        }
-        if seen.contains(&name) {
-            return Err(format!("setting '{name}' is given twice"));
-        }
-        seen.push(name);
-        // The server finds a setting's value as the word after its name's first occurrence,
-        // so a value that is also a setting name would be misread.
-        if known(value) {
-            return Err(format!(
-                "the value of {name} may not be a setting name ('{value}'); use CONFIG SET"
-            ));
-        }
-        check_value(name, value).map_err(|e| format!("invalid {name} '{value}': {e}"))?;
-    }
-    Ok(())
-}
-
-/// Checks the module arguments, then settles every setting for init: one that a config
-/// line gave keeps it; one the load left unset takes its argument, or else its default.
-/// Then the two ports must differ. Returns the settings whose argument a config line
-/// overrode, so that init can say so.
-///
-/// The crate's own handling of module arguments (`module_args_as_configuration`) hands them
-/// to `CString::new(..).unwrap()` and to printf-style logging before HeatBridge's code runs,
-/// so a NUL byte or a `%` in one crashed the server at load. They are parsed here instead.
-pub fn apply_module_args(args: &[&[u8]]) -> Result<Vec<String>, String> {
-    check_module_args(args)?;
-    let arg = |name: &str| {
-        args.chunks(2).find_map(|pair| match pair {
-            [n, v] if *n == name.as_bytes() => std::str::from_utf8(v).ok(),
-            _ => None,
-        })
-    };
-    let mut overridden = Vec::new();
-    let mut note = |name: &str, unset: bool| {
-        if !unset && arg(name).is_some() {
-            overridden.push(format!("heatbridge.{name}"));
-        }
-    };
-    let numeric: [(&str, &NumericSetting); 8] = [
-        ("poll-ms", &POLL_MS),
-        ("db", &DB),
-        ("batch", &BATCH),
-        ("ttl-plan-sec", &TTL_PLAN_SEC),
-        ("ttl-symbol-sec", &TTL_SYMBOL_SEC),
-        ("dedupe-ttl-sec", &DEDUPE_TTL_SEC),
-        ("metrics-port", &METRICS_PORT),
-        ("health-port", &HEALTH_PORT),
-    ];
-    for (name, setting) in numeric {
-        let unset = setting.is_unset();
-        note(name, unset);
-        if unset {
-            let v = match arg(name) {
-                Some(v) => v.trim().parse().map_err(|_| format!("invalid {name}"))?,
-                None => setting.default,
-            };
-            setting.value.store(v, Relaxed);
-        }
-    }
-    let strings: [(&str, &StringSetting); 4] = [
-        ("stream-in", &STREAM_IN),
-        ("group", &GROUP),
-        ("consumer", &CONSUMER),
-        ("bind", &BIND),
-    ];
-    for (name, setting) in strings {
-        let unset = setting.is_unset();
-        note(name, unset);
-        if unset {
-            match arg(name) {
-                Some(v) => setting
-                    .try_set(v)
-                    .map_err(|e| format!("invalid {name}: {e}"))?,
-                None => setting.reset(),
-            }
-        }
-    }
-    let unset = FAST_PATH.unset.load(Relaxed);
-    note("fast-path", unset);
-    if unset {
-        FAST_PATH.fill(arg("fast-path"));
-    }
-    let unset = LOG_LEVEL_SETTING.unset.load(Relaxed);
-    note("log-level", unset);
-    if unset {
-        let level = match arg("log-level").map(str::to_ascii_uppercase).as_deref() {
-            Some("DEBUG") => LogLevel::DEBUG,
-            Some("WARNING") => LogLevel::WARNING,
-            Some("ERROR") => LogLevel::ERROR,
-            _ => LogLevel::INFO,
-        };
-        *LOG_LEVEL.lock().unwrap_or_else(|e| e.into_inner()) = level;
-        LOG_LEVEL_SETTING.unset.store(false, Relaxed);
-    }
-    check_port_pair(METRICS_PORT.load(Relaxed), HEALTH_PORT.load(Relaxed))?;
-    Ok(overridden)
-}
-
-/// [`apply_module_args`] over the arguments as the server hands them to init; logs each
-/// argument that a config line overrode.
-pub fn apply_module_redis_args(args: &[RedisString]) -> Result<(), String> {
-    let raw: Vec<&[u8]> = args.iter().map(RedisString::as_slice).collect();
-    for name in apply_module_args(&raw)? {
-        crate::logging::info(&format!(
-            "{name}: the config line wins over the loadmodule argument"
-        ));
-    }
-    Ok(())
-}
-
-/// [`check_module_args`] over the arguments as the server hands them to init.
-pub fn check_module_redis_args(args: &[RedisString]) -> Result<(), String> {
-    let raw: Vec<&[u8]> = args.iter().map(RedisString::as_slice).collect();
-    check_module_args(&raw)
-}
-
-/// Validates one value of a known setting (name without the prefix).
-pub fn check_value(name: &str, value: &str) -> Result<(), String> {
-    if let Some((_, min, max)) = NUMERIC_BOUNDS.iter().find(|(k, _, _)| *k == name) {
-        let v: i64 = value
-            .trim()
-            .parse()
-            .map_err(|_| "not an integer".to_string())?;
-        if v < *min || v > *max {
-            return Err(format!("must be between {min} and {max}"));
-        }
-        return Ok(());
-    }
-    if let Some((_, check)) = STRING_CHECKS.iter().find(|(k, _)| *k == name) {
-        return check(value);
-    }
-    if name == "fast-path" {
-        if value.eq_ignore_ascii_case("yes") || value.eq_ignore_ascii_case("no") {
-            return Ok(());
-        }
-        return Err("must be yes or no".into());
-    }
-    if name == "log-level" {
-        if LOG_LEVELS.iter().any(|l| l.eq_ignore_ascii_case(value)) {
-            return Ok(());
-        }
-        return Err(format!("must be one of {}", LOG_LEVELS.join(", ")));
-    }
-    Err("unknown setting".into())
-}
-
 /// A copy of the settings that one drain step uses.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
@@ -752,89 +254,11 @@ pub fn current() -> Settings {
 /// `heatbridge.fast-path`: take entries from the XADDs that added them, and trust the group
 /// as the last pass left it, where that is safe (see `fastpath`). `no` reads every group
 /// and every entry back, for an operator ruling the fast path out in an incident.
-pub static FAST_PATH: SwitchSetting = SwitchSetting {
-    on: AtomicBool::new(true),
-    unset: AtomicBool::new(false),
-    default: true,
-};
+pub static FAST_PATH: SwitchSetting = SwitchSetting::new(true);
 
 /// Whether the fast path is on.
 pub fn fast_path() -> bool {
-    FAST_PATH.on.load(Relaxed)
-}
-
-/// The value a yes/no setting takes through the server: no (0), yes (1), or
-/// [`SwitchValue::UNSET`], the registered default (see the module doc).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SwitchValue(i32);
-
-impl SwitchValue {
-    /// No config line gave the setting.
-    pub const UNSET: SwitchValue = SwitchValue(-1);
-}
-
-impl TryFrom<i32> for SwitchValue {
-    type Error = RedisError;
-
-    fn try_from(v: i32) -> Result<Self, RedisError> {
-        if (-1..=1).contains(&v) {
-            return Ok(SwitchValue(v));
-        }
-        Err(RedisError::Str("Value is not supported"))
-    }
-}
-
-impl From<SwitchValue> for i32 {
-    fn from(v: SwitchValue) -> i32 {
-        v.0
-    }
-}
-
-impl EnumConfigurationValue for SwitchValue {
-    fn get_options(&self) -> (Vec<String>, Vec<i32>) {
-        (vec!["no".into(), "yes".into()], vec![0, 1])
-    }
-}
-
-/// A yes/no setting, readable from any thread.
-pub struct SwitchSetting {
-    on: AtomicBool,
-    unset: AtomicBool,
-    default: bool,
-}
-
-impl SwitchSetting {
-    /// Fills the setting at load when no config line gave it: from a module argument
-    /// (`yes`/`no`), else its default.
-    fn fill(&self, arg: Option<&str>) {
-        let on = arg.map_or(self.default, |v| v.eq_ignore_ascii_case("yes"));
-        self.on.store(on, Relaxed);
-        self.unset.store(false, Relaxed);
-    }
-}
-
-impl ConfigurationValue<SwitchValue> for SwitchSetting {
-    fn get(&self, _ctx: &ConfigurationContext) -> SwitchValue {
-        if self.unset.load(Relaxed) {
-            return SwitchValue::UNSET;
-        }
-        SwitchValue(i32::from(self.on.load(Relaxed)))
-    }
-
-    fn set(&self, _ctx: &ConfigurationContext, v: SwitchValue) -> Result<(), RedisError> {
-        guard::contain("config set", Err(RedisError::Str("internal error")), || {
-            if v == SwitchValue::UNSET {
-                if running() {
-                    return Err(RedisError::Str("Value is not supported"));
-                }
-                self.unset.store(true, Relaxed);
-                return Ok(());
-            }
-            self.on.store(v.0 == 1, Relaxed);
-            self.unset.store(false, Relaxed);
-            Ok(())
-        })
-    }
+    FAST_PATH.is_on()
 }
 
 /// `heatbridge.batch`, within its bounds.
@@ -847,17 +271,12 @@ pub fn port(a: &AtomicI64) -> u16 {
     u16::try_from(a.load(Relaxed)).unwrap_or(0)
 }
 
-/// Sites named in `HEATBRIDGE_FAULT_INJECT` (comma-separated) panic on purpose.
-#[cfg(feature = "fault-injection")]
-pub fn fault_site_matches(site: &str) -> bool {
-    std::env::var("HEATBRIDGE_FAULT_INJECT")
-        .map(|v| v.split(',').any(|s| s.trim() == site))
-        .unwrap_or(false)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::module_args::*;
+    use crate::setting::Slot;
+    use redis_module::EnumConfigurationValue;
 
     #[test]
     fn names_are_validated() {
@@ -995,7 +414,7 @@ mod tests {
         for (name, check) in STRING_CHECKS {
             assert!(check(UNSET_TEXT).is_err(), "{name}");
         }
-        assert!(LogLevel::try_from(LevelValue::UNSET.0).is_err());
+        assert!(LogLevel::try_from(i32::from(LevelValue::UNSET)).is_err());
         assert!(LevelValue::try_from(-1).is_ok());
         assert!(LevelValue::try_from(3).is_ok());
         assert!(LevelValue::try_from(4).is_err());
@@ -1025,7 +444,7 @@ mod tests {
         POLL_MS.store(DEFAULT_POLL_MS, Relaxed);
         *STREAM_IN.slot() = Slot::Unset;
         *GROUP.slot() = Slot::Default;
-        LOG_LEVEL_SETTING.unset.store(true, Relaxed);
+        LOG_LEVEL_SETTING.mark_unset();
         for s in [
             &TTL_SYMBOL_SEC,
             &DEDUPE_TTL_SEC,
@@ -1060,7 +479,7 @@ mod tests {
         assert_eq!(GROUP.get(), DEFAULT_GROUP);
         assert_eq!(BIND.get(), DEFAULT_BIND);
         assert_eq!(*LOG_LEVEL.lock().unwrap(), LogLevel::ERROR);
-        assert!(!LOG_LEVEL_SETTING.unset.load(Relaxed));
+        assert!(!LOG_LEVEL_SETTING.is_unset());
 
         // A line and an argument that put both endpoints on one port fail the load.
         METRICS_PORT.store(9000, Relaxed);

@@ -12,7 +12,6 @@
 //! Every write goes through a replicated call, so replicas and the AOF receive the writes
 //! after the XADD that caused them. Only a writable master that is not loading drains.
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use redis_module::{Context, RedisString};
@@ -28,7 +27,7 @@ use crate::health::StreamState;
 use crate::logging::error_limited as log_error_limited;
 use crate::metrics::{Stage, METRICS};
 use crate::projector;
-use crate::read::{read_after, read_one, stream_shape, Entry, IdWalk};
+use crate::read::{entries_from_commands, read_after, read_one, stream_shape, Entry};
 use crate::server::{self, can_write, latency_sample, Db};
 use crate::state;
 use crate::writer::Writer;
@@ -342,45 +341,6 @@ fn trust_known(
         entries_read: Some(k.entries_read),
     };
     Some((group, entries))
-}
-
-/// The entries after `after`, built from the arguments of the XADDs that added them (see
-/// [`capture`]) instead of read back from the stream: only the IDs and field counts are
-/// read. `None` unless exactly as many entries follow `after` and each one's ID and field
-/// count agree with its command.
-fn entries_from_commands(
-    ctx: &Context,
-    stream: &RedisString,
-    after: EntryId,
-    commands: Vec<capture::Command>,
-) -> Option<Vec<Entry>> {
-    let mut walk = IdWalk::after(ctx, stream, after, true)?;
-    let mut ids = Vec::with_capacity(commands.len() + 1);
-    while ids.len() <= commands.len() {
-        let Some(id) = walk.next_id() else { break };
-        ids.push(id);
-    }
-    drop(walk);
-    if ids.len() != commands.len() {
-        return None;
-    }
-    let mut entries = Vec::with_capacity(ids.len());
-    for ((id, numfields), c) in ids.into_iter().rev().zip(commands) {
-        let Some(fields) = c.into_entry(id, numfields) else {
-            capture::MISMATCHED.fetch_add(1, Relaxed);
-            log_error_limited(&format!(
-                "the arguments of the XADD of entry {id} do not match it; entries are read \
-                 back from the stream"
-            ));
-            return None;
-        };
-        entries.push(Entry {
-            id,
-            fields: Some(fields),
-        });
-    }
-    capture::TAKEN.fetch_add(entries.len() as u64, Relaxed);
-    Some(entries)
 }
 
 /// The rest of a drain step: project `entries` (read after `group`'s cursor) and record in

@@ -52,19 +52,9 @@ struct Running {
 
 static RUNNING: Mutex<Option<Running>> = Mutex::new(None);
 
-/// Set from init's [`start`] to unload's [`stop`], even if the thread could not start: the
-/// module is running then, and its settings are settled (see `config::running`).
-static STARTED: AtomicBool = AtomicBool::new(false);
-
-/// Whether the exporter was started and not stopped since.
-pub fn started() -> bool {
-    STARTED.load(Ordering::SeqCst)
-}
-
 /// Starts the exporter thread (module load). A thread already running is stopped first.
 pub fn start() {
     stop();
-    STARTED.store(true, Ordering::SeqCst);
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let spawned = std::thread::Builder::new()
@@ -80,7 +70,6 @@ pub fn start() {
 
 /// Stops and joins the exporter thread, closing its sockets (module unload).
 pub fn stop() {
-    STARTED.store(false, Ordering::SeqCst);
     let running = RUNNING.lock().unwrap_or_else(|e| e.into_inner()).take();
     if let Some(r) = running {
         r.stop.store(true, Ordering::SeqCst);

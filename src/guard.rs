@@ -34,7 +34,7 @@ pub fn contain<T>(site: &str, fallback: T, f: impl FnOnce() -> T) -> T {
 pub fn fault_point(site: &str) {
     #[cfg(feature = "fault-injection")]
     {
-        if crate::config::fault_site_matches(site) {
+        if fault_site_matches(site) {
             panic!("fault injected at {site}");
         }
     }
@@ -50,7 +50,7 @@ pub fn fault_point(site: &str) {
 pub fn fault_crash_holding<G>(site: &str, hold: impl FnOnce() -> G) {
     #[cfg(feature = "fault-injection")]
     {
-        if crate::config::fault_site_matches(site) {
+        if fault_site_matches(site) {
             let _held = hold();
             // SAFETY: test-only, on purpose: the server's crash handler takes over.
             unsafe {
@@ -60,6 +60,14 @@ pub fn fault_crash_holding<G>(site: &str, hold: impl FnOnce() -> G) {
     }
     #[cfg(not(feature = "fault-injection"))]
     let _ = (site, hold);
+}
+
+/// Sites named in `HEATBRIDGE_FAULT_INJECT` (comma-separated) panic on purpose.
+#[cfg(feature = "fault-injection")]
+fn fault_site_matches(site: &str) -> bool {
+    std::env::var("HEATBRIDGE_FAULT_INJECT")
+        .map(|v| v.split(',').any(|s| s.trim() == site))
+        .unwrap_or(false)
 }
 
 #[cfg(test)]

@@ -31,12 +31,14 @@ pub mod http;
 pub mod info;
 pub mod logging;
 pub mod metrics;
+pub mod module_args;
 pub mod projection;
 pub mod projector;
 pub mod read;
 pub mod replay;
 pub mod schedule;
 pub mod server;
+pub mod setting;
 pub mod state;
 pub mod writer;
 
@@ -119,7 +121,7 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
     guard::contain("module load", Status::Err, || {
         // Module arguments are checked and applied here, not by the crate (see
         // config::apply_module_args); an invalid one fails the load cleanly.
-        if let Err(e) = config::apply_module_redis_args(args) {
+        if let Err(e) = module_args::apply_module_redis_args(args) {
             // Our logger, not ctx.log_*: the message holds user input, which the crate's
             // logger would use as a printf format.
             logging::warning(&format!("heatbridge not loaded: {e}"));
@@ -147,6 +149,7 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
         let level = *config::LOG_LEVEL.lock().unwrap_or_else(|e| e.into_inner());
         logging::set_threshold(level.threshold());
         exporter::start();
+        config::set_running(true);
         exporter::reconfigure();
         logging::info(&format!(
             "loaded {} on stream {} (group {})",
@@ -161,6 +164,7 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
 /// Module unload: the exporter thread is stopped and joined, freeing both ports.
 fn deinit(_ctx: &Context) -> Status {
     guard::contain("module unload", Status::Ok, || {
+        config::set_running(false);
         exporter::stop();
         schedule::release_module_context();
         // Releases the XADD arguments still held (the statics outlive the unload).

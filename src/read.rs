@@ -14,9 +14,11 @@
 
 use std::os::raw::c_long;
 use std::ptr;
+use std::sync::atomic::Ordering::Relaxed;
 
 use redis_module::{raw, Context, RedisString};
 
+use crate::capture;
 use crate::decision::{self, EntryId};
 use crate::health::StreamState;
 
@@ -266,6 +268,45 @@ pub fn count_after(ctx: &Context, stream: &RedisString, after: EntryId) -> u64 {
         n += 1;
     }
     n
+}
+
+/// The entries after `after`, built from the arguments of the XADDs that added them (see
+/// [`capture`]) instead of read back from the stream: only the IDs and field counts are
+/// read. `None` unless exactly as many entries follow `after` and each one's ID and field
+/// count agree with its command.
+pub fn entries_from_commands(
+    ctx: &Context,
+    stream: &RedisString,
+    after: EntryId,
+    commands: Vec<capture::Command>,
+) -> Option<Vec<Entry>> {
+    let mut walk = IdWalk::after(ctx, stream, after, true)?;
+    let mut ids = Vec::with_capacity(commands.len() + 1);
+    while ids.len() <= commands.len() {
+        let Some(id) = walk.next_id() else { break };
+        ids.push(id);
+    }
+    drop(walk);
+    if ids.len() != commands.len() {
+        return None;
+    }
+    let mut entries = Vec::with_capacity(ids.len());
+    for ((id, numfields), c) in ids.into_iter().rev().zip(commands) {
+        let Some(fields) = c.into_entry(id, numfields) else {
+            capture::MISMATCHED.fetch_add(1, Relaxed);
+            crate::logging::error_limited(&format!(
+                "the arguments of the XADD of entry {id} do not match it; entries are read \
+                 back from the stream"
+            ));
+            return None;
+        };
+        entries.push(Entry {
+            id,
+            fields: Some(fields),
+        });
+    }
+    capture::TAKEN.fetch_add(entries.len() as u64, Relaxed);
+    Some(entries)
 }
 
 /// The newest entry of millisecond `ms` of the stream whose symbol is `symbol`, if any.
