@@ -2,12 +2,13 @@
 //! dedupe and by_plan keys; latest and its pointer are written once per symbol per pass,
 //! and never from an entry older than the decision they hold.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 
 use redis_module::{Context, ContextFlags, RedisString};
 
 use crate::config::Settings;
-use crate::decision::{self, Invalid};
+use crate::decision::{self, EntryId, Invalid};
 use crate::guard;
 use crate::logging::{self, RateLimit};
 use crate::metrics::{Stage, METRICS};
@@ -144,9 +145,12 @@ impl Latest {
     /// newer decision: for passes that do not end at the stream's end (a catch-up, a rewound
     /// cursor), pending entries and REPLAY, whose symbols may have newer decisions projected.
     ///
-    /// Latest expires at its entry's time plus `ttl-symbol-sec`, so its absolute expiry
-    /// (PEXPIRETIME) orders it against a candidate, which would expire at `at`. Two entries
-    /// of one millisecond are ordered by reading that millisecond of the stream.
+    /// Which decision latest holds is known exactly when this process wrote it and its
+    /// expiry is still the one written ([`LATEST_WRITTEN`]). Otherwise (after a restart, a
+    /// failover or an unload) latest's absolute expiry (PEXPIRETIME), its entry's time plus
+    /// `ttl-symbol-sec`, orders it against a candidate that would expire at `at`; two
+    /// decisions of one millisecond are ordered by reading that millisecond of the stream.
+    /// (That fallback assumes `ttl-symbol-sec` did not change since latest was written.)
     pub fn write_if_newer(
         self,
         ctx: &Context,
@@ -162,8 +166,20 @@ impl Latest {
             else {
                 continue;
             };
-            let current = writer::expire_time(ctx, &w.string(&keys.latest(sym.as_slice())));
-            let write = match projection::latest_order(at, current) {
+            let key = keys.latest(sym.as_slice());
+            let current = writer::expire_time(ctx, &w.string(&key));
+            let known = u64::try_from(current).ok().and_then(|current| {
+                written()
+                    .get(&key)
+                    .filter(|(_, written_at)| *written_at == current)
+                    .map(|(id, _)| *id)
+            });
+            let order = match known {
+                Some(id) if e.id >= id => LatestOrder::Newer,
+                Some(_) => LatestOrder::Older,
+                None => projection::latest_order(at, current),
+            };
+            let write = match order {
                 LatestOrder::Newer => true,
                 LatestOrder::Older => false,
                 LatestOrder::SameMillisecond => {
@@ -199,5 +215,36 @@ pub fn write_latest(w: &Writer, keys: &Keys, e: &Entry, at_ms: u64) -> Result<()
     let ptr = w.string(&keys.pointer(symbol.as_slice()));
     w.set_string(&ptr, plan, at_ms)?;
     METRICS.count_latest();
+    remember_written(key.as_slice(), e.id, at_ms);
     Ok(())
+}
+
+/// Most latest keys whose decision is remembered; past it the memory starts over (the
+/// expiry then orders decisions, as after a restart).
+const MAX_REMEMBERED: usize = 50_000;
+
+/// The decision (entry ID) this process last wrote into each latest key, with the expiry it
+/// gave the key: while the key still expires then, it holds that decision.
+static LATEST_WRITTEN: Mutex<BTreeMap<Vec<u8>, (EntryId, u64)>> = Mutex::new(BTreeMap::new());
+
+fn written() -> std::sync::MutexGuard<'static, BTreeMap<Vec<u8>, (EntryId, u64)>> {
+    LATEST_WRITTEN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn remember_written(key: &[u8], id: EntryId, at_ms: u64) {
+    let mut m = written();
+    if m.len() >= MAX_REMEMBERED && !m.contains_key(key) {
+        m.clear();
+    }
+    match m.get_mut(key) {
+        Some(slot) => *slot = (id, at_ms),
+        None => {
+            m.insert(key.to_vec(), (id, at_ms));
+        }
+    }
+}
+
+/// Forgets which decisions latest holds (module load: the statics survive an unload).
+pub fn reset() {
+    written().clear();
 }

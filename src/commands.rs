@@ -271,7 +271,10 @@ pub fn parse_replay<'a>(args: &[&'a [u8]]) -> Result<ReplayArgs<'a>, &'static st
     while let Some(opt) = it.next() {
         let value = it.next().ok_or(errors::SYNTAX)?;
         if opt.eq_ignore_ascii_case(b"STREAM") {
-            out.stream = Some(value);
+            // One stream: the server routes the command by the first one.
+            if out.stream.replace(value).is_some() {
+                return Err(errors::SYNTAX);
+            }
         } else if opt.eq_ignore_ascii_case(b"FROM") {
             out.from = EntryId::parse(value).ok_or(errors::BAD_ID)?;
         } else if opt.eq_ignore_ascii_case(b"COUNT") {
@@ -362,5 +365,9 @@ mod tests {
         assert_eq!(parse_replay(&[b"COUNT", b"100001"]), Err(errors::BAD_COUNT));
         assert_eq!(parse_replay(&[b"COUNT", b"-1"]), Err(errors::BAD_COUNT));
         assert_eq!(parse_replay(&[b"LIMIT", b"1"]), Err(errors::SYNTAX));
+        assert_eq!(
+            parse_replay(&[b"STREAM", b"a", b"STREAM", b"b"]),
+            Err(errors::SYNTAX)
+        );
     }
 }

@@ -152,13 +152,15 @@ pub fn untagged_stream_error(name: &str) -> String {
 }
 
 /// `heatbridge.stream-in`: one or more stream names separated by commas, each a valid name,
-/// none twice; at runtime on a cluster node, each with a hash tag. (A tagless name that
+/// none twice and no two with the same hash tag (or both without: they would write the same
+/// keys); at runtime on a cluster node, each with a hash tag. (A tagless name that
 /// arrives at load is kept, not projected, and reported by health.)
 pub fn validate_streams(v: &str) -> Result<(), String> {
     if v.len() > MAX_NAME_LEN * 16 {
         return Err(format!("must be at most {} bytes", MAX_NAME_LEN * 16));
     }
     let mut seen: Vec<&str> = Vec::new();
+    let tag = |n: &str| crate::projection::hash_tag(n.as_bytes()).map(<[u8]>::to_vec);
     for name in stream_names(v) {
         validate_name(name).map_err(|e| {
             if name.is_empty() {
@@ -169,6 +171,14 @@ pub fn validate_streams(v: &str) -> Result<(), String> {
         })?;
         if seen.contains(&name) {
             return Err(format!("{name} is listed twice"));
+        }
+        // Two streams with one tag (or none) would write the same lookup keys, and each
+        // would move the other's latest.
+        if let Some(other) = seen.iter().find(|o| tag(o) == tag(name)) {
+            return Err(format!(
+                "{other} and {name} would write the same lookup keys: give each stream a hash \
+                 tag of its own, e.g. quantum:stream:{{a}}:harvest.heat.decision"
+            ));
         }
         if running() && cluster() && crate::projection::hash_tag(name.as_bytes()).is_none() {
             return Err(untagged_stream_error(name));

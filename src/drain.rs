@@ -26,10 +26,9 @@ use crate::group::{self, GroupInfo, Target};
 use crate::health::StreamState;
 use crate::logging::error_limited as log_error_limited;
 use crate::metrics::{Stage, METRICS};
-use crate::projector;
+use crate::projector::{self, Outcome};
 use crate::read::{entries_from_commands, read_after, read_one, stream_shape, Entry};
 use crate::server::{self, can_write, latency_sample, Db};
-use crate::state;
 use crate::writer::Writer;
 
 /// Longest a drain keeps the event loop before it yields to clients.
@@ -72,12 +71,12 @@ pub fn run(ctx: &Context, all: bool) -> bool {
 struct PassGuard<'a> {
     stream: &'a str,
     known: Option<Known>,
-    more: bool,
+    outcome: Outcome,
 }
 
 impl Drop for PassGuard<'_> {
     fn drop(&mut self) {
-        projector::end_pass(self.stream, self.known.take(), self.more);
+        projector::end_pass(self.stream, self.known.take(), self.outcome);
     }
 }
 
@@ -96,13 +95,14 @@ fn drain_stream(ctx: &Context, settings: &Settings, stream: &str, only_due: bool
     if config::cluster() && !projector::owns(ctx, &target) {
         // Another master owns the stream's slot (or it moved away): not this node's to
         // project. Nothing was trusted from this pass; the projector forgets its state.
-        projector::end_pass(stream, None, false);
+        projector::end_pass(stream, None, Outcome::Done);
         return false;
     }
     let mut guard = PassGuard {
         stream,
         known: None,
-        more: false,
+        // A pass that panics counts as failed.
+        outcome: Outcome::Failed,
     };
     let start = Instant::now();
     let mut pass = Pass::new(ctx, target);
@@ -119,14 +119,12 @@ fn drain_stream(ctx: &Context, settings: &Settings, stream: &str, only_due: bool
         last = Step::Failed;
     }
     guard.known = learned;
-    guard.more = last == Step::More;
+    guard.outcome = match last {
+        Step::More => Outcome::More,
+        Step::Failed => Outcome::Failed,
+        Step::CaughtUp => Outcome::Done,
+    };
     latency_sample(start.elapsed());
-    let mut p = state::published();
-    if last == Step::Failed {
-        p.failing_passes += 1;
-    } else {
-        p.failing_passes = 0;
-    }
     last == Step::More
 }
 

@@ -140,15 +140,13 @@ unsafe extern "C" fn on_server_event(
 /// drain. (Only stream events are subscribed: on Valkey 8.1 a module subscribed to generic or
 /// new-key events makes COPY ... DB and MOVE leave the client on the other database.)
 fn on_stream_event(ctx: &Context, _kind: NotifyEvent, event: &[u8], key: &[u8]) {
-    if !crate::config::STREAM_IN.lists(key)
-        || i64::from(selected_db(ctx))
-            != crate::config::DB.load(std::sync::atomic::Ordering::Relaxed)
-    {
+    if i64::from(selected_db(ctx)) != crate::config::DB.load(std::sync::atomic::Ordering::Relaxed) {
         return;
     }
-    guard::fault_point("event");
+    // The projectors know their streams: any other key is passed over there.
     if event == b"xadd" {
         if projector::xadd_event(ctx, key) {
+            guard::fault_point("event");
             schedule::after_xadd(ctx);
         }
     } else {

@@ -106,6 +106,12 @@ fn on_exporter_setting<T>(_: &ConfigurationContext, _: &str, _: &'static T) {
     guard::contain("config change", (), exporter::reconfigure)
 }
 
+/// stream-in, group, db or fast-path changed: the projectors are rebuilt and drained at
+/// the next cron event, not up to poll-ms later.
+fn on_projection_setting<T>(_: &ConfigurationContext, _: &str, _: &'static T) {
+    guard::contain("config change", (), schedule::settings_changed)
+}
+
 fn on_log_level(_: &ConfigurationContext, _: &str, v: &'static std::sync::Mutex<config::LogLevel>) {
     guard::contain("config change", (), || {
         let level = *v.lock().unwrap_or_else(|e| e.into_inner());
@@ -131,6 +137,7 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
         state::reset();
         schedule::reset();
         projector::reset();
+        apply::reset();
         capture::reset();
         if let Err(e) = command_info::describe(ctx) {
             logging::warning(&format!("heatbridge not loaded: {e}"));
@@ -140,6 +147,10 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
             ctx.get_flags()
                 .contains(redis_module::ContextFlags::CLUSTER),
         );
+        if config::cluster() && config::DB.load(std::sync::atomic::Ordering::Relaxed) != 0 {
+            logging::warning("heatbridge not loaded: heatbridge.db must be 0 in a cluster");
+            return Status::Err;
+        }
         if let Err(e) = events::subscribe(ctx) {
             logging::warning(&format!("heatbridge not loaded: {e}"));
             return Status::Err;
@@ -206,17 +217,17 @@ redis_module! {
             ["dedupe-ttl-sec", &config::DEDUPE_TTL_SEC, config::UNSET, 0, config::MAX_TTL_SEC, ConfigurationFlags::DEFAULT, None],
             ["metrics-port", &config::METRICS_PORT, config::UNSET, 0, config::MAX_PORT, ConfigurationFlags::DEFAULT, Some(Box::new(on_exporter_setting))],
             ["health-port", &config::HEALTH_PORT, config::UNSET, 0, config::MAX_PORT, ConfigurationFlags::DEFAULT, Some(Box::new(on_exporter_setting))],
-            ["db", &config::DB, config::UNSET, 0, config::MAX_DB, ConfigurationFlags::DEFAULT, None],
+            ["db", &config::DB, config::UNSET, 0, config::MAX_DB, ConfigurationFlags::DEFAULT, Some(Box::new(on_projection_setting))],
         ],
         string: [
-            ["stream-in", &config::STREAM_IN, config::UNSET_TEXT, ConfigurationFlags::DEFAULT, None],
-            ["group", &config::GROUP, config::UNSET_TEXT, ConfigurationFlags::DEFAULT, None],
+            ["stream-in", &config::STREAM_IN, config::UNSET_TEXT, ConfigurationFlags::DEFAULT, Some(Box::new(on_projection_setting))],
+            ["group", &config::GROUP, config::UNSET_TEXT, ConfigurationFlags::DEFAULT, Some(Box::new(on_projection_setting))],
             ["consumer", &config::CONSUMER, config::UNSET_TEXT, ConfigurationFlags::DEFAULT, None],
             ["bind", &config::BIND, config::UNSET_TEXT, ConfigurationFlags::DEFAULT, Some(Box::new(on_exporter_setting))],
         ],
         bool: [],
         enum: [
-            ["fast-path", &config::FAST_PATH, config::SwitchValue::UNSET, ConfigurationFlags::DEFAULT, None],
+            ["fast-path", &config::FAST_PATH, config::SwitchValue::UNSET, ConfigurationFlags::DEFAULT, Some(Box::new(on_projection_setting))],
             ["log-level", &config::LOG_LEVEL_SETTING, config::LevelValue::UNSET, ConfigurationFlags::DEFAULT,
                 Some(Box::new(|ctx: &ConfigurationContext, name: &str, _: &'static config::LevelSetting| on_log_level(ctx, name, &config::LOG_LEVEL)))],
         ],

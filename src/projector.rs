@@ -45,6 +45,8 @@ pub struct Projector {
     /// Whether a pass should look at the stream when it drains only what is due: an XADD,
     /// a change or a forgotten state since its last pass, or entries left by it.
     due: bool,
+    /// Passes over this stream that failed in a row.
+    failing: u64,
 }
 
 impl Projector {
@@ -60,6 +62,7 @@ impl Projector {
             keys: Keys::of_stream(stream.as_bytes()),
             fast: FastPath::default(),
             due: true,
+            failing: 0,
         }
     }
 
@@ -171,14 +174,18 @@ pub fn target_for(name: Option<&[u8]>, consumer: &str) -> Result<Target, String>
 }
 
 /// Runs `f` on the projector of stream `name`, if there is one. A stream of the settings
-/// that no projector has yet (just set with CONFIG SET) syncs the registry first.
+/// that no projector has yet (just set with CONFIG SET) syncs the registry first. (A
+/// projector of a stream the settings no longer list may still answer until the next pass
+/// syncs the registry: harmless, the pass drops it.)
 pub fn with_stream<R>(name: &[u8], f: impl FnOnce(&mut Projector) -> R) -> Option<R> {
-    if !config::STREAM_IN.lists(name) {
-        return None;
-    }
     let mut r = registry();
     if !r.projectors.iter().any(|p| p.stream.as_bytes() == name) {
+        // Not a stream the projectors were built for: one just listed by CONFIG SET syncs
+        // them; any other key is not ours.
         drop(r);
+        if !config::STREAM_IN.lists(name) {
+            return None;
+        }
         sync(&config::current());
         r = registry();
     }
@@ -232,8 +239,8 @@ pub fn forget_named(names: impl Fn(&[u8]) -> bool) {
     }
 }
 
-/// The `xadd` event for stream `key`. Returns whether a drain should be scheduled (the
-/// server may write).
+/// The `xadd` event for stream `key`. Returns whether a drain should be scheduled (the key
+/// is a projected stream and the server may write).
 pub fn xadd_event(ctx: &Context, key: &[u8]) -> bool {
     let f = ctx.get_flags();
     let writable = server::writable(&f);
@@ -245,8 +252,9 @@ pub fn xadd_event(ctx: &Context, key: &[u8]) -> bool {
         p.due = true;
         p.fast
             .xadd_event(writable, in_exec, |c| c.is_key_of_event(key))
-    });
-    writable
+    })
+    .is_some()
+        && writable
 }
 
 /// A stream event other than `xadd` on stream `key`.
@@ -276,15 +284,34 @@ pub fn begin_pass(
     Some((p.fast.begin_pass(trust, take_commands), p.target(consumer)))
 }
 
-/// A pass over `stream` ended, leaving `known` when it ended clean; `more` when entries
-/// remain (the stream stays due).
-pub fn end_pass(stream: &str, known: Option<Known>, more: bool) {
+/// How a pass over a stream ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every entry after the cursor was handled.
+    Done,
+    /// Entries remain: the stream stays due.
+    More,
+    /// The pass failed: the tick retries it.
+    Failed,
+}
+
+/// A pass over `stream` ended, leaving `known` when it ended clean. Publishes the longest
+/// run of failed passes over any stream (health turns `error` after a few).
+pub fn end_pass(stream: &str, known: Option<Known>, outcome: Outcome) {
     let trust = TRUST_KNOWN.load(Relaxed) && config::fast_path();
     let mut r = registry();
     if let Some(p) = r.projectors.iter_mut().find(|p| p.stream == stream) {
         p.fast.end_pass(known.filter(|_| trust));
-        p.due |= more;
+        p.due |= outcome == Outcome::More;
+        p.failing = if outcome == Outcome::Failed {
+            p.failing + 1
+        } else {
+            0
+        };
     }
+    let worst = r.projectors.iter().map(|p| p.failing).max().unwrap_or(0);
+    drop(r);
+    state::published().failing_passes = worst;
 }
 
 /// Whether this node projects the stream of `t` now: a master, and in a cluster the owner

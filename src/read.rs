@@ -309,7 +309,8 @@ pub fn entries_from_commands(
     Some(entries)
 }
 
-/// The newest entry of millisecond `ms` of the stream whose symbol is `symbol`, if any.
+/// The newest valid decision of millisecond `ms` of the stream whose symbol is `symbol`,
+/// if any (an invalid entry never writes latest, so it does not count).
 pub fn newest_in_ms(
     ctx: &Context,
     stream: &RedisString,
@@ -320,12 +321,7 @@ pub fn newest_in_ms(
     let to = EntryId { ms, seq: u64::MAX };
     let mut walk = IdWalk::range(ctx, stream, Some(from), Some(to), false, true)?;
     while let Some((id, fields)) = walk.next_entry() {
-        let sym = fields
-            .iter()
-            .rev()
-            .find(|(k, _)| k.as_slice() == b"symbol")
-            .map(|(_, v)| v.as_slice());
-        if sym == Some(symbol) {
+        if decision::parse(id, &fields).is_ok_and(|d| d.symbol == symbol) {
             return Some(id);
         }
     }

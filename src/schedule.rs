@@ -28,6 +28,15 @@ static POST_JOBS: AtomicU8 = AtomicU8::new(0);
 /// Wall ms of the last housekeeping tick.
 static LAST_TICK_MS: AtomicU64 = AtomicU64::new(NEVER);
 
+/// A setting that shapes the projectors changed (CONFIG SET of stream-in, group, db or
+/// fast-path): the next cron event runs the tick at once instead of up to poll-ms later.
+static SETTINGS_CHANGED: AtomicBool = AtomicBool::new(false);
+
+/// Makes the next cron event run the housekeeping tick at once (a setting changed).
+pub fn settings_changed() {
+    SETTINGS_CHANGED.store(true, Relaxed);
+}
+
 /// No housekeeping tick yet: the first one runs at once (it starts catch-up at load).
 const NEVER: u64 = u64::MAX;
 
@@ -185,7 +194,8 @@ pub fn housekeeping(ctx: &Context) {
     let now = crate::clock::mono_ms();
     let period = config::POLL_MS.load(Relaxed).max(config::MIN_POLL_MS) as u64;
     let last = LAST_TICK_MS.load(Relaxed);
-    if last != NEVER && now.saturating_sub(last) < period {
+    let changed = SETTINGS_CHANGED.swap(false, Relaxed);
+    if !changed && last != NEVER && now.saturating_sub(last) < period {
         return;
     }
     LAST_TICK_MS.store(now, Relaxed);

@@ -1812,6 +1812,23 @@ fn check_mirrored(w: &mut World) {
         .query(&mut mc)
         .unwrap_or(-1);
     check(w, acked == 1, || format!("WAIT 1 5000 answered {acked}"));
+    // WAIT waits for this connection's own writes only; the module's writes come from no
+    // client. So wait until the replica has processed the master's whole stream (right after
+    // a full resync the master streams to it only once it acknowledges the load).
+    let offset = |w: &World, i: usize, field: &str| -> i64 {
+        w.info_field(i, field)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(-1)
+    };
+    let target = offset(w, m, "master_repl_offset");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while offset(w, r, "slave_repl_offset") < target && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let reached = offset(w, r, "slave_repl_offset");
+    check(w, reached >= target, || {
+        format!("the replica processed offset {reached} of the master's {target} in 15 s")
+    });
     let soon = now_ms() as i64 + 5000;
     let mut on_master = dump(&mut mc);
     let mut on_replica = dump(&mut rc);

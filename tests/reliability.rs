@@ -927,3 +927,53 @@ fn a_cursor_on_the_largest_id_is_the_end() {
         assert_ne!(health(&mut c)["status"], "error");
     });
 }
+
+/// Latest keeps its newest decision across a change of `ttl-symbol-sec` (review, session 4:
+/// ordering by expiry alone took the longer TTL for a newer decision, both ways).
+#[test]
+fn latest_survives_a_change_of_its_ttl() {
+    for_each_flavor(|flavor| {
+        let s = Options::new(flavor)
+            .without_exporter()
+            .module_arg("ttl-symbol-sec", "60")
+            .start();
+        let mut c = s.conn();
+        // Raised, then an older entry replayed: latest stays on the newer one.
+        inject(&mut c, "TT", "t_old");
+        inject(&mut c, "TT", "t_new");
+        wait_drained(&mut c);
+        config_set(&mut c, "heatbridge.ttl-symbol-sec", "1800").unwrap();
+        let _: (i64, String) = redis::cmd("HEATBRIDGE.REPLAY")
+            .arg("COUNT")
+            .arg(1)
+            .query(&mut c)
+            .unwrap();
+        assert_eq!(
+            get(&mut c, &format!("{POINTER}TT")).as_deref(),
+            Some("t_new")
+        );
+        // Lowered, then a newer entry finished from our consumer's pending list: it is
+        // written.
+        inject(&mut c, "TL", "l_old");
+        wait_drained(&mut c);
+        config_set(&mut c, "heatbridge.ttl-symbol-sec", "60").unwrap();
+        let mut t = redis::pipe();
+        t.atomic();
+        let mut x = redis::cmd("XADD");
+        x.arg(STREAM).arg("*");
+        for (k, v) in decision("TL", "l_new", &[]) {
+            x.arg(k).arg(v);
+        }
+        t.add_command(x).ignore();
+        t.cmd("XREADGROUP")
+            .arg(&["GROUP", "heat_bridge", "heat_bridge_1", "COUNT", "5"][..])
+            .arg(&["STREAMS", STREAM, ">"][..])
+            .ignore();
+        t.query::<()>(&mut c).unwrap();
+        wait_drained(&mut c);
+        assert_eq!(
+            get(&mut c, &format!("{POINTER}TL")).as_deref(),
+            Some("l_new")
+        );
+    });
+}

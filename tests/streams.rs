@@ -216,3 +216,85 @@ fn commands_declare_the_stream_as_a_key_and_have_docs() {
         }
     });
 }
+
+#[test]
+fn streams_that_would_share_keys_are_refused() {
+    for_each_flavor(|flavor| {
+        let s = server(flavor, A);
+        let mut c = s.conn();
+        for bad in [
+            format!("{A},quantum:stream:{{a}}:other"),
+            "x:plain,y:plain".to_string(),
+        ] {
+            let e = config_set(&mut c, "heatbridge.stream-in", &bad).unwrap_err();
+            assert!(e.contains("the same lookup keys"), "{bad}: {e}");
+        }
+        assert_eq!(config_get(&mut c, "heatbridge.stream-in"), A);
+    });
+}
+
+#[test]
+fn a_stream_set_by_config_is_projected_at_once() {
+    for_each_flavor(|flavor| {
+        let s = Options::new(flavor)
+            .without_exporter()
+            .module_arg("stream-in", A)
+            .module_arg("poll-ms", "60000")
+            .start();
+        let mut c = s.conn();
+        // Let the first tick (at load) pass, so that only the settings change can help.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        xadd(&mut c, B, "*", &decision("S", "before", &[]));
+        config_set(&mut c, "heatbridge.stream-in", &format!("{A},{B}")).unwrap();
+        wait_for(3, "the new stream projected", || {
+            exists(&mut c, "quantum:harvest:heat:by_plan:{b}:before")
+        });
+    });
+}
+
+#[test]
+fn replay_names_one_stream() {
+    for_each_flavor(|flavor| {
+        let s = server(flavor, &format!("{A},{B}"));
+        let mut c = s.conn();
+        let e = redis::cmd("HEATBRIDGE.REPLAY")
+            .arg(&["STREAM", A, "STREAM", B][..])
+            .query::<redis::Value>(&mut c)
+            .unwrap_err();
+        assert!(e.to_string().contains("syntax error"), "{e}");
+    });
+}
+
+#[test]
+fn a_cluster_node_refuses_a_non_zero_database() {
+    for_each_flavor(|flavor| {
+        let s = Options::new(flavor)
+            .without_module()
+            .without_exporter()
+            .arg("--cluster-enabled", "yes")
+            .arg("--cluster-config-file", "nodes.conf")
+            .start();
+        let mut c = s.conn();
+        let load = |c: &mut Connection, db: &str| {
+            redis::cmd("MODULE")
+                .arg("LOAD")
+                .arg(module_path().display().to_string())
+                .arg(
+                    &[
+                        "metrics-port",
+                        "0",
+                        "health-port",
+                        "0",
+                        "stream-in",
+                        A,
+                        "db",
+                        db,
+                    ][..],
+                )
+                .query::<()>(c)
+        };
+        assert!(load(&mut c, "3").is_err(), "db 3 loaded on a cluster node");
+        load(&mut c, "0").expect("db 0 loads");
+        assert!(config_set(&mut c, "heatbridge.db", "2").is_err());
+    });
+}
