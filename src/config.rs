@@ -61,6 +61,12 @@ pub const MAX_TTL_SEC: i64 = 10 * 365 * 24 * 3600;
 pub const DEFAULT_METRICS_PORT: i64 = 8070;
 /// Health endpoint port (P27_HEALTH_PORT); 0 turns it off.
 pub const DEFAULT_HEALTH_PORT: i64 = 8071;
+/// Default `heatbridge.catchup-step-us`: how long a catch-up pass may keep the event loop.
+pub const DEFAULT_CATCHUP_STEP_US: i64 = 1000;
+/// Lower bound of catchup-step-us.
+pub const MIN_CATCHUP_STEP_US: i64 = 100;
+/// Upper bound of catchup-step-us (the live budget).
+pub const MAX_CATCHUP_STEP_US: i64 = 10_000;
 /// Highest database index accepted by `heatbridge.db` (the server's `databases` bounds it
 /// further: a database it does not have is reported by health).
 pub const MAX_DB: i64 = 1_000_000;
@@ -74,8 +80,9 @@ pub const MIN_BATCH: i64 = 1;
 pub const MIN_TTL_SEC: i64 = 1;
 
 /// Bounds of every numeric setting, by name without the prefix: `(name, min, max)`.
-pub const NUMERIC_BOUNDS: [(&str, i64, i64); 8] = [
+pub const NUMERIC_BOUNDS: [(&str, i64, i64); 9] = [
     ("poll-ms", MIN_POLL_MS, MAX_POLL_MS),
+    ("catchup-step-us", MIN_CATCHUP_STEP_US, MAX_CATCHUP_STEP_US),
     ("db", 0, MAX_DB),
     ("batch", MIN_BATCH, MAX_BATCH),
     ("ttl-plan-sec", MIN_TTL_SEC, MAX_TTL_SEC),
@@ -109,6 +116,9 @@ pub static TTL_PLAN_SEC: NumericSetting = NumericSetting::new(DEFAULT_TTL_PLAN_S
 pub static TTL_SYMBOL_SEC: NumericSetting = NumericSetting::new(DEFAULT_TTL_SYMBOL_SEC);
 /// `heatbridge.dedupe-ttl-sec`
 pub static DEDUPE_TTL_SEC: NumericSetting = NumericSetting::new(DEFAULT_DEDUPE_TTL_SEC);
+/// `heatbridge.catchup-step-us`: how long a catch-up pass may keep the event loop before it
+/// yields to other clients. Passes that serve a live XADD are not bound by it.
+pub static CATCHUP_STEP_US: NumericSetting = NumericSetting::new(DEFAULT_CATCHUP_STEP_US);
 /// `heatbridge.db`: the database that holds the streams and keys (0 in a cluster).
 pub static DB: NumericSetting = NumericSetting::checked(0, check_db);
 /// `heatbridge.metrics-port`: never the health port, unless both are 0.
@@ -269,6 +279,14 @@ pub static FAST_PATH: SwitchSetting = SwitchSetting::new(true);
 /// Whether the fast path is on.
 pub fn fast_path() -> bool {
     FAST_PATH.is_on()
+}
+
+/// `heatbridge.catchup-step-us`, within its bounds.
+pub fn catchup_step() -> std::time::Duration {
+    let us = CATCHUP_STEP_US
+        .load(Relaxed)
+        .clamp(MIN_CATCHUP_STEP_US, MAX_CATCHUP_STEP_US);
+    std::time::Duration::from_micros(us.unsigned_abs())
 }
 
 /// `heatbridge.batch`, within its bounds.

@@ -31,7 +31,8 @@ use crate::read::{entries_from_commands, read_after, read_one, stream_shape, Ent
 use crate::server::{self, can_write, latency_sample, Db};
 use crate::writer::Writer;
 
-/// Longest a drain keeps the event loop before it yields to clients.
+/// Longest a pass that serves a live XADD keeps the event loop before it yields to clients.
+/// Catch-up passes take `heatbridge.catchup-step-us` instead.
 pub const STEP_BUDGET: Duration = Duration::from_millis(5);
 
 /// Outcome of one drain step.
@@ -49,7 +50,7 @@ enum Step {
 /// those with something due (after an XADD, or to go on with a catch-up); see
 /// [`drain_stream`]. Returns whether entries remain (the caller schedules the next pass).
 /// Nothing is done on a replica, while loading, or while writes are paused.
-pub fn run(ctx: &Context, all: bool) -> bool {
+pub fn run(ctx: &Context, all: bool, live: bool) -> bool {
     server::publish_role(ctx);
     if !can_write(ctx) {
         return false;
@@ -60,9 +61,14 @@ pub fn run(ctx: &Context, all: bool) -> bool {
         // Reported by health (projector::refresh); nothing can be read or written.
         return false;
     };
+    let budget = if live {
+        STEP_BUDGET
+    } else {
+        config::catchup_step()
+    };
     let mut more = false;
     for stream in projector::streams() {
-        more |= drain_stream(ctx, &settings, &stream, !all);
+        more |= drain_stream(ctx, &settings, &stream, !all, budget);
     }
     more
 }
@@ -80,14 +86,21 @@ impl Drop for PassGuard<'_> {
     }
 }
 
-/// Drains `stream` for at most [`STEP_BUDGET`]; returns whether entries remain.
+/// Drains `stream` for at most `budget` ([`STEP_BUDGET`] for a pass that serves a live XADD,
+/// `heatbridge.catchup-step-us` for catch-up); returns whether entries remain.
 ///
 /// One call is one *pass*: a series of steps of at most `heatbridge.batch` entries, run inside
 /// one callback. Nothing else runs between the steps of a pass, so no client, replica or AOF
 /// can tell its steps apart. The pass therefore reads the group once, writes latest and its
 /// pointer once per symbol (for the symbol's last projected entry), and moves the group
 /// cursor once, after every other write.
-fn drain_stream(ctx: &Context, settings: &Settings, stream: &str, only_due: bool) -> bool {
+fn drain_stream(
+    ctx: &Context,
+    settings: &Settings,
+    stream: &str,
+    only_due: bool,
+    budget: Duration,
+) -> bool {
     let Some((trusted, target)) = projector::begin_pass(stream, &settings.consumer, only_due)
     else {
         return false;
@@ -110,7 +123,7 @@ fn drain_stream(ctx: &Context, settings: &Settings, stream: &str, only_due: bool
     pass.commands = trusted.commands;
     let mut last = loop {
         match step(ctx, settings, &mut pass) {
-            Step::More if start.elapsed() < STEP_BUDGET => {}
+            Step::More if start.elapsed() < budget => {}
             done => break done,
         }
     };

@@ -62,6 +62,12 @@ pub fn add_info(ctx: &redis_module::InfoContext) -> redis_module::RedisResult<()
             p.backlog()
                 .map_or_else(|| "unknown".into(), |b| b.to_string()),
         ),
+        (
+            "catchup_remaining",
+            p.backlog()
+                .map_or_else(|| "unknown".into(), |b| b.to_string()),
+        ),
+        ("catchup_rate", format!("{:.0}", p.catchup_rate())),
         ("health", status.as_str().to_string()),
         ("post_notification_jobs", post_jobs.to_string()),
         (

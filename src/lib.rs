@@ -217,6 +217,7 @@ redis_module! {
             ["dedupe-ttl-sec", &config::DEDUPE_TTL_SEC, config::UNSET, 0, config::MAX_TTL_SEC, ConfigurationFlags::DEFAULT, None],
             ["metrics-port", &config::METRICS_PORT, config::UNSET, 0, config::MAX_PORT, ConfigurationFlags::DEFAULT, Some(Box::new(on_exporter_setting))],
             ["health-port", &config::HEALTH_PORT, config::UNSET, 0, config::MAX_PORT, ConfigurationFlags::DEFAULT, Some(Box::new(on_exporter_setting))],
+            ["catchup-step-us", &config::CATCHUP_STEP_US, config::UNSET, config::MIN_CATCHUP_STEP_US, config::MAX_CATCHUP_STEP_US, ConfigurationFlags::DEFAULT, None],
             ["db", &config::DB, config::UNSET, 0, config::MAX_DB, ConfigurationFlags::DEFAULT, Some(Box::new(on_projection_setting))],
         ],
         string: [

@@ -238,6 +238,8 @@ pub struct Gauges {
     pub health_status: u8,
     /// 1 on a master, 0 on a replica.
     pub is_master: bool,
+    /// Entries projected per second while a backlog remains; 0 once caught up.
+    pub catchup_rate: f64,
     /// Each input stream.
     pub streams: Vec<StreamGauges>,
 }
@@ -404,6 +406,13 @@ pub fn render(s: &Snapshot, g: &Gauges, version: &str) -> String {
         "gauge",
         "1 when this node projects the stream (a master owning its slot), else 0.",
         &as_refs(&owned),
+    );
+    family(
+        &mut o,
+        "p27_catchup_rate",
+        "gauge",
+        "Entries projected per second while a backlog remains (p27_backlog); 0 once caught up.",
+        &[("", fmt_value(g.catchup_rate))],
     );
     family(
         &mut o,

@@ -75,8 +75,9 @@ pub fn apply_module_args(args: &[&[u8]]) -> Result<Vec<String>, String> {
             overridden.push(format!("heatbridge.{name}"));
         }
     };
-    let numeric: [(&str, &NumericSetting); 8] = [
+    let numeric: [(&str, &NumericSetting); 9] = [
         ("poll-ms", &POLL_MS),
+        ("catchup-step-us", &CATCHUP_STEP_US),
         ("db", &DB),
         ("batch", &BATCH),
         ("ttl-plan-sec", &TTL_PLAN_SEC),

@@ -373,9 +373,12 @@ pub fn refresh(ctx: &Context) {
         first,
         targets.first().map_or("", |(t, _)| t.stream.as_str()),
     );
+    let acknowledged = crate::metrics::METRICS.snapshot().in_messages;
+    let now = now_ms();
     let mut p = state::published();
     p.streams = streams;
-    p.record_backlog(now_ms(), total);
+    p.record_backlog(now, total);
+    p.record_progress(now, acknowledged);
 }
 
 /// Health when `heatbridge.db` names a database the server does not have: every stream in

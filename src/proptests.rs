@@ -587,7 +587,8 @@ proptest! {
             exporter_up: up,
             health_status: status,
             is_master: master,
-            streams: Vec::new(),
+            catchup_rate: 0.0,
+    streams: Vec::new(),
 };
         let version = String::from_utf8(version).unwrap_or_default();
         let text = metrics::render(&s, &g, &version);

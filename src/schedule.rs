@@ -43,6 +43,7 @@ const NEVER: u64 = u64::MAX;
 /// Resets scheduling state (module load; statics survive an unload).
 pub fn reset() {
     TIMER_PENDING.store(false, Relaxed);
+    TIMER_LIVE.store(false, Relaxed);
     JOB_PENDING.store(false, Relaxed);
     POST_JOBS.store(0, Relaxed);
     LAST_TICK_MS.store(NEVER, Relaxed);
@@ -73,7 +74,7 @@ pub fn after_xadd(ctx: &Context) {
             guard::contain("post-notification job", (), || {
                 JOB_PENDING.store(false, Relaxed);
                 guard::fault_point("job");
-                run(ctx, false);
+                run(ctx, false, true);
             })
         });
         match added {
@@ -91,16 +92,21 @@ pub fn after_xadd(ctx: &Context) {
             }
         }
     }
+    TIMER_LIVE.store(true, Relaxed);
     schedule(ctx);
 }
 
 /// Runs a drain pass over the streams with something due (all of them for the tick), and
-/// schedules the next one when entries remain.
-fn run(ctx: &Context, all: bool) {
-    if drain::run(ctx, all) {
+/// schedules the next one when entries remain. A `live` pass serves an XADD (and keeps the
+/// live budget); the others catch up (`heatbridge.catchup-step-us`).
+fn run(ctx: &Context, all: bool, live: bool) {
+    if drain::run(ctx, all, live) {
         schedule(ctx);
     }
 }
+
+/// The pending drain timer serves an XADD (Redis 7.0's live path), not only a catch-up.
+static TIMER_LIVE: AtomicBool = AtomicBool::new(false);
 
 /// Schedules a drain on the next event-loop turn, unless one is pending already.
 pub fn schedule(ctx: &Context) {
@@ -129,7 +135,8 @@ unsafe extern "C" fn on_drain_timer(ctx: *mut raw::RedisModuleCtx, _data: *mut c
             return;
         }
         guard::fault_point("timer");
-        run(&Context::new(ctx), false);
+        let live = TIMER_LIVE.swap(false, Relaxed);
+        run(&Context::new(ctx), false, live);
     })
 }
 
@@ -205,7 +212,7 @@ pub fn housekeeping(ctx: &Context) {
     // The tick always reads the group, so changes no event reports are seen within poll-ms.
     projector::forget_all();
     if can_write(ctx) && !timer_pending() {
-        run(ctx, true);
+        run(ctx, true, false);
     }
     projector::refresh(ctx);
 }

@@ -22,6 +22,8 @@ pub struct Published {
     pub stream_state: StreamState,
     /// Backlog samples, (wall ms, backlog), oldest first.
     backlog: VecDeque<(u64, u64)>,
+    /// Entries acknowledged so far, sampled with the backlog: (wall ms, count), oldest first.
+    progress: VecDeque<(u64, u64)>,
     /// Whether the latest backlog reading succeeded.
     backlog_known: bool,
     /// Drain steps failed in a row.
@@ -41,6 +43,7 @@ impl Published {
             loading: false,
             stream_state: StreamState::Unknown,
             backlog: VecDeque::new(),
+            progress: VecDeque::new(),
             backlog_known: false,
             failing_passes: 0,
             exporter_status: [String::new(), String::new()],
@@ -65,6 +68,36 @@ impl Published {
         }
         while self.backlog.len() > 256 {
             self.backlog.pop_front();
+        }
+    }
+
+    /// Records how many entries were acknowledged so far, for the catch-up rate.
+    pub fn record_progress(&mut self, now: u64, acknowledged: u64) {
+        self.progress.push_back((now, acknowledged));
+        while self.progress.len() > 2
+            && self
+                .progress
+                .get(1)
+                .is_some_and(|(t, _)| now.saturating_sub(*t) >= health::BACKLOG_WINDOW_MS)
+        {
+            self.progress.pop_front();
+        }
+        while self.progress.len() > 256 {
+            self.progress.pop_front();
+        }
+    }
+
+    /// Entries projected per second over the last few seconds while a backlog remains (a
+    /// catch-up), 0 once caught up or before two samples a second apart.
+    pub fn catchup_rate(&self) -> f64 {
+        if self.backlog().is_none_or(|b| b == 0) {
+            return 0.0;
+        }
+        match (self.progress.front(), self.progress.back()) {
+            (Some((t0, n0)), Some((t1, n1))) if t1.saturating_sub(*t0) >= 1000 => {
+                n1.saturating_sub(*n0) as f64 * 1000.0 / t1.saturating_sub(*t0) as f64
+            }
+            _ => 0.0,
         }
     }
 
@@ -143,6 +176,7 @@ pub fn metrics_text() -> String {
         exporter_up: (p.exporter_up[0], p.exporter_up[1]),
         health_status: status.gauge(),
         is_master: p.is_master,
+        catchup_rate: p.catchup_rate(),
         streams: p
             .streams
             .iter()
@@ -161,6 +195,20 @@ pub fn metrics_text() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn catchup_rate_counts_entries_per_second_while_a_backlog_remains() {
+        let mut p = Published::new();
+        p.record_backlog(0, Some(1000));
+        p.record_progress(0, 0);
+        assert_eq!(p.catchup_rate(), 0.0, "one sample");
+        p.record_backlog(2000, Some(600));
+        p.record_progress(2000, 400);
+        assert_eq!(p.catchup_rate(), 200.0);
+        p.record_backlog(2500, Some(0));
+        p.record_progress(2500, 1000);
+        assert_eq!(p.catchup_rate(), 0.0, "caught up");
+    }
 
     #[test]
     fn backlog_window_keeps_an_old_enough_sample() {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 const BY_PLAN: &str = "quantum:harvest:heat:by_plan:";
 
 /// Every setting with its CONTRACT default.
-const DEFAULTS: [(&str, &str); 14] = [
+const DEFAULTS: [(&str, &str); 15] = [
     (
         "heatbridge.stream-in",
         "quantum:stream:harvest.heat.decision",
@@ -29,6 +29,7 @@ const DEFAULTS: [(&str, &str); 14] = [
     ("heatbridge.log-level", "INFO"),
     ("heatbridge.db", "0"),
     ("heatbridge.fast-path", "yes"),
+    ("heatbridge.catchup-step-us", "1000"),
 ];
 
 /// A server started from a config file, as CONFIG REWRITE needs (the harness's).

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 const BY_PLAN: &str = "quantum:harvest:heat:by_plan:";
 
 /// Every setting of CONTRACT §2: name, default, the seed env var it replaces ("" if new).
-const SETTINGS: [(&str, &str, &str); 14] = [
+const SETTINGS: [(&str, &str, &str); 15] = [
     (
         "stream-in",
         "quantum:stream:harvest.heat.decision",
@@ -33,6 +33,7 @@ const SETTINGS: [(&str, &str, &str); 14] = [
     ("log-level", "INFO", "P27_LOG_LEVEL"),
     ("db", "0", ""),
     ("fast-path", "yes", ""),
+    ("catchup-step-us", "1000", ""),
 ];
 
 fn repo() -> PathBuf {
@@ -575,6 +576,7 @@ fn example_config_loads_and_applies_every_setting() {
             ("log-level", "WARNING"),
             ("db", "0"),
             ("fast-path", "no"),
+            ("catchup-step-us", "700"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
