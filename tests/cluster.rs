@@ -421,7 +421,7 @@ fn commands_route_by_stream_and_replicas_serve_them() {
                 );
             }
             // Replicas (READONLY) serve the same replies.
-            let mut r = cluster.nodes[cluster.replicas_of(owner)[0]].readonly_conn();
+            let mut r = cluster.nodes[cluster.a_replica_of(owner)].readonly_conn();
             cluster.wait_replicas_synced();
             for (cmd, arg) in [
                 ("HEATBRIDGE.GET", plan.as_str()),
@@ -469,7 +469,7 @@ fn failover_loses_no_acknowledged_decision() {
         let streams = streams();
         let mut cluster = ClusterOptions::new(flavor, &streams).start();
         let victim = cluster.owner(&streams[0]);
-        let heir = cluster.replicas_of(victim)[0];
+        let heir = cluster.a_replica_of(victim);
         let dead_port = cluster.nodes[victim].port;
 
         let heir_port = cluster.nodes[heir].port;
@@ -569,7 +569,7 @@ fn reshard_moves_projection_with_the_slot() {
             assert_stream_projected(&cluster, tag, &required_plans(&acks, i, None));
         }
         cluster.wait_replicas_synced();
-        for n in [from, cluster.replicas_of(from)[0]] {
+        for n in [from, cluster.a_replica_of(from)] {
             let left: i64 = redis::cmd("CLUSTER")
                 .arg("COUNTKEYSINSLOT")
                 .arg(slot)

@@ -551,6 +551,22 @@ impl Cluster {
             .collect()
     }
 
+    /// A replica of `master`, waiting for the cluster to show one (a node busy with other
+    /// work may show it a moment late).
+    pub fn a_replica_of(&self, master: usize) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(&r) = self.replicas_of(master).first() {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "master {master} shows no replica"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Port of a live node, for clients to discover the cluster from.
     pub fn seed_port(&self) -> u16 {
         self.live().next().expect("a live node").port
