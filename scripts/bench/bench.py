@@ -38,7 +38,17 @@ base build; the table's ratios are of medians, the lines after it give them roun
 
 Environment:
   BENCH_N          decisions in the load (100000)
-  BENCH_CATCHUP_N  backlog for the MODULE LOAD catch-up test (1000000; 0 skips it)
+  BENCH_CATCHUP_N  backlog for the MODULE LOAD catch-up curve (300000, enough for catch-up to
+                   run for seconds at every budget while keeping 4 budgets x 3 servers short;
+                   0 skips it)
+  BENCH_CATCHUP_STEPS  the curve's catch-up step budgets in microseconds, each MODULE LOADed
+                   with `catchup-step-us <budget>` on a fresh server with the backlog
+                   ("500,1000,2000,5000"). "default" loads without the argument; an item may
+                   add module arguments after a colon ("1000:NAME VALUE"). Where MODULE LOAD
+                   refuses them (a build without the setting), one row loads without them,
+                   labelled "default (setting unavailable)", and the other budgets are skipped.
+  BENCH_PING_INTERVAL_US  the catch-up PING probe's pace (1000: one PING a millisecond, the
+                   client of issue 14; 0: back to back)
   BENCH_PROBE_N    sequential decisions in the visibility probe (2000)
   BENCH_SCRAPE_N   GETs per redis-benchmark run in the scraper test (100000; 0 skips it)
   BENCH_ROWS       comma list of rows to run (default: raw,pipeline,lua,heatbridge,
