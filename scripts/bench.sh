@@ -10,7 +10,7 @@
 # one stream each, one redis-cli --pipe per master at once); on 2 cores the cluster row shows
 # the overhead of cluster mode, not scaling, and the report says what N machines would give.
 #
-#   scripts/bench.sh [redis|redis8|valkey|all]   (default: all; about 9 minutes)
+#   scripts/bench.sh [redis|redis8|valkey|all]   (default: all; about 11 minutes)
 #   BENCH_N=20000 BENCH_CATCHUP_N=200000 scripts/bench.sh redis     (a quick run)
 #   HB_SO_BASE=/work/baseline/libheatbridge-be7d782.so scripts/bench.sh   (before/after)
 #   BENCH_N=5000 BENCH_CATCHUP_N=0 BENCH_SCRAPE_N=0 BENCH_ROUNDS=1 scripts/bench.sh all  (smoke)
