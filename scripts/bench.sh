@@ -15,7 +15,7 @@
 #   HB_SO_BASE=/work/baseline/libheatbridge-be7d782.so scripts/bench.sh   (before/after)
 #   BENCH_N=5000 BENCH_CATCHUP_N=0 BENCH_SCRAPE_N=0 BENCH_ROUNDS=1 scripts/bench.sh all  (smoke)
 #   BENCH_N=5000 BENCH_CATCHUP_N=30000 BENCH_SCRAPE_N=0 BENCH_ROUNDS=1 BENCH_ROWS=heatbridge \
-#     scripts/bench.sh all                    (smoke of the catch-up curve, about 2 minutes)
+#     scripts/bench.sh all                    (smoke of the catch-up curve, about 30 s)
 #   BENCH_CATCHUP_STEPS=250,1000,default scripts/bench.sh redis   (other budgets; see bench.py)
 #   BENCH_ROWS=heatbridge,standalone-3,cluster scripts/bench.sh redis8   (the cluster rows only)
 #
