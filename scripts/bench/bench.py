@@ -38,7 +38,17 @@ base build; the table's ratios are of medians, the lines after it give them roun
 
 Environment:
   BENCH_N          decisions in the load (100000)
-  BENCH_CATCHUP_N  backlog for the MODULE LOAD catch-up test (1000000; 0 skips it)
+  BENCH_CATCHUP_N  backlog for the MODULE LOAD catch-up curve (300000, enough for catch-up to
+                   run for seconds at every budget while keeping 4 budgets x 3 servers short;
+                   0 skips it)
+  BENCH_CATCHUP_STEPS  the curve's catch-up step budgets in microseconds, each MODULE LOADed
+                   with `catchup-step-us <budget>` on a fresh server with the backlog
+                   ("500,1000,2000,5000"). "default" loads without the argument; an item may
+                   add module arguments after a colon ("1000:NAME VALUE"). Where MODULE LOAD
+                   refuses them (a build without the setting), one row loads without them,
+                   labelled "default (setting unavailable)", and the other budgets are skipped.
+  BENCH_PING_INTERVAL_US  the catch-up PING probe's pace (1000: one PING a millisecond, the
+                   client of issue 14; 0: back to back)
   BENCH_PROBE_N    sequential decisions in the visibility probe (2000)
   BENCH_SCRAPE_N   GETs per redis-benchmark run in the scraper test (100000; 0 skips it)
   BENCH_ROWS       comma list of rows to run (default: raw,pipeline,lua,heatbridge,
@@ -88,7 +98,23 @@ SYMBOLS = [b"BTCUSDT", b"ETHUSDT", b"SOLUSDT", b"BNBUSDT",
 HEAT = [b"cold", b"warm", b"hot"]
 
 N = int(os.environ.get("BENCH_N", "100000"))
-CATCHUP_N = int(os.environ.get("BENCH_CATCHUP_N", "1000000"))
+CATCHUP_N = int(os.environ.get("BENCH_CATCHUP_N", "300000"))
+
+
+def parse_catchup_steps(text):
+    """BENCH_CATCHUP_STEPS: comma-separated items, each a budget in microseconds (or
+    "default": no `catchup-step-us` argument), optionally followed by `:` and more module
+    arguments for that item, e.g. "1000:NAME VALUE"."""
+    steps = []
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        budget, _, extra = item.partition(":")
+        budget = budget.strip()
+        steps.append((None if budget == "default" else int(budget), extra.split()))
+    return steps
+
+
+CATCHUP_STEPS = parse_catchup_steps(os.environ.get("BENCH_CATCHUP_STEPS", "500,1000,2000,5000"))
+PING_INTERVAL_US = max(0, int(os.environ.get("BENCH_PING_INTERVAL_US", "1000")))
 PROBE_N = int(os.environ.get("BENCH_PROBE_N", "2000"))
 SCRAPE_N = int(os.environ.get("BENCH_SCRAPE_N", "100000"))
 ROUNDS = max(1, int(os.environ.get("BENCH_ROUNDS", "3")))
@@ -492,27 +518,47 @@ def pct(sorted_vals, p):
 
 # ---------------------------------------------------------------- helper processes
 
-def ping_probe_main(port, stopfile, outfile):
-    """Separate process: PING in a loop, recording every round trip (stall detector)."""
+def ping_probe_main(port, interval_us, stopfile, outfile):
+    """Separate process: PING every interval_us (0: back to back), recording every send time
+    (time.monotonic, which other processes share) and round trip. A PING that comes back late
+    delays the next one instead of starting a burst, as a client that waits for its reply
+    would; the caller picks the window it reports on."""
+    import array
+    import gc
+    gc.disable()  # a collection inside a timed PING would be charged to the server
     r = redis.Redis(port=int(port))
-    lat = []
-    worst, worst_at = 0.0, 0.0
-    stalls = []  # (seconds since start, ms) of every round trip over 10 ms
-    t_start = time.time()
+    r.ping()  # connected before the first timed PING
+    step = int(interval_us) / 1e6
+    sent, rtt = array.array("d"), array.array("d")
+    nxt = time.monotonic()
     while not os.path.exists(stopfile):
+        t_sent = time.monotonic()
         t0 = time.perf_counter()
         r.ping()
-        d = (time.perf_counter() - t0) * 1000
-        lat.append(d)
-        if d > 10:
-            stalls.append((round(time.time() - t_start, 3), round(d, 1)))
-        if d > worst:
-            worst, worst_at = d, time.time() - t_start
-    lat.sort()
-    json.dump({"n": len(lat), "max_ms": lat[-1] if lat else None, "worst_at_s": worst_at,
-               "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "p999_ms": pct(lat, 99.9),
-               "over_10ms": sum(1 for x in lat if x > 10),
-               "over_5ms": sum(1 for x in lat if x > 5), "stalls_over_10ms": stalls[:1000]}, open(outfile, "w"))
+        rtt.append((time.perf_counter() - t0) * 1000)
+        sent.append(t_sent)
+        if step:
+            nxt += step
+            delay = nxt - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            else:
+                nxt = time.monotonic()
+    json.dump({"sent": sent.tolist(), "rtt_ms": rtt.tolist()}, open(outfile, "w"))
+
+
+def ping_stats(samples, t_from, t_to):
+    """The PINGs sent in [t_from, t_to] (time.monotonic): percentiles, counts over 2 / 5 /
+    10 ms, and every one over 10 ms as (ms after t_from, ms)."""
+    window = [(t, d) for t, d in zip(samples["sent"], samples["rtt_ms"]) if t_from <= t <= t_to]
+    lat = sorted(d for _, d in window)
+    return {"n": len(lat), "seconds": t_to - t_from,
+            "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "p999_ms": pct(lat, 99.9),
+            "max_ms": lat[-1] if lat else None,
+            "over_2ms": sum(1 for x in lat if x > 2), "over_5ms": sum(1 for x in lat if x > 5),
+            "over_10ms": sum(1 for x in lat if x > 10),
+            "stalls_over_10ms": [(round((t - t_from) * 1000, 1), round(d, 1))
+                                 for t, d in window if d > 10][:1000]}
 
 
 def scraper_main(url, stopfile, outfile):
@@ -777,37 +823,101 @@ return n
 """
 
 
-def run_catchup(kind, tmp, n):
-    """Fills n entries without the module, then MODULE LOAD and times until lag 0, with a
-    PING probe in a separate process and the latency monitor at 1 ms."""
-    log(f"[{kind}] catch-up: filling {n} entries without the module")
+def catchup_label(step):
+    budget, extra = step
+    label = f"{budget / 1000:g} ms" if budget else "default"
+    return label + (f" + {' '.join(extra)}" if extra else "")
+
+
+def catchup_args(step):
+    """The module arguments of a catch-up budget: `catchup-step-us` (none for "default") and
+    the item's extra arguments."""
+    budget, extra = step
+    return (["catchup-step-us", str(budget)] if budget else []) + list(extra)
+
+
+def fill_backlog(srv, n):
+    sha = srv.r.script_load(FILL_LUA)
+    chunk = 20000
+    for start in range(0, n, chunk):
+        srv.r.evalsha(sha, 1, STREAM, min(chunk, n - start), start, *SYMBOLS)
+
+
+def run_catchup(kind, tmp, n, step, fallback=None):
+    """A fresh server with n entries filled without the module, then MODULE LOAD with the
+    budget's arguments, timed until the group's cursor is at the last entry with nothing
+    pending. A PING probe in a separate process (one PING per BENCH_PING_INTERVAL_US) runs
+    throughout; the row reports the PINGs sent between MODULE LOAD and the end of catch-up,
+    and those of the half second before as the idle baseline. fallback: why MODULE LOAD
+    refuses the budget's arguments; the module then loads without them."""
+    label = "default (setting unavailable)" if fallback else catchup_label(step)
+    args = [] if fallback else catchup_args(step)
+    log(f"[{kind}] catch-up {label}: filling {n} entries without the module")
     srv = Server(kind, tmp)
     try:
-        sha = srv.r.script_load(FILL_LUA)
-        chunk = 20000
-        for start in range(0, n, chunk):
-            srv.r.evalsha(sha, 1, STREAM, min(chunk, n - start), start, *SYMBOLS)
+        fill_backlog(srv, n)
         srv.r.config_set("latency-monitor-threshold", 1)
         srv.r.execute_command("LATENCY", "RESET")
-        probe = Helper(tmp, "_ping", str(srv.port))
+        probe = Helper(tmp, "_ping", str(srv.port), str(PING_INTERVAL_US))
         time.sleep(0.5)
-        log(f"[{kind}] catch-up: MODULE LOAD")
+        log(f"[{kind}] catch-up {label}: MODULE LOAD {' '.join(args)}".rstrip())
+        t_load = time.monotonic()
         t0 = time.perf_counter()
         srv.r.execute_command("MODULE", "LOAD", HB_SO, "metrics-port", "0", "health-port", "0",
-                              *HB_ARGS)
-        wait_projected(srv.r, timeout=900, interval=0.02)
+                              *(HB_ARGS + args))
+        # Polled often: at small backlogs a coarse poll would be a sizeable part of the time.
+        wait_projected(srv.r, timeout=900, interval=0.005)
         elapsed = time.perf_counter() - t0
+        t_done = time.monotonic()
         time.sleep(0.2)
-        ping = probe.finish()
+        samples = probe.finish()
         latency = srv.r.execute_command("LATENCY", "LATEST")
         lat = {(e[0].decode() if isinstance(e[0], bytes) else e[0]): int(e[3]) for e in latency}
         written = parse_metrics(srv).get('p27_written_total{kind="by_plan"}')
-        res = {"server": kind, "n": n, "seconds": elapsed, "rate": n / elapsed,
-               "ping": ping, "latency_monitor_max_ms": lat, "written_by_plan": written}
-        log(f"[{kind}] catch-up: {res['rate']:.0f}/s, longest PING {ping['max_ms']:.1f} ms")
+        info = srv.r.info("heatbridge")
+        res = {"server": kind, "version": srv.version(), "n": n, "label": label,
+               "step": step, "step_us": None if fallback else step[0],
+               "args": args, "seconds": elapsed, "rate": n / elapsed,
+               "ping": ping_stats(samples, t_load, t_done),
+               "ping_idle": ping_stats(samples, t_load - 0.5, t_load),
+               "ping_interval_us": PING_INTERVAL_US,
+               "latency_monitor_max_ms": lat, "written_by_plan": written,
+               "info": {k: v for k, v in info.items() if "catchup" in k or "backlog" in k}}
+        if fallback:
+            res["unavailable"] = fallback
+        if written is not None and written != n:
+            # Kept, not raised: the other budgets' rows are still worth having.
+            res["warning"] = f"{written:.0f} by_plan keys written for {n} entries"
+            log(f"[{kind}] catch-up {label}: WARNING {res['warning']}")
+        p = res["ping"]
+        log(f"[{kind}] catch-up {label}: {res['rate']:.0f}/s; PING p50 {p['p50_ms']:.2f},"
+            f" p99 {p['p99_ms']:.2f}, max {p['max_ms']:.1f} ms, {p['over_2ms']} of {p['n']}"
+            " over 2 ms")
         return res
     finally:
         srv.stop()
+
+
+def run_catchup_curve(kind, tmp, n):
+    """run_catchup for every budget of BENCH_CATCHUP_STEPS, each on a fresh server. Where
+    MODULE LOAD refuses a budget's arguments (a build without the setting), one row loads
+    without them instead, labelled so; the other such budgets would only repeat it."""
+    rows, skipped, fell_back = [], [], False
+    for step in CATCHUP_STEPS:
+        why = module_load_error(kind, tmp, (HB_SO, HB_ARGS + catchup_args(step))) \
+            if catchup_args(step) else None
+        if why and fell_back:
+            log(f"[{kind}] catch-up {catchup_label(step)}: skipped, MODULE LOAD refuses it"
+                f" ({why}); the default row ran already")
+            skipped.append({"server": kind, "design": f"catch-up {catchup_label(step)}",
+                            "why": why})
+            continue
+        if why:
+            log(f"[{kind}] catch-up {catchup_label(step)}: MODULE LOAD refuses it ({why});"
+                " loading without it")
+            fell_back = True
+        rows.append(run_catchup(kind, tmp, n, step, fallback=why))
+    return rows, skipped
 
 
 def redis_benchmark(port, n):
@@ -956,7 +1066,8 @@ def main():
                  " heatbridge-base needs HB_SO_BASE, heatbridge-nofast BENCH_FASTPATH_OFF=1)")
     if HB_SO_BASE and not os.path.exists(HB_SO_BASE):
         sys.exit(f"base module not found: {HB_SO_BASE}")
-    results = {"n": N, "catchup_n": CATCHUP_N, "probe_n": PROBE_N, "module": HB_SO,
+    results = {"n": N, "catchup_n": CATCHUP_N, "catchup_steps": CATCHUP_STEPS,
+               "ping_interval_us": PING_INTERVAL_US, "probe_n": PROBE_N, "module": HB_SO,
                "module_base": HB_SO_BASE or None, "hb_args": HB_ARGS,
                "heatbridge_rows": {d: {"module": so, "args": a}
                                    for d, (so, a) in HEATBRIDGES.items()},
@@ -1009,8 +1120,10 @@ def main():
             runs = {d: rows for d, rows in runs.items() if rows}
             results["rows"].extend(merge_rounds(runs[d]) for d in runs)
             results["rounds"] = results.get("rounds", []) + round_ratios(kind, runs)
-            if CATCHUP_N > 0 and "heatbridge" in ROWS:
-                results["catchup"].append(run_catchup(kind, tmp, CATCHUP_N))
+            if CATCHUP_N > 0 and CATCHUP_STEPS and "heatbridge" in ROWS:
+                rows, skipped = run_catchup_curve(kind, tmp, CATCHUP_N)
+                results["catchup"].extend(rows)
+                results["skipped"].extend(skipped)
             if SCRAPE_N > 0 and "heatbridge" in ROWS:
                 results["scraper"].append(run_scraper(kind, tmp, SCRAPE_N))
         results["seconds"] = time.time() - started
@@ -1074,6 +1187,45 @@ def report_multi(results):
         " Producers must scale too (here one client per master).")
 
 
+def report_catchup(rows, live):
+    """The catch-up curve: one row per server and step budget."""
+    every = f"every {PING_INTERVAL_US} us" if PING_INTERVAL_US else "back to back"
+    print()
+    say(f"Catch-up at MODULE LOAD over a backlog of {rows[0]['n']:,} entries, one fresh server"
+        " per step budget (`catchup-step-us`), timed until the group's cursor is at the last"
+        f" entry with nothing pending. A separate client sends PING {every}; the PING columns"
+        " are the PINGs it sent during catch-up. Rate / live: against the heatbridge row's"
+        " median rate on the same server in this run.")
+    print("\n| server | step budget | catch-up rate (entries/s) | rate / live rate | "
+          "PING p50 / p99 / max (ms) | PINGs > 2 ms | PINGs > 10 ms | PINGs | "
+          "latency monitor max (ms) |\n|---|---|---:|---:|---:|---:|---:|---:|---|")
+    for c in rows:
+        p = c["ping"]
+        lm = ", ".join(f"{k} {v}" for k, v in c["latency_monitor_max_ms"].items()) or "none"
+        pings = (f"{p['p50_ms']:.2f} / {p['p99_ms']:.2f} / {p['max_ms']:.1f}" if p["n"]
+                 else "no PING")
+        print(f"| {c['server']} {c.get('version', '')} | {c['label']} | {c['rate']:,.0f} | "
+              f"{fmt_ratio(c['rate'], live.get(c['server']))} | {pings} | {p['over_2ms']} | "
+              f"{p['over_10ms']} | {p['n']} | {lm} |")
+    for server in dict.fromkeys(c["server"] for c in rows):
+        idle = [c["ping_idle"] for c in rows if c["server"] == server and c["ping_idle"]["n"]]
+        if idle:
+            print(f"  {server:7} PING before MODULE LOAD (idle, 0.5 s each): p50 "
+                  + ", ".join(f"{i['p50_ms']:.2f}" for i in idle) + " ms; p99 "
+                  + ", ".join(f"{i['p99_ms']:.2f}" for i in idle) + " ms")
+    for c in rows:
+        if c.get("unavailable"):
+            print(f"  {c['server']} {c['label']}: MODULE LOAD refused"
+                  f" {' '.join(catchup_args(c['step']))!r}: {c['unavailable']}")
+        if c.get("warning"):
+            print(f"  {c['server']} {c['label']}: WARNING {c['warning']}")
+        st = c["ping"]["stalls_over_10ms"]
+        if st:
+            print(f"  {c['server']} {c['label']}: PINGs over 10 ms (ms after MODULE LOAD, ms): "
+                  + ", ".join(f"{t:.0f} {d:.0f}" for t, d in st[:12])
+                  + (" ..." if len(st) > 12 else ""))
+
+
 def report(results, out_path):
     print(f"\nHeatBridge benchmark: {results['n']} decisions, 8 symbols, unique plan_ids, "
           f"redis-cli --pipe; {results['machine']['nproc']} cores; "
@@ -1111,19 +1263,7 @@ def report(results, out_path):
         print(f"  skipped on {sk['server']}: {sk['design']} ({sk['why']})")
     live = {r["server"]: r["rate"] for r in results["rows"] if r["design"] == "heatbridge"}
     if results["catchup"]:
-        print("\n| server | catch-up backlog | catch-up/s | vs live | longest PING (ms) | "
-              "PINGs > 5 / > 10 ms | latency monitor max (ms) |\n|---|---:|---:|---:|---:|---:|---|")
-        for c in results["catchup"]:
-            lm = ", ".join(f"{k} {v}" for k, v in c["latency_monitor_max_ms"].items()) or "none"
-            print(f"| {c['server']} | {c['n']:,} | {c['rate']:,.0f} | "
-                  f"{fmt_ratio(c['rate'], live.get(c['server']))} | {c['ping']['max_ms']:.1f} | "
-                  f"{c['ping']['over_5ms']} / {c['ping']['over_10ms']} | {lm} |")
-        for c in results["catchup"]:
-            st = c["ping"]["stalls_over_10ms"]
-            if st:
-                print(f"\n{c['server']}: PINGs over 10 ms (s after probe start, ms): "
-                      + ", ".join(f"{t:.2f} {d:.0f}" for t, d in st[:12])
-                      + (" ..." if len(st) > 12 else ""))
+        report_catchup(results["catchup"], live)
     if results["scraper"]:
         print("\n| server | GET p99 no scraper (ms) | GET p99 with /metrics 100/s (ms) | "
               "GET p99, control scraper (ms) | GET/s without | GET/s with | scrapes ok/failed |"
