@@ -309,6 +309,9 @@ pub fn entries_from_commands(
     Some(entries)
 }
 
+/// Most entries of one millisecond [`newest_in_ms`] reads.
+const MAX_SAME_MS: usize = 2_000;
+
 /// The newest valid decision of millisecond `ms` of the stream whose symbol is `symbol`,
 /// if any (an invalid entry never writes latest, so it does not count).
 pub fn newest_in_ms(
@@ -320,7 +323,10 @@ pub fn newest_in_ms(
     let from = EntryId { ms, seq: 0 };
     let to = EntryId { ms, seq: u64::MAX };
     let mut walk = IdWalk::range(ctx, stream, Some(from), Some(to), false, true)?;
-    while let Some((id, fields)) = walk.next_entry() {
+    // A millisecond rarely holds many entries, but a pipelined burst can: a bounded read
+    // keeps one pass short (past it, the candidate is taken as the newest).
+    for _ in 0..MAX_SAME_MS {
+        let (id, fields) = walk.next_entry()?;
         if decision::parse(id, &fields).is_ok_and(|d| d.symbol == symbol) {
             return Some(id);
         }
