@@ -158,6 +158,9 @@ impl Latest {
         keys: &Keys,
         stream: &RedisString,
     ) -> Result<(), String> {
+        // The milliseconds read for ties in this pass, and what is left of its read budget.
+        let mut ties: HashMap<u64, Option<HashMap<Vec<u8>, EntryId>>> = HashMap::new();
+        let mut budget = MAX_TIE_READ;
         for (e, at) in self.into_sorted() {
             let Some(sym) = e
                 .fields
@@ -183,8 +186,14 @@ impl Latest {
                 LatestOrder::Newer => true,
                 LatestOrder::Older => false,
                 LatestOrder::SameMillisecond => {
-                    read::newest_in_ms(ctx, stream, e.id.ms, sym.as_slice())
-                        .is_none_or(|newest| newest <= e.id)
+                    let newest = ties
+                        .entry(e.id.ms)
+                        .or_insert_with(|| read::newest_in_ms(ctx, stream, e.id.ms, &mut budget));
+                    // Not known (too many entries to read): latest is left as it is, never
+                    // moved back.
+                    newest
+                        .as_ref()
+                        .is_some_and(|n| n.get(sym.as_slice()).is_none_or(|newest| *newest <= e.id))
                 }
             };
             if write {
@@ -212,12 +221,16 @@ pub fn write_latest(w: &Writer, keys: &Keys, e: &Entry, at_ms: u64) -> Result<()
     if !w.replace_hash(&key, fields, Some(plan), at_ms)? {
         return Ok(());
     }
+    // The hash holds this decision now, whatever happens to the pointer.
+    remember_written(key.as_slice(), e.id, at_ms);
     let ptr = w.string(&keys.pointer(symbol.as_slice()));
     w.set_string(&ptr, plan, at_ms)?;
     METRICS.count_latest();
-    remember_written(key.as_slice(), e.id, at_ms);
     Ok(())
 }
+
+/// Most entries one pass reads to break ties of one millisecond.
+const MAX_TIE_READ: usize = 2_000;
 
 /// Most latest keys whose decision is remembered; past it the memory starts over (the
 /// expiry then orders decisions, as after a restart).
@@ -244,7 +257,9 @@ fn remember_written(key: &[u8], id: EntryId, at_ms: u64) {
     }
 }
 
-/// Forgets which decisions latest holds (module load: the statics survive an unload).
+/// Forgets which decisions latest holds: at module load (the statics survive an unload), and
+/// whenever the data set may have been replaced under the keys (a load, a full resync, a
+/// role change, FLUSH*, SWAPDB, DEBUG, a change of the database or the streams). Until latest is written again, its expiry orders decisions.
 pub fn reset() {
     written().clear();
 }

@@ -61,14 +61,9 @@ pub fn run(ctx: &Context, all: bool, live: bool) -> bool {
         // Reported by health (projector::refresh); nothing can be read or written.
         return false;
     };
-    let budget = if live {
-        STEP_BUDGET
-    } else {
-        config::catchup_step()
-    };
     let mut more = false;
     for stream in projector::streams() {
-        more |= drain_stream(ctx, &settings, &stream, !all, budget);
+        more |= drain_stream(ctx, &settings, &stream, !all, live);
     }
     more
 }
@@ -86,8 +81,8 @@ impl Drop for PassGuard<'_> {
     }
 }
 
-/// Drains `stream` for at most `budget` ([`STEP_BUDGET`] for a pass that serves a live XADD,
-/// `heatbridge.catchup-step-us` for catch-up); returns whether entries remain.
+/// Drains `stream` for at most [`STEP_BUDGET`] when the pass serves a live XADD, else (and
+/// during a catch-up) `heatbridge.catchup-step-us`; returns whether entries remain.
 ///
 /// One call is one *pass*: a series of steps of at most `heatbridge.batch` entries, run inside
 /// one callback. Nothing else runs between the steps of a pass, so no client, replica or AOF
@@ -99,11 +94,19 @@ fn drain_stream(
     settings: &Settings,
     stream: &str,
     only_due: bool,
-    budget: Duration,
+    live: bool,
 ) -> bool {
-    let Some((trusted, target)) = projector::begin_pass(stream, &settings.consumer, only_due)
+    let Some((trusted, target, behind)) =
+        projector::begin_pass(stream, &settings.consumer, only_due)
     else {
         return false;
+    };
+    // A live XADD's pass keeps the live budget, unless a catch-up is under way on the
+    // stream: then it is one more catch-up pass, and other clients keep their latency.
+    let budget = if live && !behind {
+        STEP_BUDGET
+    } else {
+        config::catchup_step()
     };
     if config::cluster() && !projector::owns(ctx, &target) {
         // Another master owns the stream's slot (or it moved away): not this node's to

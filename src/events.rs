@@ -165,6 +165,7 @@ fn on_loading(ctx: &Context, sub: u64) {
     match sub {
         raw::REDISMODULE_SUBEVENT_LOADING_ENDED | raw::REDISMODULE_SUBEVENT_LOADING_FAILED => {
             projector::forget_all();
+            crate::apply::reset();
             state::published().loading = false;
             schedule::schedule(ctx);
         }
@@ -175,6 +176,7 @@ fn on_loading(ctx: &Context, sub: u64) {
 /// A promoted replica resumes from the replicated group cursor.
 fn on_role_changed(ctx: &Context, master: bool) {
     projector::forget_all();
+    crate::apply::reset();
     state::published().is_master = master;
     logging::info(if master {
         "now a master: projecting from the group cursor"
@@ -216,6 +218,9 @@ const ALWAYS_UNSEEN: [&[u8]; 7] = [
     b"debug",
     b"migrate",
 ];
+
+/// Commands that replace or empty whole databases under the lookup keys. Lowercase.
+const DATA_REPLACED: [&[u8]; 4] = [b"swapdb", b"flushall", b"flushdb", b"debug"];
 
 /// The bytes of a filter argument, borrowed from it.
 ///
@@ -273,6 +278,11 @@ unsafe extern "C" fn command_filter(fctx: *mut raw::RedisModuleCommandFilterCtx)
         }
         if is(&ALWAYS_UNSEEN) {
             projector::forget_all();
+            // Whole databases replaced or emptied: which decision a latest key holds is
+            // known again only once HeatBridge writes it.
+            if is(&DATA_REPLACED) {
+                crate::apply::reset();
+            }
             return;
         }
         if !is(&KEYED_UNSEEN) {

@@ -109,7 +109,10 @@ fn on_exporter_setting<T>(_: &ConfigurationContext, _: &str, _: &'static T) {
 /// stream-in, group, db or fast-path changed: the projectors are rebuilt and drained at
 /// the next cron event, not up to poll-ms later.
 fn on_projection_setting<T>(_: &ConfigurationContext, _: &str, _: &'static T) {
-    guard::contain("config change", (), schedule::settings_changed)
+    guard::contain("config change", (), || {
+        apply::reset();
+        schedule::settings_changed();
+    })
 }
 
 fn on_log_level(_: &ConfigurationContext, _: &str, v: &'static std::sync::Mutex<config::LogLevel>) {

@@ -47,6 +47,8 @@ pub struct Projector {
     due: bool,
     /// Passes over this stream that failed in a row.
     failing: u64,
+    /// The last pass left entries: a catch-up is under way.
+    behind: bool,
 }
 
 impl Projector {
@@ -63,6 +65,7 @@ impl Projector {
             fast: FastPath::default(),
             due: true,
             failing: 0,
+            behind: false,
         }
     }
 
@@ -265,14 +268,15 @@ pub fn stream_changed(key: &[u8]) {
     });
 }
 
-/// A pass over stream `stream` begins: what it may trust, and its target. `None` when the
+/// A pass over stream `stream` begins: what it may trust, its target, and whether a catch-up
+/// is under way on it (the last pass left entries). `None` when the
 /// stream is not projected, or when `only_due` and nothing is due on it (see
 /// [`Projector::due`]): a pass after one XADD looks at that XADD's stream only.
 pub fn begin_pass(
     stream: &str,
     consumer: &str,
     only_due: bool,
-) -> Option<(Trusted<Command>, Target)> {
+) -> Option<(Trusted<Command>, Target, bool)> {
     let trust = TRUST_KNOWN.load(Relaxed) && config::fast_path();
     let take_commands = trust && capture::enabled();
     let mut r = registry();
@@ -281,7 +285,11 @@ pub fn begin_pass(
         .iter_mut()
         .find(|p| p.stream == stream && p.problem.is_none() && (p.due || !only_due))?;
     p.due = false;
-    Some((p.fast.begin_pass(trust, take_commands), p.target(consumer)))
+    Some((
+        p.fast.begin_pass(trust, take_commands),
+        p.target(consumer),
+        p.behind,
+    ))
 }
 
 /// How a pass over a stream ended.
@@ -303,6 +311,7 @@ pub fn end_pass(stream: &str, known: Option<Known>, outcome: Outcome) {
     if let Some(p) = r.projectors.iter_mut().find(|p| p.stream == stream) {
         p.fast.end_pass(known.filter(|_| trust));
         p.due |= outcome == Outcome::More;
+        p.behind = outcome == Outcome::More;
         p.failing = if outcome == Outcome::Failed {
             p.failing + 1
         } else {

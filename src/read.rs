@@ -309,29 +309,33 @@ pub fn entries_from_commands(
     Some(entries)
 }
 
-/// Most entries of one millisecond [`newest_in_ms`] reads.
-const MAX_SAME_MS: usize = 2_000;
-
-/// The newest valid decision of millisecond `ms` of the stream whose symbol is `symbol`,
-/// if any (an invalid entry never writes latest, so it does not count).
+/// The newest valid decision of each symbol in millisecond `ms` of the stream (an invalid
+/// entry never writes latest, so it does not count). `None` when more than `budget` entries
+/// would have to be read: then which is newest is not known. `budget` goes down by the
+/// entries read, so that one pass shares one budget over every millisecond it reads.
 pub fn newest_in_ms(
     ctx: &Context,
     stream: &RedisString,
     ms: u64,
-    symbol: &[u8],
-) -> Option<EntryId> {
+    budget: &mut usize,
+) -> Option<std::collections::HashMap<Vec<u8>, EntryId>> {
     let from = EntryId { ms, seq: 0 };
     let to = EntryId { ms, seq: u64::MAX };
-    let mut walk = IdWalk::range(ctx, stream, Some(from), Some(to), false, true)?;
-    // A millisecond rarely holds many entries, but a pipelined burst can: a bounded read
-    // keeps one pass short (past it, the candidate is taken as the newest).
-    for _ in 0..MAX_SAME_MS {
-        let (id, fields) = walk.next_entry()?;
-        if decision::parse(id, &fields).is_ok_and(|d| d.symbol == symbol) {
-            return Some(id);
+    let mut newest = std::collections::HashMap::new();
+    let Some(mut walk) = IdWalk::range(ctx, stream, Some(from), Some(to), false, true) else {
+        return Some(newest);
+    };
+    while let Some((id, fields)) = walk.next_entry() {
+        if *budget == 0 {
+            return None;
+        }
+        *budget -= 1;
+        if let Ok(d) = decision::parse(id, &fields) {
+            // Read newest first: the first entry of a symbol is its newest.
+            newest.entry(d.symbol.to_vec()).or_insert(id);
         }
     }
-    None
+    Some(newest)
 }
 
 const OK: i32 = raw::REDISMODULE_OK as i32;
