@@ -18,22 +18,6 @@ fn info_field(c: &mut Connection, name: &str) -> String {
         .unwrap_or_else(|| panic!("INFO heatbridge has no {name}: {text}"))
 }
 
-/// `n` decisions in pipelines of 1000.
-fn backlog_of(c: &mut Connection, n: usize) {
-    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
-        let mut p = redis::pipe();
-        for i in chunk {
-            let mut cmd = redis::cmd("XADD");
-            cmd.arg(STREAM).arg("*");
-            for (k, v) in decision(&format!("S{}", i % 5), &format!("c{i}"), &[]) {
-                cmd.arg(k).arg(v);
-            }
-            p.add_command(cmd).ignore();
-        }
-        p.query::<()>(c).expect("XADD pipeline");
-    }
-}
-
 #[test]
 fn the_catch_up_step_is_a_validated_setting() {
     for_each_flavor(|flavor| {
@@ -66,7 +50,7 @@ fn catch_up_progress_shows_in_info_and_metrics() {
             .start();
         let mut c = s.conn();
         let n = 60_000;
-        backlog_of(&mut c, n);
+        xadd_pipelined(&mut c, n, |i| format!("S{}", i % 5), |i| format!("c{i}"));
         let _: () = redis::cmd("MODULE")
             .arg("LOAD")
             .arg(module_path().display().to_string())

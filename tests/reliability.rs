@@ -49,20 +49,43 @@ fn module_unload(c: &mut Connection) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-/// `n` decisions on `plan{i}` (symbols `S{i % 7}`), XADDed in pipelines of 1000.
-fn xadd_many(c: &mut Connection, prefix: &str, n: usize) {
-    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
-        let mut p = redis::pipe();
-        for i in chunk {
-            let mut cmd = redis::cmd("XADD");
-            cmd.arg(STREAM).arg("*");
-            for (k, v) in decision(&format!("S{}", i % 7), &format!("{prefix}{i}"), &[]) {
-                cmd.arg(k).arg(v);
-            }
-            p.add_command(cmd).ignore();
-        }
-        p.query::<()>(c).expect("XADD pipeline");
-    }
+/// In one transaction: an entry of `symbol` on `older` that another consumer of the group
+/// reads before the module does, then a newer one on `newer`. Returns the older entry's ID.
+fn older_read_by_another(c: &mut Connection, symbol: &str, older: &str, newer: &str) -> String {
+    let (id, _, _): (String, redis::Value, String) = redis::pipe()
+        .atomic()
+        .cmd("XADD")
+        .arg(STREAM)
+        .arg("*")
+        .arg(fields(&decision(symbol, older, &[])))
+        .cmd("XREADGROUP")
+        .arg(
+            &[
+                "GROUP",
+                "heat_bridge",
+                "other",
+                "COUNT",
+                "1",
+                "STREAMS",
+                STREAM,
+                ">",
+            ][..],
+        )
+        .cmd("XADD")
+        .arg(STREAM)
+        .arg("*")
+        .arg(fields(&decision(symbol, newer, &[])))
+        .query(c)
+        .expect("MULTI");
+    id
+}
+
+/// XCLAIMs entry `id` to the module's consumer, which then finishes it as pending.
+fn claim_for_us(c: &mut Connection, id: &str) {
+    let _: redis::Value = redis::cmd("XCLAIM")
+        .arg(&[STREAM, "heat_bridge", "heat_bridge_1", "0", id][..])
+        .query(c)
+        .expect("XCLAIM");
 }
 
 /// Panics with the server's assertion or crash report unless it answers PING.
@@ -119,7 +142,7 @@ fn paused_writes_hold_projection_until_the_pause_ends() {
         inject(&mut c, "W", "warm");
         wait_drained(&mut c);
         module_unload(&mut c).expect("MODULE UNLOAD");
-        xadd_many(&mut c, "pz", 500);
+        xadd_pipelined(&mut c, 500, |i| format!("S{}", i % 7), |i| format!("pz{i}"));
         let cursor = group_cursor(&mut c);
         let keys: i64 = redis::cmd("DBSIZE").query(&mut c).expect("DBSIZE");
         let offset = info_field(&mut c, "replication", "master_repl_offset");
@@ -401,27 +424,7 @@ fn finishing_an_older_pending_entry_keeps_latest_on_the_newest() {
             inject(&mut c, "W", "warm");
             wait_drained(&mut c);
             // A reaches another consumer before the module reads it; B is read by the module.
-            let (older, _, _): (String, redis::Value, String) = redis::pipe()
-                .atomic()
-                .cmd("XADD")
-                .arg(STREAM)
-                .arg("*")
-                .arg(fields(&decision("S", "older", &[])))
-                .cmd("XREADGROUP")
-                .arg("GROUP")
-                .arg("heat_bridge")
-                .arg("other")
-                .arg("COUNT")
-                .arg(1)
-                .arg("STREAMS")
-                .arg(STREAM)
-                .arg(">")
-                .cmd("XADD")
-                .arg(STREAM)
-                .arg("*")
-                .arg(fields(&decision("S", "newer", &[])))
-                .query(&mut c)
-                .expect("MULTI");
+            let older = older_read_by_another(&mut c, "S", "older", "newer");
             wait_for(5, "newer projected", || {
                 get(&mut c, &format!("{POINTER}S")).as_deref() == Some("newer")
             });
@@ -429,14 +432,7 @@ fn finishing_an_older_pending_entry_keeps_latest_on_the_newest() {
                 .arg(format!("{DEDUPE}newer"))
                 .query(&mut c)
                 .expect("DEL");
-            let _: redis::Value = redis::cmd("XCLAIM")
-                .arg(STREAM)
-                .arg("heat_bridge")
-                .arg("heat_bridge_1")
-                .arg(0)
-                .arg(&older)
-                .query(&mut c)
-                .expect("XCLAIM");
+            claim_for_us(&mut c, &older);
             wait_drained(&mut c);
             assert!(
                 exists(&mut c, &format!("{BY_PLAN}older")),
@@ -599,40 +595,13 @@ fn reading_string_keys_keeps_their_encoding() {
         assert_eq!(encoding(&mut c, &dedupe_key), before, "dedupe key");
 
         // An older entry pending for our consumer makes the module read the pointer.
-        let (older, _, _): (String, redis::Value, String) = redis::pipe()
-            .atomic()
-            .cmd("XADD")
-            .arg(STREAM)
-            .arg("*")
-            .arg(fields(&decision("E", "enc_old", &[])))
-            .cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg("heat_bridge")
-            .arg("other")
-            .arg("COUNT")
-            .arg(1)
-            .arg("STREAMS")
-            .arg(STREAM)
-            .arg(">")
-            .cmd("XADD")
-            .arg(STREAM)
-            .arg("*")
-            .arg(fields(&decision("E", "enc_new", &[])))
-            .query(&mut c)
-            .expect("MULTI");
+        let older = older_read_by_another(&mut c, "E", "enc_old", "enc_new");
         let pointer = format!("{POINTER}E");
         wait_for(5, "enc_new projected", || {
             get(&mut c, &pointer).as_deref() == Some("enc_new")
         });
         let before = encoding(&mut c, &pointer);
-        let _: redis::Value = redis::cmd("XCLAIM")
-            .arg(STREAM)
-            .arg("heat_bridge")
-            .arg("heat_bridge_1")
-            .arg(0)
-            .arg(&older)
-            .query(&mut c)
-            .expect("XCLAIM");
+        claim_for_us(&mut c, &older);
         wait_drained(&mut c);
         assert!(exists(&mut c, &format!("{BY_PLAN}enc_old")));
         assert_eq!(encoding(&mut c, &pointer), before, "latest_plan_id pointer");
@@ -812,22 +781,6 @@ fn failover_completes_under_traffic() {
     });
 }
 
-/// `n` decisions of symbol `symbol` on plans `{prefix}{i:06}`, XADDed in pipelines of 1000.
-fn xadd_symbol(c: &mut Connection, symbol: &str, prefix: &str, n: usize) {
-    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
-        let mut p = redis::pipe();
-        for i in chunk {
-            let mut cmd = redis::cmd("XADD");
-            cmd.arg(STREAM).arg("*");
-            for (k, v) in decision(symbol, &format!("{prefix}{i:06}"), &[]) {
-                cmd.arg(k).arg(v);
-            }
-            p.add_command(cmd).ignore();
-        }
-        p.query::<()>(c).expect("XADD pipeline");
-    }
-}
-
 /// An entry left pending for our consumer far behind the cursor (25,000 later entries of
 /// other symbols) is finished with its latest keys, in a pass that stays short: the check
 /// that latest holds nothing newer does not scan the stream (review, session 4: the bounded
@@ -850,7 +803,7 @@ fn a_pending_entry_far_behind_the_cursor_gets_its_latest() {
             .arg(&["STREAMS", STREAM, ">"][..])
             .query(&mut c)
             .expect("XREADGROUP");
-        xadd_symbol(&mut c, "B", "pb", 25_000);
+        xadd_pipelined(&mut c, 25_000, |_| "B".into(), |i| format!("pb{i:06}"));
         let _: () = redis::cmd("XGROUP")
             .arg(&["SETID", STREAM, "heat_bridge", "$"][..])
             .query(&mut c)
@@ -883,7 +836,7 @@ fn a_rewound_catch_up_never_moves_latest_back() {
     for_each_flavor(|flavor| {
         let s = Options::new(flavor).without_exporter().start();
         let mut c = s.conn();
-        xadd_symbol(&mut c, "R", "p", 30_000);
+        xadd_pipelined(&mut c, 30_000, |_| "R".into(), |i| format!("p{i:06}"));
         wait_drained(&mut c);
         let newest = "p029999";
         assert_eq!(get(&mut c, &format!("{POINTER}R")).as_deref(), Some(newest));

@@ -440,6 +440,28 @@ pub fn xadd(c: &mut Connection, stream: &str, id: &str, fields: &[(String, Strin
     cmd.query(c).expect("XADD")
 }
 
+/// `n` seed decisions on the default stream, decision `i` of symbol `symbol(i)` and plan
+/// `plan(i)`, XADDed in pipelines of 1000 (a backlog in a second or two).
+pub fn xadd_pipelined(
+    c: &mut Connection,
+    n: usize,
+    symbol: impl Fn(usize) -> String,
+    plan: impl Fn(usize) -> String,
+) {
+    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+        let mut p = redis::pipe();
+        for &i in chunk {
+            let mut cmd = redis::cmd("XADD");
+            cmd.arg(STREAM).arg("*");
+            for (k, v) in decision(&symbol(i), &plan(i), &[]) {
+                cmd.arg(k).arg(v);
+            }
+            p.add_command(cmd).ignore();
+        }
+        p.query::<()>(c).expect("XADD pipeline");
+    }
+}
+
 /// XADDs a seed decision with an auto ID on the default stream.
 pub fn inject(c: &mut Connection, symbol: &str, plan_id: &str) -> String {
     xadd(c, STREAM, "*", &decision(symbol, plan_id, &[]))
