@@ -363,3 +363,116 @@ fn a_caching_reader_sees_decisions_projected_by_catch_up() {
         reads(flavor, "catchup", 5, false);
     });
 }
+
+/// scripts/watch_latest.py prints the symbol's latest at start and then each new decision
+/// once, in order: not another symbol's, not a duplicate plan_id, not a REPLAY of the same
+/// decision. It is given each decision before the next is added (it shows the latest
+/// state; docs/readers.md says what it skips when decisions come faster).
+#[test]
+fn watch_latest_prints_each_new_decision() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    use std::sync::mpsc;
+    use std::time::Duration;
+    for_each_flavor(|flavor| {
+        let s = Options::new(flavor)
+            .without_exporter()
+            .arg("--notify-keyspace-events", "Kh")
+            .start();
+        let mut c = s.conn();
+        inject(&mut c, "W", "w-0");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/watch_latest.py");
+        let mut child = Command::new("python3")
+            .arg(&script)
+            .args(["--symbol", "W", "--port", &s.port.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("python3 runs scripts/watch_latest.py");
+        let (tx, rx) = mpsc::channel::<String>();
+        let out = child.stdout.take().expect("stdout");
+        let tx_out = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx_out.send(format!("out {line}"));
+            }
+        });
+        let err = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = tx.send(format!("err {line}"));
+            }
+        });
+        // Bounded wait for the watcher's next stdout line (its stderr lines are skipped).
+        let next_plan = |what: &str| -> String {
+            loop {
+                let line = rx
+                    .recv_timeout(Duration::from_secs(20))
+                    .unwrap_or_else(|_| panic!("watch_latest printed nothing for {what}"));
+                if let Some(json) = line.strip_prefix("out ") {
+                    let v: Value = serde_json::from_str(json).expect("a JSON line");
+                    return v["plan_id"].as_str().unwrap_or_default().to_string();
+                }
+                eprintln!("watch_latest {line}");
+            }
+        };
+        assert_eq!(next_plan("the initial latest"), "w-0");
+        for i in 1..=4 {
+            inject(&mut c, "OTHER", &format!("o-{i}"));
+            if i == 3 {
+                // A duplicate plan_id is not projected: no event, nothing printed.
+                inject(&mut c, "W", "w-1");
+            }
+            inject(&mut c, "W", &format!("w-{i}"));
+            if i == 2 {
+                // A REPLAY rewrites latest with what it holds: nothing new to print.
+                let _: redis::Value = redis::cmd("HEATBRIDGE.REPLAY")
+                    .arg("FROM")
+                    .arg("0")
+                    .query(&mut c)
+                    .expect("REPLAY");
+            }
+            assert_eq!(next_plan(&format!("w-{i}")), format!("w-{i}"));
+        }
+        // Nothing else: the next line is the next decision.
+        inject(&mut c, "W", "w-5");
+        assert_eq!(next_plan("w-5"), "w-5");
+        let _ = child.kill();
+        let _ = child.wait();
+    });
+}
+
+/// Without hash keyspace events the watcher says what to set and exits 2; with
+/// --enable-notifications it sets them itself and works.
+#[test]
+fn watch_latest_says_what_to_set() {
+    use std::process::Stdio;
+    for_each_flavor(|flavor| {
+        let s = Options::new(flavor).without_exporter().start();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/watch_latest.py");
+        let out = Command::new("python3")
+            .arg(&script)
+            .args(["--symbol", "W", "--port", &s.port.to_string()])
+            .stdin(Stdio::null())
+            .output()
+            .expect("python3 runs scripts/watch_latest.py");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains("notify-keyspace-events Kh"), "{err}");
+        let mut child = Command::new("python3")
+            .arg(&script)
+            .args(["--symbol", "W", "--port", &s.port.to_string()])
+            .arg("--enable-notifications")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn watch_latest.py");
+        let mut c = s.conn();
+        wait_for(20, "notify-keyspace-events set", || {
+            let v = config_get(&mut c, "notify-keyspace-events");
+            v.contains('K') && v.contains('h')
+        });
+        let _ = child.kill();
+        let _ = child.wait();
+    });
+}
