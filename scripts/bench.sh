@@ -18,6 +18,7 @@
 #     scripts/bench.sh all                    (smoke of the catch-up curve, about 30 s)
 #   BENCH_CATCHUP_STEPS=250,1000,default scripts/bench.sh redis   (other budgets; see bench.py)
 #   BENCH_ROWS=heatbridge,standalone-3,cluster scripts/bench.sh redis8   (the cluster rows only)
+#   BENCH_READERS=only scripts/bench.sh all   (readers: cached reads vs round trips, notify-keyspace-events on/off)
 #
 # Every HeatBridge row shows the fast path's state (INFO heatbridge: on/off, entries taken,
 # post-notification jobs). HB_SO_BASE adds the row heatbridge-base, the same load with an older

@@ -14,5 +14,6 @@ cargo test --release -- --test-threads="${TEST_THREADS:-2}"
 # The projection suites again with the fast path off (heatbridge.fast-path no): every pass
 # then reads the group and its entries back, and must project exactly the same.
 HEATBRIDGE_FAST_PATH=no cargo test --release --test projection --test durability --test group \
+  --test readers \
   --test replication --test commands --test bad_input --test reliability \
   -- --test-threads="${TEST_THREADS:-2}"

@@ -59,6 +59,11 @@ Environment:
                    the first round only; the HeatBridge rows swap order every round. On a
                    shared machine one sample per row is not enough: rates swing by a third
                    from one minute to the next.
+  BENCH_READERS    "1": after everything else, the readers rows (issue 13): reads/s of one
+                   latest:<symbol> through a client-side cache against plain round trips,
+                   and HeatBridge's rate with notify-keyspace-events off and KEA; "only": just
+                   those (BENCH_READERS_N decisions, 50000; BENCH_READERS_SECONDS per read
+                   figure, 2)
   BENCH_OUT        where to write the JSON results (default: a file in the temp dir)
   HB_SO            the module (default target/release/libheatbridge.so)
   HB_SO_BASE       an older build of the module: adds the row heatbridge-base, e.g.
@@ -1043,6 +1048,116 @@ def table(rows):
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------- readers (issue 13)
+
+READERS = os.environ.get("BENCH_READERS", "")
+READERS_N = int(os.environ.get("BENCH_READERS_N", "50000"))
+READERS_SECONDS = float(os.environ.get("BENCH_READERS_SECONDS", "2"))
+
+
+class TrackingCache:
+    """The manual client-side cache of docs/readers.md: CLIENT TRACKING on the reader's own
+    RESP3 connection, invalidation pushes handled by redis-py, a dict as the cache."""
+
+    def __init__(self, port):
+        self.cache = {}
+        self.conn = redis.Redis(port=port, protocol=3).connection_pool.get_connection()
+        self.conn._parser.set_invalidation_push_handler(self._on_push)
+        self.conn.send_command("CLIENT", "TRACKING", "ON")
+        self.conn.read_response()
+
+    def _on_push(self, msg):
+        if msg[1] is None:
+            self.cache.clear()
+        for k in msg[1] or ():
+            self.cache.pop(k, None)
+
+    def hgetall(self, key):
+        while self.conn.can_read(0):
+            self.conn.read_response(push_request=True)
+        if key not in self.cache:
+            self.conn.send_command("HGETALL", key)
+            self.cache[key] = self.conn.read_response()
+        return self.cache[key]
+
+
+def reads_per_second(read, key, seconds):
+    n, t0 = 0, time.perf_counter()
+    while True:
+        for _ in range(1000):
+            read(key)
+        n += 1000
+        dt = time.perf_counter() - t0
+        if dt >= seconds:
+            return n / dt
+
+
+def run_readers(kind, tmp, xadd_file):
+    """One server: read rates of latest:<symbol> (plain, manual tracking cache, redis-py's
+    cache where the server is Redis 7.4+); then HeatBridge's rate on the same load with
+    notify-keyspace-events off and KEA (no subscriber; fresh servers, one run each)."""
+    row = {"server": kind}
+    module = (HB_SO, ["metrics-port", "0", "health-port", "0"] + HB_ARGS)
+    srv = Server(kind, tmp, module)
+    try:
+        row["version"] = srv.version()
+        srv.r.xadd(STREAM, {k: v for k, v in zip(fields(0, b"r-0")[::2], fields(0, b"r-0")[1::2])})
+        key = LATEST + SYMBOLS[0]
+        plain = redis.Redis(port=srv.port)
+        row["plain_rps"] = reads_per_second(plain.hgetall, key, READERS_SECONDS)
+        row["tracking_rps"] = reads_per_second(TrackingCache(srv.port).hgetall, key,
+                                               READERS_SECONDS)
+        try:
+            from redis.cache import CacheConfig
+            cached = redis.Redis(port=srv.port, protocol=3, cache_config=CacheConfig())
+            cached.hgetall(key)
+            row["builtin_rps"] = reads_per_second(cached.hgetall, key, READERS_SECONDS)
+        except (redis.exceptions.ConnectionError, ImportError) as e:
+            row["builtin_rps"] = None
+            row["builtin_why"] = str(e)
+    finally:
+        srv.stop()
+    for label, extra in (("off", []), ("KEA", ["--notify-keyspace-events", "KEA"]),
+                         ("Kh", ["--notify-keyspace-events", "Kh"])):
+        srv = Server(kind, tmp, module, extra)
+        try:
+            t0 = time.perf_counter()
+            pipe(srv, xadd_file)
+            wait_projected(srv.r)
+            row[f"notify_{label}_rate"] = READERS_N / (time.perf_counter() - t0)
+        finally:
+            srv.stop()
+    return row
+
+
+def readers_main(kinds):
+    tmp = tempfile.mkdtemp(prefix="heatbench-readers-")
+    path = os.path.join(tmp, "xadd-readers.resp")
+    gen_xadd(path, READERS_N)
+    rows = []
+    try:
+        for kind in kinds:
+            log(f"[{kind}] readers")
+            rows.append(run_readers(kind, tmp, path))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"\nReaders (issue 13): HGETALL of one latest:<symbol>, one client, "
+          f"{READERS_SECONDS:g} s each; HeatBridge's rate over {READERS_N:,} decisions"
+          " (redis-cli --pipe, one run each, no subscriber) with notify-keyspace-events off,"
+          " KEA and Kh")
+    print("\n| server | round trips (reads/s) | CLIENT TRACKING cache (reads/s) | "
+          "redis-py cache (reads/s) | HeatBridge rate, events off | KEA | Kh |"
+          "\n|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        b = f"{r['builtin_rps']:,.0f}" if r.get("builtin_rps") else "refused (needs Redis 7.4+)"
+        print(f"| {r['server']} {r['version']} | {r['plain_rps']:,.0f} | "
+              f"{r['tracking_rps']:,.0f} | {b} | {r['notify_off_rate']:,.0f} | "
+              f"{r['notify_KEA_rate']:,.0f} ({r['notify_KEA_rate'] / r['notify_off_rate']:.2f}x)"
+              f" | {r['notify_Kh_rate']:,.0f} ({r['notify_Kh_rate'] / r['notify_off_rate']:.2f}x)"
+              " |")
+    return rows
+
+
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "_ping":
         return ping_probe_main(*sys.argv[2:])
@@ -1057,6 +1172,8 @@ def main():
     if not os.path.exists(HB_SO):
         sys.exit(f"module not found: {HB_SO}")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if READERS == "only":
+        return readers_main(kinds)
     tmp = tempfile.mkdtemp(prefix="heatbench-")
     out_path = os.environ.get("BENCH_OUT") or os.path.join(tmp, "results.json")
     started = time.time()
@@ -1129,6 +1246,8 @@ def main():
         results["seconds"] = time.time() - started
         json.dump(results, open(out_path, "w"), indent=1)
         report(results, out_path)
+        if READERS:
+            readers_main(kinds)
     finally:
         if not os.environ.get("BENCH_KEEP_TMP"):
             for name in os.listdir(tmp):

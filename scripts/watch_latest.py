@@ -1,0 +1,179 @@
+#!/usr/bin/env python3
+"""Print each new heat decision of one symbol as HeatBridge projects it: no polling.
+
+    watch_latest.py --symbol BTCUSDT [--host H] [--port P] [--db N] [--password PW]
+                    [--tag T] [--cluster] [--enable-notifications] [--no-initial]
+
+Copy it into a downstream service: it needs redis-py only (`pip install redis`). It
+subscribes to the keyspace channel of quantum:harvest:heat:latest:<symbol> and, on each
+`hset` event there (one per projected latest, docs/readers.md), reads the hash once
+(HGETALL) and prints it as one JSON line, unless it holds the plan_id printed last (a REPLAY
+or a repeated projection of the same decision). Between events it blocks on the socket.
+
+The server needs keyspace events for hashes: `notify-keyspace-events` must contain K and h
+(or K and A), e.g. `CONFIG SET notify-keyspace-events Kh`. Without them the watcher says so
+and exits 2; --enable-notifications adds the two flags itself (it needs CONFIG SET).
+
+What it prints is the symbol's latest decision each time it changes, not every decision:
+when several decisions of the symbol are projected in one pass (a MULTI, a script, a
+pipelined burst on Redis 7.0, catch-up, REPLAY) only the newest is written to latest, and
+when two arrive faster than one HGETALL the first may already be superseded. A service that
+must see every decision reads the stream (XREAD) instead.
+
+--tag T: the stream carries the hash tag {T} (CONTRACT §11), so the key is
+quantum:harvest:heat:latest:{T}:<symbol>. --cluster (needs --tag): keyspace events are
+local to a node, so the watcher subscribes on the master that owns the key's slot (found
+with CLUSTER SLOTS through any node given by --host/--port). When that connection breaks (a
+failover, the node down) it finds the owner again and resubscribes; since a slot moved by
+resharding gives no sign on the old owner's connection, it also checks the owner every
+--recheck seconds (30) while no event arrives. After every resubscription it reads latest
+once, so nothing that changed meanwhile is missed (though an intermediate decision may be).
+"""
+import argparse
+import json
+import sys
+import time
+
+import redis
+from redis.cluster import RedisCluster
+
+PREFIX = "quantum:harvest:heat:latest:"
+
+
+def latest_key(symbol, tag):
+    return f"{PREFIX}{{{tag}}}:{symbol}" if tag else f"{PREFIX}{symbol}"
+
+
+def plain(v):
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else v
+
+
+class Watcher:
+    def __init__(self, args):
+        self.args = args
+        self.key = latest_key(args.symbol, args.tag)
+        self.last_plan = None
+        self.cluster = None
+        if args.cluster:
+            self.cluster = RedisCluster(host=args.host, port=args.port, password=args.password,
+                                        decode_responses=True)
+
+    def node(self):
+        """A client on the server (in a cluster, the master owning the key's slot)."""
+        kw = dict(password=self.args.password, decode_responses=True, protocol=2)
+        if self.cluster is None:
+            return redis.Redis(host=self.args.host, port=self.args.port, db=self.args.db, **kw)
+        self.cluster.nodes_manager.initialize()
+        n = self.cluster.get_node_from_key(self.key)
+        return redis.Redis(host=n.host, port=n.port, **kw)
+
+    def check_notifications(self, r):
+        try:
+            flags = r.config_get("notify-keyspace-events").get("notify-keyspace-events", "")
+        except redis.RedisError as e:
+            print(f"watch_latest: cannot read notify-keyspace-events ({e}); make sure it "
+                  "contains K and h", file=sys.stderr)
+            return
+        if "K" in flags and ("h" in flags or "A" in flags):
+            return
+        if not self.args.enable_notifications:
+            print(f"watch_latest: notify-keyspace-events is {flags!r} on "
+                     f"{r.connection_pool.connection_kwargs.get('port')}; it must contain K "
+                     "and h: CONFIG SET notify-keyspace-events Kh (or add them to what is "
+                     "set, or run with --enable-notifications)", file=sys.stderr)
+            sys.exit(2)
+        wanted = "".join(dict.fromkeys(flags + "Kh"))
+        r.config_set("notify-keyspace-events", wanted)
+        print(f"watch_latest: notify-keyspace-events set to {wanted!r}", file=sys.stderr)
+
+    def show(self, r):
+        """Reads latest once and prints it if it holds another decision."""
+        h = r.hgetall(self.key)
+        plan = h.get("plan_id")
+        if not h or plan == self.last_plan:
+            return
+        if self.last_plan is None and self.args.no_initial:
+            self.last_plan = plan
+            return
+        self.last_plan = plan
+        print(json.dumps(h, sort_keys=True), flush=True)
+
+    def owner_moved(self, r):
+        try:
+            self.cluster.nodes_manager.initialize()
+            n = self.cluster.get_node_from_key(self.key)
+        except redis.RedisError:
+            return True
+        kw = r.connection_pool.connection_kwargs
+        return (n.host, int(n.port)) != (kw.get("host"), int(kw.get("port")))
+
+    def watch_once(self):
+        """Subscribes and prints until the connection breaks or (cluster) the slot moves."""
+        r = self.node()
+        self.check_notifications(r)
+        db = 0 if self.cluster is not None else self.args.db
+        ps = r.pubsub(ignore_subscribe_messages=False)
+        ps.subscribe(f"__keyspace@{db}__:{self.key}")
+        first = ps.get_message(timeout=10)
+        if first is None or first["type"] != "subscribe":
+            raise redis.ConnectionError(f"no subscription confirmation: {first!r}")
+        kw = r.connection_pool.connection_kwargs
+        print(f"watch_latest: watching {self.key} on {kw.get('host')}:{kw.get('port')}",
+              file=sys.stderr, flush=True)
+        # Read once after subscribing: a decision projected before the subscription took
+        # effect is not missed.
+        self.show(r)
+        while True:
+            if self.cluster is None:
+                m = ps.get_message(timeout=None)  # blocks until an event
+            else:
+                m = ps.get_message(timeout=self.args.recheck)
+                if m is None:
+                    if self.owner_moved(r):
+                        print("watch_latest: the slot moved; resubscribing", file=sys.stderr)
+                        ps.close()
+                        return
+                    continue
+            if m and m["type"] == "message" and plain(m["data"]) == "hset":
+                self.show(r)
+
+    def run(self):
+        backoff = 0.1
+        while True:
+            try:
+                self.watch_once()
+                backoff = 0.1
+            except (redis.ConnectionError, redis.TimeoutError) as e:
+                print(f"watch_latest: {type(e).__name__}: {e}; reconnecting in {backoff:.1f} s",
+                      file=sys.stderr, flush=True)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--symbol", required=True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=6379)
+    p.add_argument("--db", type=int, default=0, help="standalone only (heatbridge.db)")
+    p.add_argument("--password", default=None)
+    p.add_argument("--tag", default="", help="the stream's hash tag T, without braces")
+    p.add_argument("--cluster", action="store_true",
+                   help="Redis Cluster: subscribe on the master owning the key (needs --tag)")
+    p.add_argument("--recheck", type=float, default=30.0,
+                   help="cluster: seconds without an event before checking the slot's owner")
+    p.add_argument("--enable-notifications", action="store_true",
+                   help="add K and h to notify-keyspace-events if missing (CONFIG SET)")
+    p.add_argument("--no-initial", action="store_true",
+                   help="do not print the latest decision found at start")
+    args = p.parse_args()
+    if args.cluster and not args.tag:
+        p.error("--cluster needs --tag: in a cluster every stream has a hash tag")
+    try:
+        Watcher(args).run()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
