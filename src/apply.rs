@@ -93,7 +93,7 @@ pub fn project(
         return Ok(Projected::Invalid);
     };
     if let Some(at) = plan.dedupe_at {
-        let id = w.string(d.id.to_string().as_bytes());
+        let id = w.string(writer::Digits::id(d.id).as_bytes());
         w.set_string(&dedupe_key, &id, at)?;
     }
     if let Some(at) = plan.by_plan_at {

@@ -125,7 +125,7 @@ pub fn advance(
     let (stream, group) = (&s.stream_key, &s.group_key);
     match entries_read {
         Some(n) => {
-            let n = rstr(ctx, n.to_string().as_bytes());
+            let n = rstr(ctx, writer::Digits::of(n).as_bytes());
             let keyword = writer::kept(&ENTRIESREAD, b"ENTRIESREAD");
             let args = [setid, stream, group, &id, keyword, &n];
             call::call(ctx, c"XGROUP", call::WRITE, &args).map(drop)

@@ -51,6 +51,55 @@ pub fn kept(cell: &'static OnceLock<Kept>, bytes: &[u8]) -> &'static RedisString
     &cell.get_or_init(|| Kept::new(bytes)).0
 }
 
+/// The decimal form of a number or an entry ID, written without an allocation.
+pub struct Digits {
+    buf: [u8; 41],
+    start: usize,
+}
+
+impl Digits {
+    /// `n` in decimal.
+    pub fn of(n: u64) -> Digits {
+        let mut d = Digits {
+            buf: [0; 41],
+            start: 41,
+        };
+        d.push(n);
+        d
+    }
+
+    /// `<ms>-<seq>`.
+    pub fn id(id: crate::decision::EntryId) -> Digits {
+        let mut d = Digits::of(id.seq);
+        d.start -= 1;
+        if let Some(b) = d.buf.get_mut(d.start) {
+            *b = b'-';
+        }
+        d.push(id.ms);
+        d
+    }
+
+    /// Writes `n` in front of what is there (at most 20 digits; 41 bytes hold two and a dash).
+    fn push(&mut self, mut n: u64) {
+        loop {
+            let Some(b) = self.start.checked_sub(1).and_then(|i| self.buf.get_mut(i)) else {
+                return;
+            };
+            *b = b'0' + (n % 10) as u8;
+            self.start -= 1;
+            n /= 10;
+            if n == 0 {
+                return;
+            }
+        }
+    }
+
+    /// The digits.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.buf.get(self.start..).unwrap_or_default()
+    }
+}
+
 /// The last value of field `name` in an entry, as the entry's own string.
 pub fn field<'a>(fields: &'a [(RedisString, RedisString)], name: &[u8]) -> Option<&'a RedisString> {
     fields
@@ -97,7 +146,7 @@ impl<'c> Writer<'c> {
         value: &RedisString,
         at_ms: u64,
     ) -> Result<(), String> {
-        let at = self.string(at_ms.to_string().as_bytes());
+        let at = self.string(Digits::of(at_ms).as_bytes());
         self.call(c"SET", &[key, value, self.pxat, &at]).map(drop)
     }
 
@@ -140,15 +189,24 @@ impl<'c> Writer<'c> {
         };
         // Fields of an earlier value may be left over only if the hash existed before: then
         // it holds more fields than the HSET added. A new hash (every by_plan key) is done.
-        let len = self.hash_len(key);
+        // The length is read on the key opened to set the expiry, which is set there unless
+        // stale fields must go first (their HDEL replicates before the PEXPIREAT).
         let extra = last_plan_id.map(|_| projection::LAST_PLAN_ID_FIELD);
-        if len as i64 > added && len > distinct_fields(fields, extra) {
-            self.remove_stale_fields(key, fields, extra)?;
-        }
-        match self.set_abs_expire(key, at_ms) {
-            Some(done) => done?,
+        let stale = |len: usize| len as i64 > added && len > distinct_fields(fields, extra);
+        match self.set_abs_expire(key, at_ms, &stale) {
+            Some(Ok(true)) => {}
+            Some(Ok(false)) => {
+                self.remove_stale_fields(key, fields, extra)?;
+                if let Some(done) = self.set_abs_expire(key, at_ms, &|_| false) {
+                    done?;
+                }
+            }
+            Some(Err(e)) => return Err(e),
             None => {
-                let at = self.string(at_ms.to_string().as_bytes());
+                if stale(self.hash_len(key)) {
+                    self.remove_stale_fields(key, fields, extra)?;
+                }
+                let at = self.string(Digits::of(at_ms).as_bytes());
                 self.call(c"PEXPIREAT", &[key, &at])?;
             }
         }
@@ -160,7 +218,15 @@ impl<'c> Writer<'c> {
     /// saves a whole command call per hash. `None` where the server lacks
     /// `RM_SetAbsExpire` (Redis 7.0): there a relative expiry could land a millisecond
     /// away from the replicated absolute one, so the caller uses PEXPIREAT itself.
-    fn set_abs_expire(&self, key: &RedisString, at_ms: u64) -> Option<Result<(), String>> {
+    ///
+    /// `stale` is asked with the key's length first: when it says so, nothing is done and
+    /// `Some(Ok(false))` returned (the caller removes stale fields and comes back).
+    fn set_abs_expire(
+        &self,
+        key: &RedisString,
+        at_ms: u64,
+        stale: &dyn Fn(usize) -> bool,
+    ) -> Option<Result<bool, String>> {
         use redis_module::raw;
         // SAFETY: reading function pointers that the module API initialised at load.
         let (set_abs, replicate, notify) = unsafe {
@@ -179,6 +245,12 @@ impl<'c> Writer<'c> {
         // closed right after; `key.inner` and the C string literals outlive the calls, and the
         // Replicate format "sl" matches its two arguments (a RedisModuleString* and a long
         // long).
+        // SAFETY: as below; ValueLength only reads the open key.
+        let len = unsafe { raw::RedisModule_ValueLength.map_or(0, |f| f(inner)) };
+        if stale(len) {
+            raw::close_key(inner);
+            return Some(Ok(false));
+        }
         let rc = unsafe {
             let empty = raw::RedisModule_KeyType.map_or(0, |f| f(inner))
                 == raw::REDISMODULE_KEYTYPE_EMPTY as i32;
@@ -207,7 +279,7 @@ impl<'c> Writer<'c> {
             rc
         };
         Some(if rc == redis_module::raw::REDISMODULE_OK as i32 {
-            Ok(())
+            Ok(true)
         } else {
             Err("RM_SetAbsExpire failed".into())
         })
@@ -313,4 +385,21 @@ fn distinct_fields(fields: &[(RedisString, RedisString)], extra: Option<&[u8]>) 
         .enumerate()
         .filter(|(i, k)| !names.get(i + 1..).unwrap_or_default().contains(k))
         .count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Digits;
+    use crate::decision::EntryId;
+
+    #[test]
+    fn digits_match_display() {
+        for n in [0, 1, 9, 10, 99, 100, 1_700_000_000_123, u64::MAX] {
+            assert_eq!(Digits::of(n).as_bytes(), n.to_string().as_bytes());
+        }
+        for (ms, seq) in [(0, 0), (1_700_000_000_123, 7), (u64::MAX, u64::MAX)] {
+            let id = EntryId { ms, seq };
+            assert_eq!(Digits::id(id).as_bytes(), id.to_string().as_bytes());
+        }
+    }
 }
