@@ -124,17 +124,31 @@ pub fn server_binary(flavor: Flavor) -> PathBuf {
 static PORTS: Mutex<Vec<u16>> = Mutex::new(Vec::new());
 
 /// A free TCP port on loopback, never handed out twice by this process.
+///
+/// Ports come from 20000-32767, below Linux's ephemeral range (32768-60999): a port the
+/// kernel hands out as the source of an outgoing connection (a client, redis-cli, a replica's
+/// link) can then never take the port between this check and the server's bind.
 pub fn free_port() -> u16 {
+    static NEXT: Mutex<u64> = Mutex::new(0);
+    let mut next = NEXT.lock().unwrap_or_else(|e| e.into_inner());
+    if *next == 0 {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.subsec_nanos() as u64);
+        *next = (u64::from(std::process::id()) << 32 | nanos) | 1;
+    }
     loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("bind an ephemeral port");
+        // xorshift64: a different walk through the range in every test process.
+        *next ^= *next << 13;
+        *next ^= *next >> 7;
+        *next ^= *next << 17;
+        let port = 20_000 + (*next % 12_768) as u16;
         let mut used = PORTS.lock().unwrap_or_else(|e| e.into_inner());
-        if !used.contains(&port) {
-            used.push(port);
-            return port;
+        if used.contains(&port) || TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
         }
+        used.push(port);
+        return port;
     }
 }
 
