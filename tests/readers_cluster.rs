@@ -282,3 +282,40 @@ fn watch_latest_cluster_follows_a_failover() {
         }
     });
 }
+
+/// CLUSTER FAILOVER on the owner's replica: the old owner stays up as a replica, so the
+/// watcher's connection does not break. The next event of the symbol still reaches it there
+/// (replicated), its read gets MOVED, and it resubscribes on the new owner and prints the
+/// decision from there.
+#[test]
+fn watch_latest_cluster_follows_a_manual_failover() {
+    for_each_flavor(|flavor| {
+        let tag = &tags_on_three_masters()[0];
+        let (cluster, owner) = cluster_with(flavor, tag, true);
+        let heir = cluster.a_replica_of(owner);
+        let seed = unrelated_node(&cluster, owner);
+        add(&cluster, owner, tag, SYMBOL, "w-0");
+        let mut w = Watcher::start(&watcher_args(tag, cluster.nodes[seed].port));
+        w.wait_stderr(&watching_on(tag, cluster.nodes[owner].port));
+        w.expect("w-0");
+        add(&cluster, owner, tag, SYMBOL, "w-1");
+        w.expect("w-1");
+        let _: () = redis::cmd("CLUSTER")
+            .arg("FAILOVER")
+            .query(&mut cluster.nodes[heir].conn())
+            .expect("CLUSTER FAILOVER");
+        wait_for(30, "the replica took over", || {
+            cluster.owner(&tagged_stream(tag)) == heir
+        });
+        cluster.wait_ok();
+        add(&cluster, heir, tag, OTHER, "o-2");
+        add(&cluster, heir, tag, SYMBOL, "w-2");
+        w.wait_stderr(&watching_on(tag, cluster.nodes[heir].port));
+        w.expect("w-2");
+        for i in 3..=4 {
+            add(&cluster, heir, tag, OTHER, &format!("o-{i}"));
+            add(&cluster, heir, tag, SYMBOL, &format!("w-{i}"));
+            w.expect(&format!("w-{i}"));
+        }
+    });
+}
