@@ -24,10 +24,13 @@ must see every decision reads the stream (XREAD) instead.
 quantum:harvest:heat:latest:{T}:<symbol>. --cluster (needs --tag): keyspace events are
 local to a node, so the watcher subscribes on the master that owns the key's slot (found
 with CLUSTER SLOTS through any node given by --host/--port). When that connection breaks (a
-failover, the node down) it finds the owner again and resubscribes; since a slot moved by
-resharding gives no sign on the old owner's connection, it also checks the owner every
---recheck seconds (30) while no event arrives. After every resubscription it reads latest
-once, so nothing that changed meanwhile is missed (though an intermediate decision may be).
+failover, the node down) it finds the owner again and resubscribes. After a manual failover
+(CLUSTER FAILOVER) the old owner stays up as a replica and still gets the key's events by
+replication: the watcher's read there gets MOVED, and it resubscribes on the new owner too.
+Since a slot moved by resharding gives no sign on the old owner's connection, it also checks
+the owner every --recheck seconds (30) while no event arrives. After every resubscription it
+reads latest once, so nothing that changed meanwhile is missed (though an intermediate
+decision may be).
 """
 import argparse
 import json
@@ -38,6 +41,15 @@ import redis
 from redis.cluster import RedisCluster
 
 PREFIX = "quantum:harvest:heat:latest:"
+
+# Errors after which the watcher finds the owner again and resubscribes: the node is down or
+# unreachable; in a cluster, the node no longer serves the slot (MOVED: a manual failover made
+# it a replica, which keeps its connections and still gets the replicated events; ASK: the
+# key is being resharded away), the cluster is failing over (CLUSTERDOWN, TRYAGAIN), or no
+# node could give the slot map (RedisClusterException).
+RETRY = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.AskError,
+         redis.exceptions.ClusterDownError, redis.exceptions.TryAgainError,
+         redis.exceptions.RedisClusterException)
 
 
 def latest_key(symbol, tag):
@@ -70,6 +82,8 @@ class Watcher:
     def check_notifications(self, r):
         try:
             flags = r.config_get("notify-keyspace-events").get("notify-keyspace-events", "")
+        except (redis.ConnectionError, redis.TimeoutError):
+            raise  # the node is down: find the owner again (run)
         except redis.RedisError as e:
             print(f"watch_latest: cannot read notify-keyspace-events ({e}); make sure it "
                   "contains K and h", file=sys.stderr)
@@ -143,7 +157,7 @@ class Watcher:
             try:
                 self.watch_once()
                 backoff = 0.1
-            except (redis.ConnectionError, redis.TimeoutError) as e:
+            except RETRY as e:
                 print(f"watch_latest: {type(e).__name__}: {e}; reconnecting in {backoff:.1f} s",
                       file=sys.stderr, flush=True)
                 time.sleep(backoff)
