@@ -197,8 +197,9 @@ impl<'c> Writer<'c> {
             Some(Ok(true)) => {}
             Some(Ok(false)) => {
                 self.remove_stale_fields(key, fields, extra)?;
-                if let Some(done) = self.set_abs_expire(key, at_ms, &|_| false) {
-                    done?;
+                match self.set_abs_expire(key, at_ms, &|_| false) {
+                    Some(done) => drop(done?),
+                    None => self.pexpireat(key, at_ms)?,
                 }
             }
             Some(Err(e)) => return Err(e),
@@ -206,18 +207,23 @@ impl<'c> Writer<'c> {
                 if stale(self.hash_len(key)) {
                     self.remove_stale_fields(key, fields, extra)?;
                 }
-                let at = self.string(Digits::of(at_ms).as_bytes());
-                self.call(c"PEXPIREAT", &[key, &at])?;
+                self.pexpireat(key, at_ms)?;
             }
         }
         Ok(true)
     }
 
+    /// `PEXPIREAT key at_ms`, as a replicated command.
+    fn pexpireat(&self, key: &RedisString, at_ms: u64) -> Result<(), String> {
+        let at = self.string(Digits::of(at_ms).as_bytes());
+        self.call(c"PEXPIREAT", &[key, &at]).map(drop)
+    }
+
     /// Sets `key` to expire at `at_ms` through the key API and replicates that as
     /// `PEXPIREAT key at_ms`, with the `expire` keyspace event a command would fire. This
-    /// saves a whole command call per hash. `None` where the server lacks
-    /// `RM_SetAbsExpire` (Redis 7.0): there a relative expiry could land a millisecond
-    /// away from the replicated absolute one, so the caller uses PEXPIREAT itself.
+    /// saves a whole command call per hash. `None` where the server lacks one of the APIs
+    /// (a relative expiry could land a millisecond away from the replicated absolute one),
+    /// or `at_ms` is out of range: the caller then uses PEXPIREAT itself.
     ///
     /// `stale` is asked with the key's length first: when it says so, nothing is done and
     /// `Some(Ok(false))` returned (the caller removes stale fields and comes back).
@@ -241,16 +247,18 @@ impl<'c> Writer<'c> {
         if inner.is_null() {
             return Some(Err("cannot open key to set its expiry".into()));
         }
-        // SAFETY: `inner` is a key opened for writing just above on the live context and
-        // closed right after; `key.inner` and the C string literals outlive the calls, and the
-        // Replicate format "sl" matches its two arguments (a RedisModuleString* and a long
-        // long).
-        // SAFETY: as below; ValueLength only reads the open key.
+        // SAFETY: `inner` is a key opened just above on the live context, not yet closed;
+        // ValueLength only reads it.
         let len = unsafe { raw::RedisModule_ValueLength.map_or(0, |f| f(inner)) };
         if stale(len) {
             raw::close_key(inner);
             return Some(Ok(false));
         }
+        // SAFETY: `inner` is a key opened for writing just above on the live context and
+        // closed right after, before the replication and the event, which only use
+        // `key.inner`; `key.inner` and the C string literals outlive the calls, and the
+        // Replicate format "sl" matches its two arguments (a RedisModuleString* and a long
+        // long).
         let rc = unsafe {
             let empty = raw::RedisModule_KeyType.map_or(0, |f| f(inner))
                 == raw::REDISMODULE_KEYTYPE_EMPTY as i32;

@@ -104,3 +104,61 @@ fn replica_mirrors_master_and_never_projects() {
         assert_eq!(metric(&mut r, "p27_in_messages_total"), 1.0);
     });
 }
+
+/// A decision with fewer fields than the latest hash holds: the leftover fields are deleted
+/// (HDEL) before latest's expiry is set, and the replica and a reload of the AOF end with the
+/// master's exact keys, fields and expiries. Also a TTL for latest other than by_plan's.
+#[test]
+fn latest_losing_fields_replicates_and_reloads_the_same() {
+    for_each_flavor(|flavor| {
+        let master = Options::new(flavor)
+            .arg("--appendonly", "yes")
+            .module_arg("ttl-symbol-sec", "900")
+            .start();
+        let replica = Options::new(flavor)
+            .arg("--replicaof", &format!("127.0.0.1 {}", master.port))
+            .start();
+        let mut m = master.conn();
+        let mut r = replica.conn();
+        wait_link_up(&mut r);
+        let rounds: [&[(&str, &str)]; 4] = [
+            &[("note", "one extra")],
+            &[],
+            &[("n2", "a"), ("n3", "b")],
+            &[("n3", "only this one")],
+        ];
+        for (i, extra) in rounds.iter().enumerate() {
+            xadd(
+                &mut m,
+                STREAM,
+                "*",
+                &decision("LF", &format!("lf{i}"), extra),
+            );
+        }
+        wait_drained(&mut m);
+        let latest = "quantum:harvest:heat:latest:LF";
+        let fields: Vec<String> = hgetall(&mut m, latest)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert!(fields.contains(&"n3".to_string()), "{fields:?}");
+        assert!(
+            !fields.iter().any(|f| f == "note" || f == "n2"),
+            "leftover fields were removed: {fields:?}"
+        );
+        let acked: i64 = redis::cmd("WAIT").arg(1).arg(5000).query(&mut m).unwrap();
+        assert_eq!(acked, 1);
+        let on_master = dump(&mut m);
+        assert!(
+            on_master.values().all(|(_, _, at)| *at > 0),
+            "every key expires"
+        );
+        assert_eq!(dump(&mut r), on_master, "the replica holds the same");
+        let _: () = redis::cmd("DEBUG").arg("LOADAOF").query(&mut m).unwrap();
+        assert_eq!(
+            dump(&mut m),
+            on_master,
+            "a reload of the AOF holds the same"
+        );
+    });
+}
