@@ -749,3 +749,4 @@ impl Drop for ConfFileServer {
 }
 
 pub mod cluster;
+pub mod watcher;
