@@ -8,7 +8,9 @@ Copy it into a downstream service: it needs redis-py only (`pip install redis`).
 subscribes to the keyspace channel of quantum:harvest:heat:latest:<symbol> and, on each
 `hset` event there (one per projected latest, docs/readers.md), reads the hash once
 (HGETALL) and prints it as one JSON line, unless it holds the plan_id printed last (a REPLAY
-or a repeated projection of the same decision). Between events it blocks on the socket.
+or a repeated projection of the same decision). Values are decoded as UTF-8 with invalid
+bytes replaced by U+FFFD (HeatBridge copies them byte for byte). Between events it blocks on
+the socket.
 
 The server needs keyspace events for hashes: `notify-keyspace-events` must contain K and h
 (or K and A), e.g. `CONFIG SET notify-keyspace-events Kh`. Without them the watcher says so
@@ -72,7 +74,9 @@ class Watcher:
 
     def node(self):
         """A client on the server (in a cluster, the master owning the key's slot)."""
-        kw = dict(password=self.args.password, decode_responses=True, protocol=2)
+        kw = dict(password=self.args.password, decode_responses=True, protocol=2,
+                  # Values are copied byte for byte from the stream: not all are UTF-8.
+                  encoding_errors="replace")
         if self.cluster is None:
             return redis.Redis(host=self.args.host, port=self.args.port, db=self.args.db, **kw)
         self.cluster.nodes_manager.initialize()

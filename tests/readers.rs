@@ -439,3 +439,27 @@ fn watch_latest_says_what_to_set() {
         w.expect("w-1");
     });
 }
+
+/// HeatBridge copies values byte for byte: a decision whose extra field is not UTF-8 is
+/// printed (with U+FFFD in its place) and the watcher goes on.
+#[test]
+fn watch_latest_prints_values_that_are_not_utf8() {
+    for_each_flavor(|flavor| {
+        let s = watch_server(flavor, true);
+        let mut w = watch(&s, &[]);
+        w.wait_stderr("watching");
+        let mut c = s.conn();
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(STREAM).arg("*");
+        for (k, v) in decision("W", "w-1", &[]) {
+            cmd.arg(k).arg(v);
+        }
+        cmd.arg("note").arg(&b"a\xff\xfeb"[..]);
+        let _: String = cmd.query(&mut c).expect("XADD");
+        let v = w.next_json("w-1");
+        assert_eq!(v["plan_id"], "w-1", "{v}");
+        assert_eq!(v["note"], "a\u{fffd}\u{fffd}b", "{v}");
+        inject(&mut c, "W", "w-2");
+        w.expect("w-2");
+    });
+}
