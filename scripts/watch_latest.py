@@ -33,6 +33,9 @@ Since a slot moved by resharding gives no sign on the old owner's connection, it
 the owner every --recheck seconds (30) while no event arrives. After every resubscription it
 reads latest once, so nothing that changed meanwhile is missed (though an intermediate
 decision may be).
+
+--no-initial: do not print what latest holds at start (if anything); the next decision is
+printed.
 """
 import argparse
 import json
@@ -67,6 +70,7 @@ class Watcher:
         self.args = args
         self.key = latest_key(args.symbol, args.tag)
         self.last_plan = None
+        self.initial = True  # the next read of latest is the one at start
         self.cluster = None
         if args.cluster:
             self.cluster = RedisCluster(host=args.host, port=args.port, password=args.password,
@@ -108,10 +112,14 @@ class Watcher:
         """Reads latest once and prints it if it holds another decision."""
         h = r.hgetall(self.key)
         plan = h.get("plan_id")
+        if self.initial:
+            # The read at start: with --no-initial, what latest holds now (maybe nothing)
+            # is only remembered, and the next decision is printed whatever it is.
+            self.initial = False
+            if self.args.no_initial:
+                self.last_plan = plan
+                return
         if not h or plan == self.last_plan:
-            return
-        if self.last_plan is None and self.args.no_initial:
-            self.last_plan = plan
             return
         self.last_plan = plan
         print(json.dumps(h, sort_keys=True), flush=True)
@@ -135,12 +143,12 @@ class Watcher:
         first = ps.get_message(timeout=10)
         if first is None or first["type"] != "subscribe":
             raise redis.ConnectionError(f"no subscription confirmation: {first!r}")
-        kw = r.connection_pool.connection_kwargs
-        print(f"watch_latest: watching {self.key} on {kw.get('host')}:{kw.get('port')}",
-              file=sys.stderr, flush=True)
         # Read once after subscribing: a decision projected before the subscription took
         # effect is not missed.
         self.show(r)
+        kw = r.connection_pool.connection_kwargs
+        print(f"watch_latest: watching {self.key} on {kw.get('host')}:{kw.get('port')}",
+              file=sys.stderr, flush=True)
         while True:
             if self.cluster is None:
                 m = ps.get_message(timeout=None)  # blocks until an event

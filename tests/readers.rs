@@ -463,3 +463,19 @@ fn watch_latest_prints_values_that_are_not_utf8() {
         w.expect("w-2");
     });
 }
+
+/// --no-initial when latest does not exist yet: nothing to skip, so the first decision is
+/// printed, then the next.
+#[test]
+fn watch_latest_no_initial_prints_the_first_decision() {
+    for_each_flavor(|flavor| {
+        let s = watch_server(flavor, true);
+        let mut w = watch(&s, &["--no-initial"]);
+        w.wait_stderr("watching"); // written after the read at start
+        let mut c = s.conn();
+        inject(&mut c, "W", "first");
+        w.expect("first");
+        inject(&mut c, "W", "second");
+        w.expect("second");
+    });
+}
