@@ -14,7 +14,8 @@ the socket.
 
 The server needs keyspace events for hashes: `notify-keyspace-events` must contain K and h
 (or K and A), e.g. `CONFIG SET notify-keyspace-events Kh`. Without them the watcher says so
-and exits 2; --enable-notifications adds the two flags itself (it needs CONFIG SET).
+and exits 2; --enable-notifications adds the two flags itself (it needs CONFIG SET). A wrong
+or missing password is not retried either: the watcher says so and exits 2.
 
 What it prints is the symbol's latest decision each time it changes, not every decision:
 when several decisions of the symbol are projected in one pass (a MULTI, a script, a
@@ -169,6 +170,8 @@ class Watcher:
             try:
                 self.watch_once()
                 backoff = 0.1
+            except redis.AuthenticationError:
+                raise  # a ConnectionError too, but retrying cannot help: main() exits 2
             except RETRY as e:
                 print(f"watch_latest: {type(e).__name__}: {e}; reconnecting in {backoff:.1f} s",
                       file=sys.stderr, flush=True)
@@ -197,6 +200,10 @@ def main():
         p.error("--cluster needs --tag: in a cluster every stream has a hash tag")
     try:
         Watcher(args).run()
+    except redis.AuthenticationError as e:
+        print(f"watch_latest: authentication failed ({e}); check --password",
+              file=sys.stderr, flush=True)
+        sys.exit(2)
     except KeyboardInterrupt:
         pass
 

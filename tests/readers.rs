@@ -479,3 +479,17 @@ fn watch_latest_no_initial_prints_the_first_decision() {
         w.expect("second");
     });
 }
+
+/// A wrong or missing password is not retried: the watcher says so and exits 2.
+#[test]
+fn watch_latest_exits_on_a_wrong_password() {
+    for_each_flavor(|flavor| {
+        let s = watch_server(flavor, true);
+        config_set(&mut s.conn(), "requirepass", "right").expect("CONFIG SET requirepass");
+        for extra in [&["--password", "wrong"][..], &[]] {
+            let (status, err) = watch(&s, extra).exit();
+            assert_eq!(status.code(), Some(2), "{extra:?}: {err}");
+            assert!(err.contains("authentication failed"), "{extra:?}: {err}");
+        }
+    });
+}
