@@ -440,6 +440,33 @@ fn watch_latest_says_what_to_set() {
     });
 }
 
+/// The server restarts on the same port (empty: tests run with `--save ""`; HeatBridge
+/// creates its group again) and a decision is added as soon as it answers: the watcher
+/// reconnects itself, reads latest once subscribed again, and prints that decision and the
+/// next. With --enable-notifications the restart lost the flags it had set: it sets them
+/// again.
+#[test]
+fn watch_latest_resubscribes_after_a_restart() {
+    for_each_flavor(|flavor| {
+        for notify_in_config in [true, false] {
+            let mut s = watch_server(flavor, notify_in_config);
+            let mut w = if notify_in_config {
+                watch(&s, &[])
+            } else {
+                watch(&s, &["--enable-notifications"])
+            };
+            w.wait_stderr("watching");
+            inject(&mut s.conn(), "W", "w-0");
+            w.expect("w-0");
+            s.restart(); // returns once the server answers PING
+            inject(&mut s.conn(), "W", "w-1");
+            w.expect("w-1");
+            inject(&mut s.conn(), "W", "w-2");
+            w.expect("w-2");
+        }
+    });
+}
+
 /// HeatBridge copies values byte for byte: a decision whose extra field is not UTF-8 is
 /// printed (with U+FFFD in its place) and the watcher goes on.
 #[test]
@@ -491,5 +518,31 @@ fn watch_latest_exits_on_a_wrong_password() {
             assert_eq!(status.code(), Some(2), "{extra:?}: {err}");
             assert!(err.contains("authentication failed"), "{extra:?}: {err}");
         }
+    });
+}
+
+/// A server that stops answering without closing the connection (SIGSTOP: a half-open
+/// link looks the same to the watcher): the PING after --ping silent seconds gets no
+/// answer, so the watcher reconnects, and prints what comes once the server is back.
+#[test]
+fn watch_latest_reconnects_when_the_server_stops_answering() {
+    for_each_flavor(|flavor| {
+        let s = watch_server(flavor, true);
+        let mut w = watch(&s, &["--ping", "1"]);
+        w.wait_stderr("watching");
+        let pid = s.pid().expect("server running").to_string();
+        let signal = |sig: &str| {
+            let st = Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .expect("kill");
+            assert!(st.success(), "kill {sig} {pid}");
+        };
+        // Should the wait fail, the server's drop kills it, stopped or not.
+        signal("-STOP");
+        w.wait_stderr("no answer to PING");
+        signal("-CONT");
+        inject(&mut s.conn(), "W", "w-1");
+        w.expect("w-1");
     });
 }
