@@ -2,13 +2,25 @@
 """Print each new heat decision of one symbol as HeatBridge projects it: no polling.
 
     watch_latest.py --symbol BTCUSDT [--host H] [--port P] [--db N] [--password PW]
-                    [--tag T] [--cluster] [--enable-notifications] [--no-initial]
+                    [--tag T] [--cluster] [--enable-notifications] [--no-initial] [--ping S]
 
 Copy it into a downstream service: it needs redis-py only (`pip install redis`). It
 subscribes to the keyspace channel of quantum:harvest:heat:latest:<symbol> and, on each
 `hset` event there (one per projected latest, docs/readers.md), reads the hash once
 (HGETALL) and prints it as one JSON line, unless it holds the plan_id printed last (a REPLAY
-or a repeated projection of the same decision). Between events it blocks on the socket.
+or a repeated projection of the same decision). Values are decoded as UTF-8 with invalid
+bytes replaced by U+FFFD (HeatBridge copies them byte for byte). Between events it waits on
+the socket; after --ping seconds (30) without one it PINGs the subscription and takes the
+link as dead when no answer comes within as long again (a half-open TCP connection gives
+no error by itself; TCP keepalive is on too).
+
+When the connection breaks (the server restarted, a network error, no answer to the PING)
+it connects again (after 0.1 s, doubling up to 5 s), checks notify-keyspace-events again
+(with --enable-notifications sets them again: a restart loses what CONFIG SET set unless it
+is in the config file), resubscribes and reads latest once, so the decision current then is
+printed (an intermediate one may be missed). redis-py's own reconnection is turned off: it
+would resubscribe silently, without that read or that check. A wrong or missing password is
+not retried: the watcher says so and exits 2.
 
 The server needs keyspace events for hashes: `notify-keyspace-events` must contain K and h
 (or K and A), e.g. `CONFIG SET notify-keyspace-events Kh`. Without them the watcher says so
@@ -29,16 +41,21 @@ failover, the node down) it finds the owner again and resubscribes. After a manu
 replication: the watcher's read there gets MOVED, and it resubscribes on the new owner too.
 Since a slot moved by resharding gives no sign on the old owner's connection, it also checks
 the owner every --recheck seconds (30) while no event arrives. After every resubscription it
-reads latest once, so nothing that changed meanwhile is missed (though an intermediate
-decision may be).
+reads latest once, as above.
+
+--no-initial: do not print what latest holds at start (if anything); the next decision is
+printed.
 """
 import argparse
 import json
+import socket
 import sys
 import time
 
 import redis
+from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
+from redis.retry import Retry
 
 PREFIX = "quantum:harvest:heat:latest:"
 
@@ -50,6 +67,12 @@ PREFIX = "quantum:harvest:heat:latest:"
 RETRY = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.AskError,
          redis.exceptions.ClusterDownError, redis.exceptions.TryAgainError,
          redis.exceptions.RedisClusterException)
+
+# TCP keepalive on every connection (Linux names; elsewhere the system's defaults): a link
+# whose peer vanished without a FIN/RST is reported after about 45 s of silence.
+KEEPALIVE = {getattr(socket, name): v for name, v in
+             (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3))
+             if hasattr(socket, name)}
 
 
 def latest_key(symbol, tag):
@@ -65,6 +88,8 @@ class Watcher:
         self.args = args
         self.key = latest_key(args.symbol, args.tag)
         self.last_plan = None
+        self.initial = True  # the next read of latest is the one at start
+        self.backoff = 0.1  # before the next reconnection; reset once subscribed
         self.cluster = None
         if args.cluster:
             self.cluster = RedisCluster(host=args.host, port=args.port, password=args.password,
@@ -72,7 +97,14 @@ class Watcher:
 
     def node(self):
         """A client on the server (in a cluster, the master owning the key's slot)."""
-        kw = dict(password=self.args.password, decode_responses=True, protocol=2)
+        kw = dict(password=self.args.password, decode_responses=True, protocol=2,
+                  # Values are copied byte for byte from the stream: not all are UTF-8.
+                  encoding_errors="replace",
+                  # No silent reconnect: redis-py would otherwise retry and resubscribe by
+                  # itself, and run() would never read latest again nor check the flags.
+                  retry=Retry(NoBackoff(), 0), retry_on_error=[],
+                  socket_connect_timeout=5, socket_timeout=10,
+                  socket_keepalive=True, socket_keepalive_options=KEEPALIVE)
         if self.cluster is None:
             return redis.Redis(host=self.args.host, port=self.args.port, db=self.args.db, **kw)
         self.cluster.nodes_manager.initialize()
@@ -104,10 +136,14 @@ class Watcher:
         """Reads latest once and prints it if it holds another decision."""
         h = r.hgetall(self.key)
         plan = h.get("plan_id")
+        if self.initial:
+            # The read at start: with --no-initial, what latest holds now (maybe nothing)
+            # is only remembered, and the next decision is printed whatever it is.
+            self.initial = False
+            if self.args.no_initial:
+                self.last_plan = plan
+                return
         if not h or plan == self.last_plan:
-            return
-        if self.last_plan is None and self.args.no_initial:
-            self.last_plan = plan
             return
         self.last_plan = plan
         print(json.dumps(h, sort_keys=True), flush=True)
@@ -122,46 +158,67 @@ class Watcher:
         return (n.host, int(n.port)) != (kw.get("host"), int(kw.get("port")))
 
     def watch_once(self):
-        """Subscribes and prints until the connection breaks or (cluster) the slot moves."""
+        """Subscribes and prints until the connection breaks or (cluster) the slot moves.
+
+        Every connection error reaches run(), which calls this again: the flags are checked
+        (and set again with --enable-notifications, e.g. after a restart lost them) and
+        latest is read once after each subscription."""
         r = self.node()
-        self.check_notifications(r)
-        db = 0 if self.cluster is not None else self.args.db
         ps = r.pubsub(ignore_subscribe_messages=False)
-        ps.subscribe(f"__keyspace@{db}__:{self.key}")
-        first = ps.get_message(timeout=10)
-        if first is None or first["type"] != "subscribe":
-            raise redis.ConnectionError(f"no subscription confirmation: {first!r}")
-        kw = r.connection_pool.connection_kwargs
-        print(f"watch_latest: watching {self.key} on {kw.get('host')}:{kw.get('port')}",
-              file=sys.stderr, flush=True)
-        # Read once after subscribing: a decision projected before the subscription took
-        # effect is not missed.
-        self.show(r)
+        try:
+            self.check_notifications(r)
+            db = 0 if self.cluster is not None else self.args.db
+            ps.subscribe(f"__keyspace@{db}__:{self.key}")
+            first = ps.get_message(timeout=10)
+            if first is None or first["type"] != "subscribe":
+                raise redis.ConnectionError(f"no subscription confirmation: {first!r}")
+            # Read once after subscribing: a decision projected before the subscription took
+            # effect (or while the connection was down) is not missed.
+            self.show(r)
+            self.backoff = 0.1
+            kw = r.connection_pool.connection_kwargs
+            print(f"watch_latest: watching {self.key} on {kw.get('host')}:{kw.get('port')}",
+                  file=sys.stderr, flush=True)
+            self.listen(r, ps)
+        finally:
+            ps.close()
+            r.close()
+
+    def listen(self, r, ps):
+        """Prints on each event; returns when (cluster) the slot moved. After each silent
+        wait (--ping seconds; cluster: --recheck if shorter) it sends a PING on the
+        subscription; when the next wait passes without an answer the link is taken as
+        dead (a half-open TCP connection gives no error by itself)."""
+        wait = self.args.ping
+        if self.cluster is not None:
+            wait = min(wait, self.args.recheck)
+        pinged = False
         while True:
-            if self.cluster is None:
-                m = ps.get_message(timeout=None)  # blocks until an event
-            else:
-                m = ps.get_message(timeout=self.args.recheck)
-                if m is None:
-                    if self.owner_moved(r):
-                        print("watch_latest: the slot moved; resubscribing", file=sys.stderr)
-                        ps.close()
-                        return
-                    continue
-            if m and m["type"] == "message" and plain(m["data"]) == "hset":
+            m = ps.get_message(timeout=wait)
+            if m is None:
+                if pinged:
+                    raise redis.TimeoutError(f"no answer to PING in {wait:g} s")
+                if self.cluster is not None and self.owner_moved(r):
+                    print("watch_latest: the slot moved; resubscribing", file=sys.stderr)
+                    return
+                ps.ping()
+                pinged = True
+                continue
+            pinged = False  # anything that arrives shows the link is alive
+            if m["type"] == "message" and plain(m["data"]) == "hset":
                 self.show(r)
 
     def run(self):
-        backoff = 0.1
         while True:
             try:
                 self.watch_once()
-                backoff = 0.1
+            except redis.AuthenticationError:
+                raise  # a ConnectionError too, but retrying cannot help: main() exits 2
             except RETRY as e:
-                print(f"watch_latest: {type(e).__name__}: {e}; reconnecting in {backoff:.1f} s",
-                      file=sys.stderr, flush=True)
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                print(f"watch_latest: {type(e).__name__}: {e}; reconnecting in "
+                      f"{self.backoff:.1f} s", file=sys.stderr, flush=True)
+                time.sleep(self.backoff)
+                self.backoff = min(self.backoff * 2, 5.0)
 
 
 def main():
@@ -175,7 +232,11 @@ def main():
     p.add_argument("--cluster", action="store_true",
                    help="Redis Cluster: subscribe on the master owning the key (needs --tag)")
     p.add_argument("--recheck", type=float, default=30.0,
-                   help="cluster: seconds without an event before checking the slot's owner")
+                   help="cluster: seconds without an event before checking the slot's owner "
+                   "(--ping if shorter)")
+    p.add_argument("--ping", type=float, default=30.0,
+                   help="seconds without an event before a PING checks the subscription; "
+                   "no answer within as long again and it reconnects")
     p.add_argument("--enable-notifications", action="store_true",
                    help="add K and h to notify-keyspace-events if missing (CONFIG SET)")
     p.add_argument("--no-initial", action="store_true",
@@ -185,6 +246,10 @@ def main():
         p.error("--cluster needs --tag: in a cluster every stream has a hash tag")
     try:
         Watcher(args).run()
+    except redis.AuthenticationError as e:
+        print(f"watch_latest: authentication failed ({e}); check --password",
+              file=sys.stderr, flush=True)
+        sys.exit(2)
     except KeyboardInterrupt:
         pass
 

@@ -6,6 +6,7 @@
 //! waits are bounded.
 
 mod common;
+use common::watcher::Watcher;
 use common::*;
 
 use serde_json::Value;
@@ -364,59 +365,39 @@ fn a_caching_reader_sees_decisions_projected_by_catch_up() {
     });
 }
 
+/// A server with hash keyspace events (as server arguments, so a restart keeps them) when
+/// `notify`, and no exporter.
+fn watch_server(flavor: Flavor, notify: bool) -> Server {
+    let o = Options::new(flavor).without_exporter();
+    if notify {
+        o.arg("--notify-keyspace-events", "Kh")
+    } else {
+        o
+    }
+    .start()
+}
+
+/// `watch_latest.py --symbol W --port <port>` and `extra` arguments.
+fn watch(s: &Server, extra: &[&str]) -> Watcher {
+    let mut args: Vec<String> = ["--symbol", "W", "--port", &s.port.to_string()]
+        .map(str::to_string)
+        .to_vec();
+    args.extend(extra.iter().map(|a| a.to_string()));
+    Watcher::start(&args)
+}
+
 /// scripts/watch_latest.py prints the symbol's latest at start and then each new decision
 /// once, in order: not another symbol's, not a duplicate plan_id, not a REPLAY of the same
 /// decision. It is given each decision before the next is added (it shows the latest
 /// state; docs/readers.md says what it skips when decisions come faster).
 #[test]
 fn watch_latest_prints_each_new_decision() {
-    use std::io::{BufRead, BufReader};
-    use std::process::Stdio;
-    use std::sync::mpsc;
-    use std::time::Duration;
     for_each_flavor(|flavor| {
-        let s = Options::new(flavor)
-            .without_exporter()
-            .arg("--notify-keyspace-events", "Kh")
-            .start();
+        let s = watch_server(flavor, true);
         let mut c = s.conn();
         inject(&mut c, "W", "w-0");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/watch_latest.py");
-        let mut child = Command::new("python3")
-            .arg(&script)
-            .args(["--symbol", "W", "--port", &s.port.to_string()])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("python3 runs scripts/watch_latest.py");
-        let (tx, rx) = mpsc::channel::<String>();
-        let out = child.stdout.take().expect("stdout");
-        let tx_out = tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx_out.send(format!("out {line}"));
-            }
-        });
-        let err = child.stderr.take().expect("stderr");
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                let _ = tx.send(format!("err {line}"));
-            }
-        });
-        // Bounded wait for the watcher's next stdout line (its stderr lines are skipped).
-        let next_plan = |what: &str| -> String {
-            loop {
-                let line = rx
-                    .recv_timeout(Duration::from_secs(20))
-                    .unwrap_or_else(|_| panic!("watch_latest printed nothing for {what}"));
-                if let Some(json) = line.strip_prefix("out ") {
-                    let v: Value = serde_json::from_str(json).expect("a JSON line");
-                    return v["plan_id"].as_str().unwrap_or_default().to_string();
-                }
-                eprintln!("watch_latest {line}");
-            }
-        };
-        assert_eq!(next_plan("the initial latest"), "w-0");
+        let mut w = watch(&s, &[]);
+        w.expect("w-0");
         for i in 1..=4 {
             inject(&mut c, "OTHER", &format!("o-{i}"));
             if i == 3 {
@@ -432,13 +413,11 @@ fn watch_latest_prints_each_new_decision() {
                     .query(&mut c)
                     .expect("REPLAY");
             }
-            assert_eq!(next_plan(&format!("w-{i}")), format!("w-{i}"));
+            w.expect(&format!("w-{i}"));
         }
         // Nothing else: the next line is the next decision.
         inject(&mut c, "W", "w-5");
-        assert_eq!(next_plan("w-5"), "w-5");
-        let _ = child.kill();
-        let _ = child.wait();
+        w.expect("w-5");
     });
 }
 
@@ -446,33 +425,124 @@ fn watch_latest_prints_each_new_decision() {
 /// --enable-notifications it sets them itself and works.
 #[test]
 fn watch_latest_says_what_to_set() {
-    use std::process::Stdio;
     for_each_flavor(|flavor| {
-        let s = Options::new(flavor).without_exporter().start();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/watch_latest.py");
-        let out = Command::new("python3")
-            .arg(&script)
-            .args(["--symbol", "W", "--port", &s.port.to_string()])
-            .stdin(Stdio::null())
-            .output()
-            .expect("python3 runs scripts/watch_latest.py");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{err}");
+        let s = watch_server(flavor, false);
+        let (status, err) = watch(&s, &[]).exit();
+        assert_eq!(status.code(), Some(2), "{err}");
         assert!(err.contains("notify-keyspace-events Kh"), "{err}");
-        let mut child = Command::new("python3")
-            .arg(&script)
-            .args(["--symbol", "W", "--port", &s.port.to_string()])
-            .arg("--enable-notifications")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn watch_latest.py");
+        let mut w = watch(&s, &["--enable-notifications"]);
+        w.wait_stderr("watching");
         let mut c = s.conn();
-        wait_for(20, "notify-keyspace-events set", || {
-            let v = config_get(&mut c, "notify-keyspace-events");
-            v.contains('K') && v.contains('h')
-        });
-        let _ = child.kill();
-        let _ = child.wait();
+        let flags = config_get(&mut c, "notify-keyspace-events");
+        assert!(flags.contains('K') && flags.contains('h'), "{flags:?}");
+        inject(&mut c, "W", "w-1");
+        w.expect("w-1");
+    });
+}
+
+/// The server restarts on the same port (empty: tests run with `--save ""`; HeatBridge
+/// creates its group again) and a decision is added as soon as it answers: the watcher
+/// reconnects itself, reads latest once subscribed again, and prints that decision and the
+/// next. With --enable-notifications the restart lost the flags it had set: it sets them
+/// again.
+#[test]
+fn watch_latest_resubscribes_after_a_restart() {
+    for_each_flavor(|flavor| {
+        for notify_in_config in [true, false] {
+            let mut s = watch_server(flavor, notify_in_config);
+            let mut w = if notify_in_config {
+                watch(&s, &[])
+            } else {
+                watch(&s, &["--enable-notifications"])
+            };
+            w.wait_stderr("watching");
+            inject(&mut s.conn(), "W", "w-0");
+            w.expect("w-0");
+            s.restart(); // returns once the server answers PING
+            inject(&mut s.conn(), "W", "w-1");
+            w.expect("w-1");
+            inject(&mut s.conn(), "W", "w-2");
+            w.expect("w-2");
+        }
+    });
+}
+
+/// HeatBridge copies values byte for byte: a decision whose extra field is not UTF-8 is
+/// printed (with U+FFFD in its place) and the watcher goes on.
+#[test]
+fn watch_latest_prints_values_that_are_not_utf8() {
+    for_each_flavor(|flavor| {
+        let s = watch_server(flavor, true);
+        let mut w = watch(&s, &[]);
+        w.wait_stderr("watching");
+        let mut c = s.conn();
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(STREAM).arg("*");
+        for (k, v) in decision("W", "w-1", &[]) {
+            cmd.arg(k).arg(v);
+        }
+        cmd.arg("note").arg(&b"a\xff\xfeb"[..]);
+        let _: String = cmd.query(&mut c).expect("XADD");
+        let v = w.next_json("w-1");
+        assert_eq!(v["plan_id"], "w-1", "{v}");
+        assert_eq!(v["note"], "a\u{fffd}\u{fffd}b", "{v}");
+        inject(&mut c, "W", "w-2");
+        w.expect("w-2");
+    });
+}
+
+/// --no-initial when latest does not exist yet: nothing to skip, so the first decision is
+/// printed, then the next.
+#[test]
+fn watch_latest_no_initial_prints_the_first_decision() {
+    for_each_flavor(|flavor| {
+        let s = watch_server(flavor, true);
+        let mut w = watch(&s, &["--no-initial"]);
+        w.wait_stderr("watching"); // written after the read at start
+        let mut c = s.conn();
+        inject(&mut c, "W", "first");
+        w.expect("first");
+        inject(&mut c, "W", "second");
+        w.expect("second");
+    });
+}
+
+/// A wrong or missing password is not retried: the watcher says so and exits 2.
+#[test]
+fn watch_latest_exits_on_a_wrong_password() {
+    for_each_flavor(|flavor| {
+        let s = watch_server(flavor, true);
+        config_set(&mut s.conn(), "requirepass", "right").expect("CONFIG SET requirepass");
+        for extra in [&["--password", "wrong"][..], &[]] {
+            let (status, err) = watch(&s, extra).exit();
+            assert_eq!(status.code(), Some(2), "{extra:?}: {err}");
+            assert!(err.contains("authentication failed"), "{extra:?}: {err}");
+        }
+    });
+}
+
+/// A server that stops answering without closing the connection (SIGSTOP: a half-open
+/// link looks the same to the watcher): the PING after --ping silent seconds gets no
+/// answer, so the watcher reconnects, and prints what comes once the server is back.
+#[test]
+fn watch_latest_reconnects_when_the_server_stops_answering() {
+    for_each_flavor(|flavor| {
+        let s = watch_server(flavor, true);
+        let mut w = watch(&s, &["--ping", "1"]);
+        w.wait_stderr("watching");
+        let pid = s.pid().expect("server running").to_string();
+        let signal = |sig: &str| {
+            let st = Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .expect("kill");
+            assert!(st.success(), "kill {sig} {pid}");
+        };
+        // Should the wait fail, the server's drop kills it, stopped or not.
+        signal("-STOP");
+        w.wait_stderr("no answer to PING");
+        signal("-CONT");
+        inject(&mut s.conn(), "W", "w-1");
+        w.expect("w-1");
     });
 }
