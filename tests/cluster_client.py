@@ -28,6 +28,8 @@ import time
 from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 
+from decisions import decision
+
 
 def client(port):
     return RedisCluster(
@@ -58,24 +60,6 @@ def run_exec(port):
         except (RedisError, RedisClusterException) as e:
             out.append({"err": f"{type(e).__name__}: {e}"})
     print(json.dumps(out))
-
-
-def decision(symbol, plan_id):
-    return {
-        "ts_epoch": str(int(time.time())),
-        "symbol": symbol,
-        "plan_id": plan_id,
-        "in_action": "FULL_CLOSE_PROPOSED",
-        "out_action": "FULL_CLOSE_PROPOSED",
-        "heat_level": "cold",
-        "heat_score": "0.25",
-        "heat_action": "NONE",
-        "recommended_partial": "",
-        "reason": "ok",
-        "inputs_age_sec": "",
-        "mode": "shadow",
-        "debug_json": "{}",
-    }
 
 
 def run_produce(port, count, prefix, streams):

@@ -45,32 +45,14 @@ import sys
 import time
 
 import redis
+
+from decisions import decision
 from redis.cache import CacheConfig
 
 STREAM = "quantum:stream:harvest.heat.decision"
 GROUP = "heat_bridge"
 LATEST = "quantum:harvest:heat:latest:"
 SENTINEL = "readers-test-sentinel"
-
-
-def decision(symbol, plan_id, **extra):
-    d = {
-        "ts_epoch": str(int(time.time())),
-        "symbol": symbol,
-        "plan_id": plan_id,
-        "in_action": "FULL_CLOSE_PROPOSED",
-        "out_action": "FULL_CLOSE_PROPOSED",
-        "heat_level": "cold",
-        "heat_score": "0.25",
-        "heat_action": "NONE",
-        "recommended_partial": "",
-        "reason": "ok",
-        "inputs_age_sec": "",
-        "mode": "shadow",
-        "debug_json": "{}",
-    }
-    d.update(extra)
-    return d
 
 
 def wait_drained(w, timeout=30):

@@ -13,6 +13,18 @@ fn wait_link_up(c: &mut Connection) {
     });
 }
 
+/// A master started from `opts` and a replica of it (same flavor, the module's defaults),
+/// with the replication link up.
+fn with_replica(opts: Options) -> (Server, Server) {
+    let flavor = opts.flavor;
+    let master = opts.start();
+    let replica = Options::new(flavor)
+        .arg("--replicaof", &format!("127.0.0.1 {}", master.port))
+        .start();
+    wait_link_up(&mut replica.conn());
+    (master, replica)
+}
+
 /// Type, content and absolute expiry (ms) of one key.
 type Dumped = (String, Vec<Vec<u8>>, i64);
 
@@ -46,13 +58,8 @@ fn dump(c: &mut Connection) -> BTreeMap<Vec<u8>, Dumped> {
 #[test]
 fn replica_mirrors_master_and_never_projects() {
     for_each_flavor(|flavor| {
-        let master = Options::new(flavor).start();
-        let replica = Options::new(flavor)
-            .arg("--replicaof", &format!("127.0.0.1 {}", master.port))
-            .start();
-        let mut m = master.conn();
-        let mut r = replica.conn();
-        wait_link_up(&mut r);
+        let (master, replica) = with_replica(Options::new(flavor));
+        let (mut m, mut r) = (master.conn(), replica.conn());
         for i in 0..300 {
             let fields = decision(&format!("S{}", i % 8), &format!("rp{i}"), &[]);
             xadd(&mut m, STREAM, "*", &fields);
@@ -111,16 +118,12 @@ fn replica_mirrors_master_and_never_projects() {
 #[test]
 fn latest_losing_fields_replicates_and_reloads_the_same() {
     for_each_flavor(|flavor| {
-        let master = Options::new(flavor)
-            .arg("--appendonly", "yes")
-            .module_arg("ttl-symbol-sec", "900")
-            .start();
-        let replica = Options::new(flavor)
-            .arg("--replicaof", &format!("127.0.0.1 {}", master.port))
-            .start();
-        let mut m = master.conn();
-        let mut r = replica.conn();
-        wait_link_up(&mut r);
+        let (master, replica) = with_replica(
+            Options::new(flavor)
+                .arg("--appendonly", "yes")
+                .module_arg("ttl-symbol-sec", "900"),
+        );
+        let (mut m, mut r) = (master.conn(), replica.conn());
         let rounds: [&[(&str, &str)]; 4] = [
             &[("note", "one extra")],
             &[],
