@@ -18,9 +18,11 @@ When the connection breaks (the server restarted, a network error, no answer to 
 it connects again (after 0.1 s, doubling up to 5 s), checks notify-keyspace-events again
 (with --enable-notifications sets them again: a restart loses what CONFIG SET set unless it
 is in the config file), resubscribes and reads latest once, so the decision current then is
-printed (an intermediate one may be missed). redis-py's own reconnection is turned off: it
-would resubscribe silently, without that read or that check. A wrong or missing password is
-not retried: the watcher says so and exits 2.
+printed (an intermediate one may be missed). redis-py's retries are turned off, so every
+error reaches the watcher (redis-py would otherwise resubscribe silently, without that read
+or that check). An error reply that may pass (BUSY: a script runs too long) is retried the
+same way. A wrong or missing password, or a user whose ACL refuses a command the watcher
+needs (NOPERM), is not retried: the watcher says so and exits 2, in cluster mode too.
 
 The server needs keyspace events for hashes: `notify-keyspace-events` must contain K and h
 (or K and A), e.g. `CONFIG SET notify-keyspace-events Kh`. Without them the watcher says so
@@ -90,10 +92,7 @@ class Watcher:
         self.last_plan = None
         self.initial = True  # the next read of latest is the one at start
         self.backoff = 0.1  # before the next reconnection; reset once subscribed
-        self.cluster = None
-        if args.cluster:
-            self.cluster = RedisCluster(host=args.host, port=args.port, password=args.password,
-                                        decode_responses=True)
+        self.cluster = None  # cluster mode: the slot-map client, made in node()
 
     def node(self):
         """A client on the server (in a cluster, the master owning the key's slot)."""
@@ -105,8 +104,12 @@ class Watcher:
                   retry=Retry(NoBackoff(), 0), retry_on_error=[],
                   socket_connect_timeout=5, socket_timeout=10,
                   socket_keepalive=True, socket_keepalive_options=KEEPALIVE)
-        if self.cluster is None:
+        if not self.args.cluster:
             return redis.Redis(host=self.args.host, port=self.args.port, db=self.args.db, **kw)
+        if self.cluster is None:
+            # Made here, inside run()'s retries: an unreachable seed node is retried.
+            self.cluster = RedisCluster(host=self.args.host, port=self.args.port,
+                                        password=self.args.password, decode_responses=True)
         self.cluster.nodes_manager.initialize()
         n = self.cluster.get_node_from_key(self.key)
         return redis.Redis(host=n.host, port=n.port, **kw)
@@ -167,7 +170,7 @@ class Watcher:
         ps = r.pubsub(ignore_subscribe_messages=False)
         try:
             self.check_notifications(r)
-            db = 0 if self.cluster is not None else self.args.db
+            db = 0 if self.args.cluster else self.args.db
             ps.subscribe(f"__keyspace@{db}__:{self.key}")
             first = ps.get_message(timeout=10)
             if first is None or first["type"] != "subscribe":
@@ -190,7 +193,7 @@ class Watcher:
         subscription; when the next wait passes without an answer the link is taken as
         dead (a half-open TCP connection gives no error by itself)."""
         wait = self.args.ping
-        if self.cluster is not None:
+        if self.args.cluster:
             wait = min(wait, self.args.recheck)
         pinged = False
         while True:
@@ -198,7 +201,7 @@ class Watcher:
             if m is None:
                 if pinged:
                     raise redis.TimeoutError(f"no answer to PING in {wait:g} s")
-                if self.cluster is not None and self.owner_moved(r):
+                if self.args.cluster and self.owner_moved(r):
                     print("watch_latest: the slot moved; resubscribing", file=sys.stderr)
                     return
                 ps.ping()
@@ -214,11 +217,44 @@ class Watcher:
                 self.watch_once()
             except redis.AuthenticationError:
                 raise  # a ConnectionError too, but retrying cannot help: main() exits 2
+            except redis.exceptions.RedisClusterException as e:
+                # redis-py reports a refused password while reading the slot map as this.
+                if refused(e):
+                    raise redis.AuthenticationError(str(e)) from e
+                self.wait(e)
             except RETRY as e:
-                print(f"watch_latest: {type(e).__name__}: {e}; reconnecting in "
-                      f"{self.backoff:.1f} s", file=sys.stderr, flush=True)
-                time.sleep(self.backoff)
-                self.backoff = min(self.backoff * 2, 5.0)
+                self.wait(e)
+            except redis.ResponseError as e:
+                if refused(e):
+                    raise redis.AuthenticationError(str(e)) from e
+                self.wait(e)  # BUSY and other replies that may pass
+
+    def wait(self, e):
+        """Logs `e` and sleeps before the next attempt (0.1 s, doubling up to 5 s)."""
+        print(f"watch_latest: {type(e).__name__}: {e}; reconnecting in "
+              f"{self.backoff:.1f} s", file=sys.stderr, flush=True)
+        time.sleep(self.backoff)
+        self.backoff = min(self.backoff * 2, 5.0)
+
+
+def refused(e):
+    """Whether `e` (or what caused it) says the credentials or the ACL refuse the watcher."""
+    while e is not None:
+        if isinstance(e, (redis.AuthenticationError, redis.exceptions.NoPermissionError)):
+            return True
+        text = str(e)
+        if text.startswith(("NOPERM", "WRONGPASS", "NOAUTH")) or \
+                "invalid username-password pair" in text:
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def positive(text):
+    v = float(text)
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+    return v
 
 
 def main():
@@ -231,10 +267,10 @@ def main():
     p.add_argument("--tag", default="", help="the stream's hash tag T, without braces")
     p.add_argument("--cluster", action="store_true",
                    help="Redis Cluster: subscribe on the master owning the key (needs --tag)")
-    p.add_argument("--recheck", type=float, default=30.0,
+    p.add_argument("--recheck", type=positive, default=30.0,
                    help="cluster: seconds without an event before checking the slot's owner "
                    "(--ping if shorter)")
-    p.add_argument("--ping", type=float, default=30.0,
+    p.add_argument("--ping", type=positive, default=30.0,
                    help="seconds without an event before a PING checks the subscription; "
                    "no answer within as long again and it reconnects")
     p.add_argument("--enable-notifications", action="store_true",
@@ -247,7 +283,7 @@ def main():
     try:
         Watcher(args).run()
     except redis.AuthenticationError as e:
-        print(f"watch_latest: authentication failed ({e}); check --password",
+        print(f"watch_latest: refused ({e}); check --password and the user's ACL",
               file=sys.stderr, flush=True)
         sys.exit(2)
     except KeyboardInterrupt:

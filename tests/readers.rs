@@ -491,23 +491,63 @@ fn watch_latest_prints_values_that_are_not_utf8() {
     });
 }
 
-/// --no-initial when latest does not exist yet: nothing to skip, so the first decision is
-/// printed, then the next.
+/// --no-initial: what latest holds at start is not printed, the next decision is; and when
+/// latest does not exist yet, there is nothing to skip: the first decision is printed.
 #[test]
 fn watch_latest_no_initial_prints_the_first_decision() {
     for_each_flavor(|flavor| {
         let s = watch_server(flavor, true);
+        let mut c = s.conn();
         let mut w = watch(&s, &["--no-initial"]);
         w.wait_stderr("watching"); // written after the read at start
-        let mut c = s.conn();
         inject(&mut c, "W", "first");
         w.expect("first");
         inject(&mut c, "W", "second");
         w.expect("second");
+        drop(w);
+        // Latest holds "second" now: a new watcher skips it and prints "third" first.
+        let mut w = watch(&s, &["--no-initial"]);
+        w.wait_stderr("watching");
+        inject(&mut c, "W", "third");
+        w.expect("third");
     });
 }
 
-/// A wrong or missing password is not retried: the watcher says so and exits 2.
+/// A script that runs too long makes the server answer BUSY to the watcher's PING: the
+/// watcher retries instead of dying, and prints the next decision once the script is gone.
+#[test]
+fn watch_latest_outlasts_a_busy_script() {
+    for_each_flavor(|flavor| {
+        let s = watch_server(flavor, true);
+        let mut c = s.conn();
+        config_set(&mut c, "busy-reply-threshold", "100").expect("busy-reply-threshold");
+        let mut w = watch(&s, &["--ping", "0.3"]);
+        w.wait_stderr("watching");
+        let port = s.port;
+        let busy = std::thread::spawn(move || {
+            let mut b = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+                .and_then(|cl| cl.get_connection())
+                .expect("connect");
+            // Runs until SCRIPT KILL; its reply is then an error, which is expected.
+            let _: redis::RedisResult<()> = redis::cmd("EVAL")
+                .arg("while true do end")
+                .arg(0)
+                .query(&mut b);
+        });
+        w.wait_stderr("BUSY");
+        wait_for(20, "SCRIPT KILL", || {
+            redis::cmd("SCRIPT")
+                .arg("KILL")
+                .query::<String>(&mut s.conn())
+                .is_ok()
+        });
+        busy.join().expect("the script's client");
+        inject(&mut c, "W", "after-busy");
+        w.expect("after-busy");
+    });
+}
+
+/// A wrong or missing password is not retried: the watcher says it was refused and exits 2.
 #[test]
 fn watch_latest_exits_on_a_wrong_password() {
     for_each_flavor(|flavor| {
@@ -516,8 +556,33 @@ fn watch_latest_exits_on_a_wrong_password() {
         for extra in [&["--password", "wrong"][..], &[]] {
             let (status, err) = watch(&s, extra).exit();
             assert_eq!(status.code(), Some(2), "{extra:?}: {err}");
-            assert!(err.contains("authentication failed"), "{extra:?}: {err}");
+            assert!(err.contains("refused"), "{extra:?}: {err}");
         }
+    });
+}
+
+/// --cluster: a seed node that does not answer is retried, not a crash; a refused password
+/// exits 2 as in the standalone form (redis-py wraps it while reading the slot map).
+#[test]
+fn watch_latest_cluster_form_retries_a_seed_and_exits_on_a_wrong_password() {
+    let cluster_args = |port: u16, extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = ["--cluster", "--tag", "T", "--symbol", "W", "--port"]
+            .map(str::to_string)
+            .to_vec();
+        a.push(port.to_string());
+        a.extend(extra.iter().map(|x| x.to_string()));
+        a
+    };
+    let mut w = Watcher::start(&cluster_args(free_port(), &[]));
+    w.wait_stderr("reconnecting");
+    w.wait_stderr("reconnecting");
+    drop(w);
+    for_each_flavor(|flavor| {
+        let s = watch_server(flavor, true);
+        config_set(&mut s.conn(), "requirepass", "right").expect("CONFIG SET requirepass");
+        let (status, err) = Watcher::start(&cluster_args(s.port, &["--password", "wrong"])).exit();
+        assert_eq!(status.code(), Some(2), "{err}");
+        assert!(err.contains("refused"), "{err}");
     });
 }
 

@@ -160,7 +160,11 @@ fn watch_latest_cluster_follows_a_manual_failover() {
         let heir = cluster.a_replica_of(owner);
         let seed = unrelated_node(&cluster, owner);
         add(&cluster, owner, tag, SYMBOL, "w-0");
-        let mut w = Watcher::start(&watcher_args(tag, cluster.nodes[seed].port));
+        // The owner is also rechecked every 3 s: should the demoted owner get w-2 by a full
+        // resync (no event), the watcher still moves within the wait.
+        let mut args = watcher_args(tag, cluster.nodes[seed].port);
+        args.extend(["--recheck", "3"].map(str::to_string));
+        let mut w = Watcher::start(&args);
         w.wait_stderr(&watching_on(tag, cluster.nodes[owner].port));
         w.expect("w-0");
         add(&cluster, owner, tag, SYMBOL, "w-1");

@@ -131,6 +131,8 @@ fn latest_losing_fields_replicates_and_reloads_the_same() {
             &[("n3", "only this one")],
         ];
         for (i, extra) in rounds.iter().enumerate() {
+            // Each decision in its own millisecond, so that each has its own expiry.
+            std::thread::sleep(std::time::Duration::from_millis(2));
             xadd(
                 &mut m,
                 STREAM,
@@ -140,6 +142,15 @@ fn latest_losing_fields_replicates_and_reloads_the_same() {
         }
         wait_drained(&mut m);
         let latest = "quantum:harvest:heat:latest:LF";
+        // Latest was given the last decision's expiry, the one its pointer got from SET
+        // PXAT (HSET alone would have kept the previous decision's).
+        let expiry = |c: &mut Connection, k: &str| -> i64 {
+            redis::cmd("PEXPIRETIME").arg(k).query(c).unwrap()
+        };
+        assert_eq!(
+            expiry(&mut m, latest),
+            expiry(&mut m, "quantum:harvest:heat:latest_plan_id:LF")
+        );
         let fields: Vec<String> = hgetall(&mut m, latest)
             .into_iter()
             .map(|(k, _)| k)

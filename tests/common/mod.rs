@@ -137,19 +137,26 @@ pub fn free_port() -> u16 {
             .map_or(1, |d| d.subsec_nanos() as u64);
         *next = (u64::from(std::process::id()) << 32 | nanos) | 1;
     }
-    loop {
+    for _ in 0..100_000 {
         // xorshift64: a different walk through the range in every test process.
         *next ^= *next << 13;
         *next ^= *next >> 7;
         *next ^= *next << 17;
         let port = 20_000 + (*next % 12_768) as u16;
         let mut used = PORTS.lock().unwrap_or_else(|e| e.into_inner());
-        if used.contains(&port) || TcpListener::bind(("127.0.0.1", port)).is_err() {
+        if used.contains(&port) {
             continue;
         }
-        used.push(port);
-        return port;
+        match TcpListener::bind(("127.0.0.1", port)) {
+            Ok(_) => {
+                used.push(port);
+                return port;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
+            Err(e) => panic!("cannot bind a port on 127.0.0.1: {e}"),
+        }
     }
+    panic!("no free port in 20000-32767");
 }
 
 /// How to start a server.
