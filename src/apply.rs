@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use redis_module::{Context, ContextFlags, RedisString};
 
 use crate::config::Settings;
-use crate::decision::{self, EntryId, Invalid};
+use crate::decision::{EntryId, Invalid};
 use crate::guard;
 use crate::logging::{self, RateLimit};
 use crate::metrics::{Stage, METRICS};
@@ -48,7 +48,7 @@ pub fn project(
 ) -> Result<Projected, String> {
     guard::fault_point("project");
     let parsed = match &e.fields {
-        Some(fields) => decision::parse(e.id, fields),
+        Some(fields) => keys.parse(e.id, fields),
         None => Err(Invalid::Deleted),
     };
     let d = match parsed {

@@ -85,6 +85,9 @@ pub enum Invalid {
     TooManyFields(usize),
     /// More than [`MAX_ENTRY_BYTES`] in total.
     TooLarge(usize),
+    /// On an untagged stream, a plan_id or symbol that starts with a hash tag and a colon
+    /// (`{T}:`): its keys would be those of the stream tagged `{T}` (CONTRACT §11).
+    TaggedId(&'static str),
     /// The entry has been deleted from the stream (seen when finishing pending entries).
     Deleted,
 }
@@ -97,6 +100,11 @@ impl fmt::Display for Invalid {
             Invalid::TooLong(n, l) => write!(f, "field {n} is {l} bytes (max {MAX_ID_LEN})"),
             Invalid::TooManyFields(n) => write!(f, "{n} fields (max {MAX_FIELDS})"),
             Invalid::TooLarge(n) => write!(f, "{n} bytes of fields (max {MAX_ENTRY_BYTES})"),
+            Invalid::TaggedId(n) => write!(
+                f,
+                "field {n} starts with a hash tag and a colon ({{T}}:), which names the keys of a \
+                 tagged stream; an untagged stream does not project it"
+            ),
             Invalid::Deleted => write!(f, "entry no longer in the stream"),
         }
     }

@@ -4,7 +4,7 @@
 //! decision projected late keeps the expiry it would have had live, and a decision older
 //! than a key's TTL does not create that key.
 
-use crate::decision::EntryId;
+use crate::decision::{self, Bytes, Decision, EntryId, Invalid};
 
 /// Prefix of `quantum:harvest:heat:by_plan:{plan_id}` (HASH).
 pub const BY_PLAN_PREFIX: &[u8] = b"quantum:harvest:heat:by_plan:";
@@ -32,6 +32,16 @@ pub fn hash_tag(name: &[u8]) -> Option<&[u8]> {
     let rest = name.get(open + 1..)?;
     let close = rest.iter().position(|&b| b == b'}')?;
     rest.get(..close).filter(|t| !t.is_empty())
+}
+
+/// Whether `id` starts with `{T}:`, T non-empty: the infix of the keys of a stream tagged
+/// `{T}` (T never holds a `}`, so the first `}` ends it).
+pub fn tag_prefixed(id: &[u8]) -> bool {
+    id.first() == Some(&b'{')
+        && id
+            .iter()
+            .position(|&b| b == b'}')
+            .is_some_and(|close| close >= 2 && id.get(close + 1) == Some(&b':'))
 }
 
 /// The hash slot of a key name (CRC16-XMODEM of its hash tag, or of the whole name, mod
@@ -72,6 +82,32 @@ impl Keys {
             v
         });
         Keys { infix }
+    }
+
+    /// Whether the stream carries a hash tag.
+    pub fn tagged(&self) -> bool {
+        !self.infix.is_empty()
+    }
+
+    /// Validates an entry of this stream: [`decision::parse`], and on an untagged stream a
+    /// plan_id or symbol that does not start like a tagged stream's keys ([`tag_prefixed`]).
+    /// So the key spaces of an untagged and a tagged stream never meet: `by_plan:{eu}:P1` is
+    /// the `{eu}` stream's plan `P1`, never an untagged stream's plan `{eu}:P1`.
+    pub fn parse<'a, F: Bytes>(
+        &self,
+        id: EntryId,
+        fields: &'a [(F, F)],
+    ) -> Result<Decision<'a, F>, Invalid> {
+        let d = decision::parse(id, fields)?;
+        if !self.tagged() {
+            if tag_prefixed(d.plan_id) {
+                return Err(Invalid::TaggedId("plan_id"));
+            }
+            if tag_prefixed(d.symbol) {
+                return Err(Invalid::TaggedId("symbol"));
+            }
+        }
+        Ok(d)
     }
 
     fn name(&self, prefix: &[u8], id: &[u8]) -> Vec<u8> {
@@ -228,6 +264,41 @@ mod tests {
         assert_eq!(latest_order(10, 9), LatestOrder::Newer);
         assert_eq!(latest_order(10, 11), LatestOrder::Older);
         assert_eq!(latest_order(10, 10), LatestOrder::SameMillisecond);
+    }
+
+    #[test]
+    fn an_untagged_stream_refuses_ids_shaped_like_tagged_keys() {
+        use crate::decision::{EntryId, Invalid};
+        let untagged = Keys::of_stream(b"quantum:stream:harvest.heat.decision");
+        let tagged = Keys::of_stream(b"quantum:stream:{eu}:harvest.heat.decision");
+        let entry = |plan: &str, symbol: &str| {
+            vec![
+                (b"plan_id".to_vec(), plan.as_bytes().to_vec()),
+                (b"symbol".to_vec(), symbol.as_bytes().to_vec()),
+            ]
+        };
+        let e = entry("{eu}:P1", "BTC");
+        assert_eq!(
+            untagged.parse(EntryId::ZERO, &e),
+            Err(Invalid::TaggedId("plan_id"))
+        );
+        assert!(tagged.parse(EntryId::ZERO, &e).is_ok());
+        assert_eq!(
+            untagged.parse(EntryId::ZERO, &entry("P1", "{eu}:BTC")),
+            Err(Invalid::TaggedId("symbol"))
+        );
+        assert_eq!(
+            tagged.by_plan(b"P1"),
+            b"quantum:harvest:heat:by_plan:{eu}:P1"
+        );
+        // Not shaped like a tagged key: an empty tag, no colon, a brace later on.
+        for ok in ["{}:P1", "{eu}P1", "P{eu}:1", "{eu", "{P1}"] {
+            assert!(
+                untagged.parse(EntryId::ZERO, &entry(ok, "S")).is_ok(),
+                "{ok}"
+            );
+        }
+        assert!(tag_prefixed(b"{{a}:x"), "the tag of s{{{{a}} is {{a");
     }
 
     #[test]

@@ -316,6 +316,40 @@ fn float() -> impl Strategy<Value = f64> {
 }
 
 proptest! {
+    /// The key spaces of an untagged stream and of any tagged stream never meet: no id an
+    /// untagged stream accepts names a key that a tagged stream's id names (CONTRACT §11).
+    #[test]
+    fn tagged_and_untagged_key_spaces_are_disjoint(
+        tag in prop_oneof![Just(b"eu".to_vec()), Just(b"{a".to_vec()), vec(any::<u8>(), 1..6)],
+        tagged_id in vec(any::<u8>(), 1..12),
+        untagged_id in prop_oneof![
+            vec(any::<u8>(), 1..12),
+            vec(prop_oneof![Just(b'{'), Just(b'}'), Just(b':'), Just(b'e')], 1..8),
+        ],
+    ) {
+        prop_assume!(!tag.contains(&b'}'));
+        let mut stream = b"s{".to_vec();
+        stream.extend_from_slice(&tag);
+        stream.push(b'}');
+        let tagged = projection::Keys::of_stream(&stream);
+        prop_assert!(tagged.tagged());
+        let untagged = projection::Keys::of_stream(b"plain");
+        let fields = |id: &[u8]| vec![
+            (b"plan_id".to_vec(), id.to_vec()),
+            (b"symbol".to_vec(), id.to_vec()),
+        ];
+        let f = fields(&untagged_id);
+        if untagged.parse(EntryId::ZERO, &f).is_ok() {
+            prop_assert_ne!(untagged.by_plan(&untagged_id), tagged.by_plan(&tagged_id));
+            prop_assert_ne!(untagged.latest(&untagged_id), tagged.latest(&tagged_id));
+            prop_assert_ne!(untagged.pointer(&untagged_id), tagged.pointer(&tagged_id));
+            prop_assert_ne!(untagged.dedupe(&untagged_id), tagged.dedupe(&tagged_id));
+        }
+        // A tagged stream takes any id.
+        let t = fields(&tagged_id);
+        prop_assert!(tagged.parse(EntryId::ZERO, &t).is_ok() || decision::parse(EntryId::ZERO, &t).is_err());
+    }
+
     #[test]
     fn parse_never_panics_and_follows_the_limits(id in entry_id(), f in fields()) {
         check_parse(id, &f)?;
@@ -627,6 +661,7 @@ fn the_entry_generator_reaches_every_outcome() {
             Err(Invalid::Empty(_)) => "empty",
             Err(Invalid::TooLong(_, n)) if n == MAX_ID_LEN + 1 => "257",
             Err(Invalid::TooLong(..)) => "too long",
+            Err(Invalid::TaggedId(_)) => "tagged id",
             Err(Invalid::Deleted) => "deleted",
         };
         seen.insert(class.to_string());
