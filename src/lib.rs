@@ -139,6 +139,7 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
         metrics::METRICS.reset();
         state::reset();
         schedule::reset();
+        drain::reset();
         projector::reset();
         apply::reset();
         capture::reset();
