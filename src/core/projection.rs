@@ -4,7 +4,7 @@
 //! decision projected late keeps the expiry it would have had live, and a decision older
 //! than a key's TTL does not create that key.
 
-use crate::decision::{self, Bytes, Decision, EntryId, Invalid};
+use crate::core::decision::{self, Bytes, Decision, EntryId, Invalid};
 
 /// Prefix of `quantum:harvest:heat:by_plan:{plan_id}` (HASH).
 pub const BY_PLAN_PREFIX: &[u8] = b"quantum:harvest:heat:by_plan:";
@@ -278,7 +278,7 @@ mod tests {
 
     #[test]
     fn an_untagged_stream_refuses_ids_shaped_like_tagged_keys() {
-        use crate::decision::{EntryId, Invalid};
+        use crate::core::decision::{EntryId, Invalid};
         let untagged = Keys::of_stream(b"quantum:stream:harvest.heat.decision");
         let tagged = Keys::of_stream(b"quantum:stream:{eu}:harvest.heat.decision");
         let entry = |plan: &str, symbol: &str| {

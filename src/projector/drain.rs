@@ -17,20 +17,20 @@ use std::time::{Duration, Instant};
 
 use redis_module::{Context, RedisString};
 
-use crate::apply::{self, project, Latest, Projected};
-use crate::capture;
-use crate::clock::now_ms;
-use crate::config::{self, Settings};
-use crate::decision::EntryId;
-use crate::fastpath::Known;
-use crate::group::{self, GroupInfo, Target};
-use crate::health::StreamState;
-use crate::logging::error_limited as log_error_limited;
-use crate::metrics::{Stage, METRICS};
-use crate::projector::{self, Outcome};
-use crate::read::{entries_from_commands, read_after, read_one, stream_shape, Entry};
-use crate::server::{self, can_write, latency_sample, Db};
-use crate::writer::Writer;
+use crate::core::clock::now_ms;
+use crate::core::decision::EntryId;
+use crate::core::fastpath::Known;
+use crate::core::health::StreamState;
+use crate::core::metrics::{Stage, METRICS};
+use crate::projector::apply::{self, project, Latest, Projected};
+use crate::projector::capture;
+use crate::projector::group::{self, GroupInfo, Target};
+use crate::projector::host::{self, can_write, latency_sample, Db};
+use crate::projector::read::{entries_from_commands, read_after, read_one, stream_shape, Entry};
+use crate::projector::registry::{self, Outcome};
+use crate::projector::writer::Writer;
+use crate::settings::config::{self, Settings};
+use crate::support::logging::error_limited as log_error_limited;
 
 /// Longest a pass that serves a live XADD keeps the event loop before it yields to clients.
 /// Catch-up passes take `heatbridge.catchup-step-us` instead.
@@ -72,23 +72,23 @@ enum Step {
 /// when it serves a live XADD, `heatbridge.catchup-step-us` otherwise, and never more than
 /// `catchup-step-us` for streams catching up. Streams with a live XADD go first; the
 /// streams catching up share the rest, each taking a fair slice of what is left, starting
-/// with the one that waited last time ([`projector::waited`]). Every stream visited gets at
+/// with the one that waited last time ([`registry::waited`]). Every stream visited gets at
 /// least one step.
 pub fn run(ctx: &Context, all: bool, live: bool) -> bool {
-    server::publish_role(ctx);
+    host::publish_role(ctx);
     if !can_write(ctx) {
         return false;
     }
     let settings = config::current();
-    projector::sync(&settings);
+    registry::sync(&settings);
     let Some(_db) = Db::select(ctx, settings.db) else {
-        // Reported by health (projector::refresh); nothing can be read or written.
+        // Reported by health (registry::refresh); nothing can be read or written.
         return false;
     };
     let start = Instant::now();
     let catchup = config::catchup_step();
     let deadline = start + if live { STEP_BUDGET } else { catchup };
-    let (fresh, behind) = projector::pass_order(!all);
+    let (fresh, behind) = registry::pass_order(!all);
     let mut ran = false;
     let mut more = share(ctx, &settings, &fresh, !all, deadline, &mut ran);
     let deadline = deadline.min(Instant::now() + catchup);
@@ -116,7 +116,7 @@ fn share(
     for (i, stream) in streams.iter().enumerate() {
         let now = Instant::now();
         if *ran && now >= deadline {
-            projector::waited(stream);
+            registry::waited(stream);
             return true;
         }
         let left = u32::try_from(streams.len() - i).unwrap_or(u32::MAX).max(1);
@@ -135,7 +135,7 @@ struct PassGuard<'a> {
 
 impl Drop for PassGuard<'_> {
     fn drop(&mut self) {
-        projector::end_pass(self.stream, self.known.take(), self.outcome);
+        registry::end_pass(self.stream, self.known.take(), self.outcome);
     }
 }
 
@@ -154,16 +154,15 @@ fn drain_stream(
     until: Instant,
     ran: &mut bool,
 ) -> bool {
-    let Some((trusted, target)) = projector::begin_pass(stream, &settings.consumer, only_due)
-    else {
+    let Some((trusted, target)) = registry::begin_pass(stream, &settings.consumer, only_due) else {
         return false;
     };
     *ran = true;
     PASSES.fetch_add(1, Relaxed);
-    if config::cluster() && !projector::owns(ctx, &target) {
+    if config::cluster() && !registry::owns(ctx, &target) {
         // Another master owns the stream's slot (or it moved away): not this node's to
         // project. Nothing was trusted from this pass; the projector forgets its state.
-        projector::end_pass(stream, None, Outcome::Done);
+        registry::end_pass(stream, None, Outcome::Done);
         return false;
     }
     let mut guard = PassGuard {
@@ -336,7 +335,7 @@ fn step(ctx: &Context, s: &Settings, pass: &mut Pass) -> Step {
     let started = Instant::now();
     let stream = pass.t.stream_key.clone();
     let (st, len) = stream_shape(ctx, &stream);
-    projector::publish_stream_state(st, &pass.t.stream);
+    registry::publish_stream_state(st, &pass.t.stream);
     if st != StreamState::Stream {
         return Step::CaughtUp;
     }

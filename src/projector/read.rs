@@ -18,11 +18,11 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use redis_module::{raw, Context, RedisString};
 
-use crate::capture;
-use crate::decision::EntryId;
-use crate::health::StreamState;
+use crate::core::decision::EntryId;
+use crate::core::health::StreamState;
+use crate::projector::capture;
 
-impl crate::decision::Bytes for RedisString {
+impl crate::core::decision::Bytes for RedisString {
     fn bytes(&self) -> &[u8] {
         self.as_slice()
     }
@@ -294,7 +294,7 @@ pub fn entries_from_commands(
     for ((id, numfields), c) in ids.into_iter().rev().zip(commands) {
         let Some(fields) = c.into_entry(id, numfields) else {
             capture::MISMATCHED.fetch_add(1, Relaxed);
-            crate::logging::error_limited(&format!(
+            crate::support::logging::error_limited(&format!(
                 "the arguments of the XADD of entry {id} do not match it; entries are read \
                  back from the stream"
             ));
@@ -315,7 +315,7 @@ pub fn entries_from_commands(
 pub fn newest_in_ms(
     ctx: &Context,
     stream: &RedisString,
-    keys: &crate::projection::Keys,
+    keys: &crate::core::projection::Keys,
     from: EntryId,
 ) -> std::collections::HashMap<Vec<u8>, EntryId> {
     let to = EntryId {

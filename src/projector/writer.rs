@@ -9,11 +9,11 @@ use std::sync::OnceLock;
 
 use redis_module::{raw, CallReply, CallResult, Context, RedisString};
 
-use crate::call::{self, read_opts};
-use crate::clock::now_ms;
-use crate::logging;
-use crate::metrics::{Stage, METRICS};
-use crate::projection;
+use crate::core::clock::now_ms;
+use crate::core::metrics::{Stage, METRICS};
+use crate::core::projection;
+use crate::projector::call::{self, read_opts};
+use crate::support::logging;
 
 static FOREIGN_KEY_LOG: logging::RateLimit = logging::RateLimit::new(1000);
 
@@ -69,7 +69,7 @@ impl Digits {
     }
 
     /// `<ms>-<seq>`.
-    pub fn id(id: crate::decision::EntryId) -> Digits {
+    pub fn id(id: crate::core::decision::EntryId) -> Digits {
         let mut d = Digits::of(id.seq);
         d.start -= 1;
         if let Some(b) = d.buf.get_mut(d.start) {
@@ -333,7 +333,10 @@ impl<'c> Writer<'c> {
 /// (at most once a second); the decision is not written there.
 fn foreign_key(key: &RedisString, what: &str) {
     METRICS.count_error(Stage::Write, now_ms());
-    if FOREIGN_KEY_LOG.check(crate::clock::mono_ms()).is_some() {
+    if FOREIGN_KEY_LOG
+        .check(crate::core::clock::mono_ms())
+        .is_some()
+    {
         logging::error(&format!(
             "{} holds a {what} value; decision not written there",
             logging::show_bytes(key.as_slice())
@@ -434,7 +437,7 @@ fn distinct_fields(fields: &[(RedisString, RedisString)], extra: Option<&[u8]>) 
 #[cfg(test)]
 mod tests {
     use super::Digits;
-    use crate::decision::EntryId;
+    use crate::core::decision::EntryId;
 
     #[test]
     fn digits_match_display() {

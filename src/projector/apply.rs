@@ -7,14 +7,14 @@ use std::sync::Mutex;
 
 use redis_module::{Context, ContextFlags, RedisString};
 
-use crate::config::Settings;
-use crate::decision::{EntryId, Invalid};
-use crate::guard;
-use crate::logging::{self, RateLimit};
-use crate::metrics::{Stage, METRICS};
-use crate::projection::{self, Dedupe, Keys, LatestOrder};
-use crate::read::{self, Entry};
-use crate::writer::{self, Writer};
+use crate::core::decision::{EntryId, Invalid};
+use crate::core::metrics::{Stage, METRICS};
+use crate::core::projection::{self, Dedupe, Keys, LatestOrder};
+use crate::projector::read::{self, Entry};
+use crate::projector::writer::{self, Writer};
+use crate::settings::config::Settings;
+use crate::support::guard;
+use crate::support::logging::{self, RateLimit};
 
 static INVALID_LOG: RateLimit = RateLimit::new(1000);
 
@@ -56,7 +56,7 @@ pub fn project(
         Err(Invalid::Deleted) => return Ok(Projected::Invalid),
         Err(reason) => {
             METRICS.count_error(Stage::Parse, now);
-            if let Some(suppressed) = INVALID_LOG.check(crate::clock::mono_ms()) {
+            if let Some(suppressed) = INVALID_LOG.check(crate::core::clock::mono_ms()) {
                 logging::warning(&format!(
                     "invalid entry {} skipped and acknowledged: {reason}{}",
                     e.id,

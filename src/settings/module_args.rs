@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use redis_module::RedisString;
 
-use crate::config::*;
+use crate::settings::config::*;
 
 /// Validates `loadmodule` / `MODULE LOAD` arguments: `NAME VALUE` pairs of known settings
 /// (no prefix), each name once, each value within its limits.
@@ -140,7 +140,7 @@ pub fn apply_module_args(args: &[&[u8]]) -> Result<Vec<String>, String> {
 pub fn apply_module_redis_args(args: &[RedisString]) -> Result<(), String> {
     let raw: Vec<&[u8]> = args.iter().map(RedisString::as_slice).collect();
     for name in apply_module_args(&raw)? {
-        crate::logging::info(&format!(
+        crate::support::logging::info(&format!(
             "{name}: the config line wins over the loadmodule argument"
         ));
     }

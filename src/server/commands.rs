@@ -5,15 +5,15 @@ use std::collections::BTreeMap;
 use redis_module::redisvalue::RedisValueKey;
 use redis_module::{Context, ContextFlags, RedisError, RedisResult, RedisString, RedisValue};
 
-use crate::call;
-use crate::config;
-use crate::decision::{EntryId, MAX_ID_LEN};
-use crate::projection::Keys;
-use crate::projector;
-use crate::replay;
-use crate::server;
-use crate::state;
-use crate::writer;
+use crate::core::decision::{EntryId, MAX_ID_LEN};
+use crate::core::projection::Keys;
+use crate::exporter::state;
+use crate::projector::call;
+use crate::projector::host;
+use crate::projector::registry;
+use crate::projector::replay;
+use crate::projector::writer;
+use crate::settings::config;
 
 /// Default COUNT of HEATBRIDGE.REPLAY.
 pub const REPLAY_DEFAULT_COUNT: usize = 10_000;
@@ -49,14 +49,14 @@ pub fn guarded(
     args: Vec<RedisString>,
     f: fn(&Context, Vec<RedisString>) -> RedisResult,
 ) -> RedisResult {
-    crate::guard::contain(name, Err(RedisError::Str(errors::INTERNAL)), || {
-        crate::guard::fault_point("command");
+    crate::support::guard::contain(name, Err(RedisError::Str(errors::INTERNAL)), || {
+        crate::support::guard::fault_point("command");
         f(ctx, args)
     })
 }
 
 fn refresh_if_possible(ctx: &Context) {
-    projector::refresh(ctx);
+    registry::refresh(ctx);
 }
 
 /// `HEATBRIDGE.HEALTH`: the health JSON.
@@ -65,7 +65,7 @@ pub fn health(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         return Err(RedisError::WrongArity);
     }
     refresh_if_possible(ctx);
-    crate::guard::fault_crash_holding("crash-locked", state::published);
+    crate::support::guard::fault_crash_holding("crash-locked", state::published);
     Ok(RedisValue::BulkString(state::health().1))
 }
 
@@ -147,13 +147,13 @@ fn read_lookup(
         return Err(RedisError::Str(errors::BAD_NAME));
     }
     let s = config::current();
-    let t = projector::target_for(stream, &s.consumer).map_err(RedisError::String)?;
+    let t = registry::target_for(stream, &s.consumer).map_err(RedisError::String)?;
     let key = writer::rstr(ctx, &name(&t.keys, id));
     // The lookup keys live in heatbridge.db, whatever the caller selected.
-    let Some(db) = server::Db::select(ctx, s.db) else {
+    let Some(db) = host::Db::select(ctx, s.db) else {
         return Err(RedisError::String(format!(
             "ERR {}",
-            server::no_such_db(s.db)
+            host::no_such_db(s.db)
         )));
     };
     // The key is derived from the argument, so the server has not checked it: the read runs
@@ -165,7 +165,7 @@ fn read_lookup(
         Ok(reply) => Ok(hash_reply(reply.strings())),
         Err(call::Refused::Acl) => Err(RedisError::String(format!(
             "NOPERM this user has no permissions to run 'hgetall' on the '{}' key",
-            crate::logging::show_bytes(key.as_slice())
+            crate::support::logging::show_bytes(key.as_slice())
         ))),
         Err(call::Refused::Error(e)) => Err(RedisError::String(e)),
     }
@@ -242,11 +242,11 @@ pub fn replay(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         return Err(RedisError::Str(errors::REPLICA));
     }
     // Clients are paused by the server itself; another module's RM_Call is not.
-    if server::writes_paused() {
+    if host::writes_paused() {
         return Err(RedisError::Str(errors::PAUSED));
     }
     let s = config::current();
-    let t = projector::target_for(a.stream, &s.consumer).map_err(RedisError::String)?;
+    let t = registry::target_for(a.stream, &s.consumer).map_err(RedisError::String)?;
     let (n, last) = replay::replay(ctx, &t, a.from, a.count).map_err(RedisError::String)?;
     Ok(RedisValue::Array(vec![
         RedisValue::Integer(n as i64),

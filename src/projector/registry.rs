@@ -17,18 +17,18 @@ use std::sync::{Mutex, MutexGuard};
 
 use redis_module::{Context, ContextFlags};
 
-use crate::capture::{self, Command};
-use crate::clock::now_ms;
-use crate::config::{self, Settings};
-use crate::fastpath::{FastPath, Known, Trusted, Wanted};
-use crate::group::{self, Target};
-use crate::health::{StreamHealth, StreamState};
-use crate::logging;
-use crate::projection::Keys;
-use crate::read;
-use crate::server::{self, Db};
-use crate::state;
-use crate::writer::Kept;
+use crate::core::clock::now_ms;
+use crate::core::fastpath::{FastPath, Known, Trusted, Wanted};
+use crate::core::health::{StreamHealth, StreamState};
+use crate::core::projection::Keys;
+use crate::exporter::state;
+use crate::projector::capture::{self, Command};
+use crate::projector::group::{self, Target};
+use crate::projector::host::{self, Db};
+use crate::projector::read;
+use crate::projector::writer::Kept;
+use crate::settings::config::{self, Settings};
+use crate::support::logging;
 
 /// One stream's projector.
 pub struct Projector {
@@ -54,7 +54,7 @@ pub struct Projector {
 
 impl Projector {
     fn new(stream: &str, group: &str, cluster: bool) -> Projector {
-        let untagged = cluster && crate::projection::hash_tag(stream.as_bytes()).is_none();
+        let untagged = cluster && crate::core::projection::hash_tag(stream.as_bytes()).is_none();
         Projector {
             problem: untagged
                 .then(|| format!("{}: not projected", config::untagged_stream_error(stream))),
@@ -298,7 +298,7 @@ pub fn forget_named(names: impl Fn(&[u8]) -> bool) {
 /// is a projected stream and the server may write).
 pub fn xadd_event(ctx: &Context, key: &[u8]) -> bool {
     let f = ctx.get_flags();
-    let writable = server::writable(&f);
+    let writable = host::writable(&f);
     // An XADD that EXEC runs: the transaction's other commands passed the command filter
     // when they were queued, not when they run (and on Valkey a postponed EXEC does not pass
     // it again).
@@ -373,12 +373,13 @@ pub fn end_pass(stream: &str, known: Option<Known>, outcome: Outcome) {
 /// of the stream's slot (the server refuses a module's call on a key of a slot the node does
 /// not own, so nothing could be written there anyway).
 pub fn owns(ctx: &Context, t: &Target) -> bool {
-    server::can_write(ctx) && (!config::cluster() || crate::call::owns_key(ctx, &t.stream_key))
+    host::can_write(ctx)
+        && (!config::cluster() || crate::projector::call::owns_key(ctx, &t.stream_key))
 }
 
 /// Reads each stream's state, ownership and backlog (unread + pending), and publishes them.
 pub fn refresh(ctx: &Context) {
-    server::publish_role(ctx);
+    host::publish_role(ctx);
     if ctx.get_flags().contains(ContextFlags::LOADING) {
         return;
     }
@@ -428,7 +429,7 @@ pub fn refresh(ctx: &Context) {
         first,
         targets.first().map_or("", |(t, _)| t.stream.as_str()),
     );
-    let acknowledged = crate::metrics::METRICS.snapshot().in_messages;
+    let acknowledged = crate::core::metrics::METRICS.snapshot().in_messages;
     let now = now_ms();
     let mut p = state::published();
     p.streams = streams;
@@ -439,7 +440,7 @@ pub fn refresh(ctx: &Context) {
 /// Health when `heatbridge.db` names a database the server does not have: every stream in
 /// error.
 fn publish_db_problem(s: &Settings) {
-    let problem = crate::server::no_such_db(s.db);
+    let problem = crate::projector::host::no_such_db(s.db);
     let streams = s
         .streams()
         .into_iter()
