@@ -79,12 +79,15 @@ pub fn project(
         return Err("OOM: used memory is over maxmemory".into());
     }
     let dedupe_key = w.string(&keys.dedupe(d.plan_id));
+    // The dedupe key's type, once read here, serves its write below.
+    let mut dedupe_kind = None;
     if dedupe && s.ttls.dedupe_ms > 0 {
-        let existing = writer::read_string(ctx, &dedupe_key);
+        let (kind, existing) = writer::read_string(ctx, &dedupe_key);
         if projection::dedupe_verdict(existing.as_deref(), d.id) == Dedupe::Duplicate {
             METRICS.count_dedupe_skip();
             return Ok(Projected::Duplicate);
         }
+        dedupe_kind = Some(kind);
     }
     let Some(fields) = &e.fields else {
         return Ok(Projected::Invalid);
@@ -94,7 +97,10 @@ pub fn project(
     };
     if let Some(at) = plan.dedupe_at {
         let id = w.string(writer::Digits::id(d.id).as_bytes());
-        w.set_string(&dedupe_key, &id, at)?;
+        match dedupe_kind {
+            Some(kind) => w.set_string_of(&dedupe_key, kind, &id, at)?,
+            None => w.set_string(&dedupe_key, &id, at)?,
+        };
     }
     if let Some(at) = plan.by_plan_at {
         let key = w.string(&keys.by_plan(plan_id.as_slice()));

@@ -98,6 +98,13 @@ struct Registry {
 
 impl Registry {
     fn position(&self, stream: &[u8]) -> Option<usize> {
+        // A few streams are found faster by comparing names than by hashing one.
+        if self.projectors.len() <= LINEAR_SEARCH_MAX {
+            return self
+                .projectors
+                .iter()
+                .position(|p| p.stream.as_bytes() == stream);
+        }
         let name = std::str::from_utf8(stream).ok()?;
         self.index.as_ref()?.get(name).copied()
     }
@@ -107,6 +114,10 @@ impl Registry {
         self.projectors.get_mut(i)
     }
 }
+
+/// Up to this many streams, a projector is found by comparing names; past it, through the
+/// index.
+const LINEAR_SEARCH_MAX: usize = 16;
 
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
     built_from: None,

@@ -149,7 +149,19 @@ impl<'c> Writer<'c> {
         value: &RedisString,
         at_ms: u64,
     ) -> Result<bool, String> {
-        if !matches!(key_type(self.ctx, key), KeyKind::Missing | KeyKind::String) {
+        self.set_string_of(key, key_type(self.ctx, key), value, at_ms)
+    }
+
+    /// [`Writer::set_string`] for a key whose type this callback has just read (nothing
+    /// can change it in between).
+    pub fn set_string_of(
+        &self,
+        key: &RedisString,
+        kind: KeyKind,
+        value: &RedisString,
+        at_ms: u64,
+    ) -> Result<bool, String> {
+        if !matches!(kind, KeyKind::Missing | KeyKind::String) {
             foreign_key(key, "non-string");
             return Ok(false);
         }
@@ -399,14 +411,17 @@ pub fn value_len(ctx: &Context, key: &RedisString) -> usize {
 /// used: even for reading it turns an embedded string into a raw one, swapping the value
 /// under other readers (and firing an unlink event to other modules). A key that does not
 /// exist, the common case, is told by opening it, without a command.
-pub fn read_string(ctx: &Context, key: &RedisString) -> Option<Vec<u8>> {
-    if key_type(ctx, key) != KeyKind::String {
-        return None;
+/// Also returns the key's type, which a write that follows in the same callback may reuse
+/// ([`Writer::set_string_of`]).
+pub fn read_string(ctx: &Context, key: &RedisString) -> (KeyKind, Option<Vec<u8>>) {
+    let kind = key_type(ctx, key);
+    if kind != KeyKind::String {
+        return (kind, None);
     }
     let r: CallResult = ctx.call_ext("GET", &read_opts(), &[key][..]);
     match r {
-        Ok(CallReply::String(s)) => Some(s.as_bytes().to_vec()),
-        _ => None,
+        Ok(CallReply::String(s)) => (kind, Some(s.as_bytes().to_vec())),
+        _ => (kind, None),
     }
 }
 
