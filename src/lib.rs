@@ -162,6 +162,7 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
         schedule::keep_module_context(ctx);
         let level = *config::LOG_LEVEL.lock().unwrap_or_else(|e| e.into_inner());
         logging::set_threshold(level.threshold());
+        exporter::init_fd_budget(ctx);
         exporter::start();
         config::set_running(true);
         exporter::reconfigure();

@@ -928,3 +928,217 @@ fn a_fork_child_keeps_no_exporter_socket_alive() {
         );
     });
 }
+
+/// `GET path` on `port` as a probe with a `timeout` does it: the status, or None if no
+/// complete reply came within the timeout.
+fn probe(port: u16, path: &str, timeout: Duration) -> Option<u16> {
+    let deadline = Instant::now() + timeout;
+    let mut s = TcpStream::connect_timeout(&local(port), timeout).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let left = deadline.checked_duration_since(Instant::now())?;
+        s.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .ok()?;
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(_) => return None,
+        }
+    }
+    let text = String::from_utf8_lossy(&buf);
+    text.split(' ').nth(1)?.parse().ok()
+}
+
+/// A slowloris on `port`: `n` connections, each sending one more byte of a request head that
+/// never ends every second, reopened when the server closes them, until `stop`. Returns how
+/// many connections it opened.
+fn trickle_flood(port: u16, n: usize, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<usize> {
+    std::thread::spawn(move || {
+        let mut slots: Vec<Option<TcpStream>> = (0..n).map(|_| None).collect();
+        let mut opened = 0;
+        let started = Instant::now();
+        // Bounded whatever the caller does.
+        while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(30) {
+            for slot in slots.iter_mut() {
+                let alive = slot
+                    .as_mut()
+                    .is_some_and(|s| s.write(b"a").is_ok_and(|w| w == 1));
+                if !alive {
+                    *slot = TcpStream::connect_timeout(&local(port), Duration::from_millis(100))
+                        .ok()
+                        .and_then(|mut s| {
+                            s.set_nonblocking(true).ok()?;
+                            s.write_all(b"GET /metrics HTTP/1.1\r\nX-Slow: ").ok()?;
+                            Some(s)
+                        });
+                    opened += usize::from(slot.is_some());
+                }
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        opened
+    })
+}
+
+// Issue 22, 1: about 300 connections trickling one byte a second to metrics-port took the
+// one budget of 64 both ports shared, and every GET /health timed out (0 of 7 answered in
+// 2 s). Each endpoint has its own budget now, a head must be complete within 3 s, and a
+// full endpoint drops its oldest connection for a waiting client.
+#[test]
+fn slow_clients_on_the_metrics_port_leave_health_answering() {
+    for_each_flavor(|flavor| {
+        let s = Server::new(flavor);
+        let mut c = s.conn();
+        assert_eq!(
+            probe(s.health_port, "/health", Duration::from_secs(2)),
+            Some(200)
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let flood = trickle_flood(s.metrics_port, 300, stop.clone());
+        // Let the flood take every slot it can.
+        std::thread::sleep(Duration::from_millis(1500));
+        let mut health = Vec::new();
+        let mut metrics = Vec::new();
+        for i in 0..8 {
+            health.push(probe(s.health_port, "/health", Duration::from_secs(2)));
+            if i % 2 == 0 {
+                metrics.push(probe(s.metrics_port, "/metrics", Duration::from_secs(5)));
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let pong: String = redis::cmd("PING").query(&mut c).expect("PING");
+        stop.store(true, Ordering::Relaxed);
+        let opened = flood.join().expect("flood thread");
+        eprintln!(
+            "{flavor:?}: {opened} slow connections; /health {health:?}; /metrics {metrics:?}"
+        );
+        assert!(opened >= 300, "only {opened} slow connections opened");
+        assert_eq!(pong, "PONG");
+        assert!(
+            health.iter().all(|h| *h == Some(200)),
+            "/health during the flood: {health:?}"
+        );
+        // The flooded port itself still serves a scraper: the oldest slow connections make
+        // room for it.
+        assert!(
+            metrics.contains(&Some(200)),
+            "/metrics during the flood: {metrics:?}"
+        );
+    });
+}
+
+/// Opens `n` Redis clients on `port`, each answered a PING (so the server accepted it).
+fn redis_clients(port: u16, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .map(|i| {
+            let mut s = TcpStream::connect(local(port)).expect("connect a Redis client");
+            s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+            s.write_all(b"PING\r\n").expect("PING");
+            let mut buf = [0u8; 64];
+            let n = s.read(&mut buf).unwrap_or(0);
+            assert_eq!(&buf[..n], b"+PONG\r\n", "client {i} refused");
+            s
+        })
+        .collect()
+}
+
+/// Silent connections to `port`, as many of `n` as connect within 100 ms each.
+fn silent_conns(port: u16, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .filter_map(|_| TcpStream::connect_timeout(&local(port), Duration::from_millis(100)).ok())
+        .collect()
+}
+
+fn exporter_status(c: &mut Connection, endpoint: &str) -> String {
+    info_field(c, "heatbridge", &format!("heatbridge_exporter_{endpoint}")).unwrap_or_default()
+}
+
+// Issue 22, 2: under `ulimit -n 256` Redis lowers maxclients to 224 and keeps 32 descriptors
+// for itself; with 200 clients and a flood on metrics-port the exporter took the rest, and
+// SAVE and new clients failed with "Too many open files". The exporter now keeps within
+// RLIMIT_NOFILE - maxclients - 32, which is nothing here: it leaves both ports unbound and
+// says why.
+#[test]
+fn the_exporter_leaves_redis_its_clients_and_reserved_descriptors() {
+    for_each_flavor(|flavor| {
+        let s = Options::new(flavor).nofile(256).start();
+        let mut c = s.conn();
+        assert_eq!(config_get(&mut c, "maxclients"), "224");
+        let clients = redis_clients(s.port, 200);
+        let flood_m = silent_conns(s.metrics_port, 150);
+        let flood_h = silent_conns(s.health_port, 150);
+        std::thread::sleep(Duration::from_millis(200));
+        let saved: redis::RedisResult<String> = redis::cmd("SAVE").query(&mut c);
+        assert_eq!(saved.as_deref(), Ok("OK"), "SAVE: {saved:?}");
+        // Clients up to maxclients are still accepted (this one, 200 and 20 more).
+        let more = redis_clients(s.port, 20);
+        eprintln!(
+            "{flavor:?}: {} + {} exporter connections opened",
+            flood_m.len(),
+            flood_h.len()
+        );
+        assert!(!s.log().contains("Too many open files"), "{}", s.log());
+        assert!(
+            s.log()
+                .contains("the open-files limit 256 leaves 0 descriptors"),
+            "{}",
+            s.log()
+        );
+        for endpoint in ["metrics", "health"] {
+            let status = exporter_status(&mut c, endpoint);
+            assert!(status.starts_with("off: no file descriptors"), "{status}");
+        }
+        drop((clients, more, flood_m, flood_h));
+    });
+}
+
+// The same rule with room to spare: maxclients 100 under `ulimit -n 256` leaves 124
+// descriptors, 61 connections per endpoint. CONFIG SET maxclients moves the budget within
+// about a second: to nothing at 224, to the full 64 per endpoint at 50.
+#[test]
+fn the_descriptor_budget_follows_maxclients() {
+    for_each_flavor(|flavor| {
+        let s = Options::new(flavor)
+            .nofile(256)
+            .arg("--maxclients", "100")
+            .start();
+        let mut c = s.conn();
+        let addr = |port: u16| format!("bound 127.0.0.1:{port}");
+        wait_for(5, "61 connections per endpoint", || {
+            exporter_status(&mut c, "metrics")
+                .starts_with(&format!("{}, at most 61 connections", addr(s.metrics_port)))
+                && exporter_status(&mut c, "health")
+                    .starts_with(&format!("{}, at most 61 connections", addr(s.health_port)))
+        });
+        let clients = redis_clients(s.port, 90);
+        let flood = silent_conns(s.metrics_port, 150);
+        assert_eq!(
+            probe(s.health_port, "/health", Duration::from_secs(2)),
+            Some(200)
+        );
+        let saved: redis::RedisResult<String> = redis::cmd("SAVE").query(&mut c);
+        assert_eq!(saved.as_deref(), Ok("OK"), "SAVE: {saved:?}");
+        drop((clients, flood));
+
+        config_set(&mut c, "maxclients", "224").unwrap();
+        wait_for(5, "no descriptors left", || {
+            exporter_status(&mut c, "health").starts_with("off: no file descriptors")
+        });
+        assert!(refused(local(s.health_port)));
+        config_set(&mut c, "maxclients", "50").unwrap();
+        wait_for(5, "the full budget", || {
+            exporter_status(&mut c, "metrics") == addr(s.metrics_port)
+                && exporter_status(&mut c, "health") == addr(s.health_port)
+        });
+        wait_for(5, "/health again", || {
+            probe(s.health_port, "/health", Duration::from_secs(2)) == Some(200)
+        });
+        assert!(!s.log().contains("Too many open files"), "{}", s.log());
+    });
+}
