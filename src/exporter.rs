@@ -38,8 +38,11 @@ use crate::http::{self, Endpoint, Parsed, Response};
 use crate::logging;
 use crate::state;
 
-/// Most connections each endpoint serves at once (CONTRACT §9 allows 64; per endpoint).
-pub const MAX_CONNS: usize = 64;
+/// Most connections each endpoint serves at once (CONTRACT §9 allows 64). 47 so that the
+/// exporter's [`EXPORTER_FDS`] never push a Redis descriptor past the server's event loop:
+/// it registers only descriptors below `maxclients` + 128 (`CONFIG_FDSET_INCR`), and keeps
+/// up to `maxclients` + 32 itself, which leaves 96.
+pub const MAX_CONNS: usize = 47;
 /// Longest a connection may live, from accept to close.
 pub const CONN_DEADLINE: Duration = Duration::from_secs(5);
 /// Longest a client may take to send its whole request head, from the accept: a slow
@@ -65,8 +68,12 @@ const TICK_MS: i32 = 50;
 /// Descriptors Redis keeps beyond `maxclients` (`CONFIG_MIN_RESERVED_FDS` in server.h,
 /// the same in Redis 7.0, 8.2 and Valkey 8.1).
 pub const REDIS_RESERVED_FDS: u64 = 32;
-/// Descriptors the exporter holds at most: a listener and [`MAX_CONNS`] per endpoint.
+/// Descriptors the exporter holds at most: a listener and [`MAX_CONNS`] per endpoint, 96.
 pub const EXPORTER_FDS: u64 = 2 * (1 + MAX_CONNS as u64);
+/// The server's event loop handles descriptors below `maxclients` + this
+/// (`CONFIG_FDSET_INCR` in server.h: Redis 7.0, 8.2, Valkey 8.1).
+const EVENT_LOOP_SPARE: u64 = 128;
+const _: () = assert!(REDIS_RESERVED_FDS + EXPORTER_FDS <= EVENT_LOOP_SPARE);
 /// How often the cron tick measures the descriptor budget again.
 const REFRESH_EVERY: Duration = Duration::from_secs(1);
 
@@ -717,6 +724,7 @@ fn accept_some(l: &mut Listener, conns: &mut Vec<Conn>) {
             Ok((stream, _)) => {
                 if conns.len() >= l.cap && !l.evict_oldest(conns, now) {
                     // has_room said there was one; never hold more than the cap.
+                    shut_down(stream.as_raw_fd());
                     return;
                 }
                 if stream.set_nonblocking(true).is_err() {
@@ -800,9 +808,12 @@ mod tests {
         assert_eq!(conn_caps(3, [true, true]), [0, 2]);
         assert_eq!(conn_caps(4, [true, true]), [1, 1]);
         assert_eq!(conn_caps(5, [true, true]), [1, 2]);
-        assert_eq!(conn_caps(124, [true, true]), [61, 61]);
-        assert_eq!(conn_caps(EXPORTER_FDS, [true, true]), [64, 64]);
-        assert_eq!(conn_caps(u64::MAX, [true, true]), [64, 64]);
+        assert_eq!(conn_caps(44, [true, true]), [21, 21]);
+        assert_eq!(conn_caps(95, [true, true]), [46, 47]);
+        assert_eq!(conn_caps(EXPORTER_FDS, [true, true]), [47, 47]);
+        assert_eq!(conn_caps(124, [true, true]), [47, 47]);
+        assert_eq!(conn_caps(u64::MAX, [true, true]), [47, 47]);
+        assert_eq!(conn_caps(u64::MAX, [false, true]), [0, 47]);
         assert_eq!(conn_caps(1, [true, false]), [0, 0]);
         assert_eq!(conn_caps(2, [true, false]), [1, 0]);
         assert_eq!(conn_caps(40, [false, true]), [0, 39]);
