@@ -1165,3 +1165,36 @@ fn a_full_exporter_leaves_redis_room_for_every_client() {
         drop((clients, flood_m, flood_h));
     });
 }
+
+/// The soft `Max open files` of a process.
+fn soft_nofile(pid: u32) -> Option<u64> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+// Where the hard limit allows, the module raises the soft limit by what the exporter lacks
+// at load, as Redis does for its clients: soft 256, hard 1024, maxclients 200 leave 24,
+// and the soft limit becomes 200 + 32 + 96 = 328.
+#[test]
+fn a_soft_limit_below_the_hard_one_is_raised_for_the_exporter() {
+    for_each_flavor(|flavor| {
+        let s = Options::new(flavor)
+            .nofile_soft_hard(256, 1024)
+            .arg("--maxclients", "200")
+            .start();
+        let mut c = s.conn();
+        assert_eq!(config_get(&mut c, "maxclients"), "200");
+        assert_eq!(soft_nofile(pid(&mut c)), Some(328));
+        assert!(
+            s.log()
+                .contains("raised the open-files soft limit from 256 to 328"),
+            "{}",
+            s.log()
+        );
+        wait_for(5, "the full budget", || {
+            exporter_status(&mut c, "metrics") == format!("bound 127.0.0.1:{}", s.metrics_port)
+                && exporter_status(&mut c, "health") == format!("bound 127.0.0.1:{}", s.health_port)
+        });
+    });
+}

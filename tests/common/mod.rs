@@ -176,8 +176,8 @@ pub struct Options {
     pub env: Vec<(String, String)>,
     /// Give the exporter free ports (true) or turn both endpoints off (false).
     pub exporter: bool,
-    /// `RLIMIT_NOFILE` (soft and hard, like `ulimit -n`) for the server process.
-    pub nofile: Option<u64>,
+    /// `RLIMIT_NOFILE` (soft, hard) for the server process.
+    pub nofile: Option<(u64, u64)>,
 }
 
 impl Options {
@@ -216,8 +216,13 @@ impl Options {
     }
 
     /// Starts the server with `RLIMIT_NOFILE` at `n` (soft and hard), as `ulimit -n n` would.
-    pub fn nofile(mut self, n: u64) -> Options {
-        self.nofile = Some(n);
+    pub fn nofile(self, n: u64) -> Options {
+        self.nofile_soft_hard(n, n)
+    }
+
+    /// Starts the server with `RLIMIT_NOFILE` at `soft` and `hard`.
+    pub fn nofile_soft_hard(mut self, soft: u64, hard: u64) -> Options {
+        self.nofile = Some((soft, hard));
         self
     }
 
@@ -321,15 +326,15 @@ impl Server {
         for (k, v) in &self.opts.env {
             cmd.env(k, v);
         }
-        if let Some(n) = self.opts.nofile {
+        if let Some((soft, hard)) = self.opts.nofile {
             use std::os::unix::process::CommandExt;
             // SAFETY: the closure runs in the forked child before exec and only calls
             // setrlimit, which is async-signal-safe, on a struct on its own stack.
             unsafe {
                 cmd.pre_exec(move || {
                     let lim = libc::rlimit {
-                        rlim_cur: n,
-                        rlim_max: n,
+                        rlim_cur: soft,
+                        rlim_max: hard,
                     };
                     if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
                         Ok(())
