@@ -1,49 +1,40 @@
 //! HeatBridge: a Redis module that projects the heat-decision stream into lookup keys.
 //!
-//! The data flows one way. An XADD on a projected stream fires a keyspace event ([`events`]),
-//! which never writes: [`schedule`] runs a drain pass after the command (a post-notification
-//! job, or a 0 ms timer on Redis 7.0). The pass ([`drain`]) takes from the stream's
-//! [`projector`] what its [`fastpath`] may trust, reads the group ([`group`]) and the entries
-//! ([`read`], or the XADD's own arguments kept by [`capture`]), parses each one
-//! ([`decision`]), plans its keys ([`projection`]) and applies them ([`apply`], through
-//! [`writer`]), then moves the group cursor. Counters go to [`metrics`], the state to
-//! [`state`], which the [`exporter`] thread and [`info`] present. `decision`, `projection`,
-//! `fastpath`, `health`, `http` and `metrics` are pure; `state` is a leaf that the engine
-//! pushes into. This file is the table of contents: the module definition and its thin
-//! shims.
+//! The data flows one way. An XADD on a projected stream fires a keyspace event
+//! ([`server::events`]), which never writes: [`projector::schedule`] runs a drain pass after
+//! the command (a post-notification job, or a 0 ms timer on Redis 7.0). The pass
+//! ([`projector::drain`]) takes from the stream's projector ([`projector::registry`]) what its
+//! fast path may trust, reads the group and the entries (or the XADD's own arguments), parses
+//! each one ([`core::decision`]), plans its keys ([`core::projection`]) and applies them
+//! ([`projector::apply`]), then moves the group cursor. Counters go to [`core::metrics`], the
+//! state to [`exporter::state`], which the exporter thread and `INFO` present.
+//!
+//! The layers, each a folder whose `mod.rs` says what it does; a layer imports only the
+//! layers before it in this list (`tests/layers.rs` checks it):
+//! 1. [`core`]: pure logic, no `redis_module`;
+//! 2. [`support`]: panic containment and logging;
+//! 3. [`settings`]: every `heatbridge.*` setting;
+//! 4. [`exporter`]: published state and the HTTP thread;
+//! 5. [`projector`]: the engine, the only layer that writes keys;
+//! 6. [`server`]: event handlers, commands, INFO.
+//!
+//! This file is the table of contents: the module definition and its thin shims.
 
-pub mod apply;
-pub mod call;
-pub mod capture;
-pub mod clock;
-pub mod command_info;
-pub mod commands;
-pub mod config;
-pub mod decision;
-pub mod drain;
-pub mod events;
+pub mod core;
 pub mod exporter;
-pub mod fastpath;
-pub mod group;
-pub mod guard;
-pub mod health;
-pub mod http;
-pub mod info;
-pub mod logging;
-pub mod metrics;
-pub mod module_args;
-pub mod projection;
 pub mod projector;
-pub mod read;
-pub mod replay;
-pub mod schedule;
 pub mod server;
-pub mod setting;
-pub mod state;
-pub mod writer;
+pub mod settings;
+pub mod support;
 
 #[cfg(test)]
 mod proptests;
+
+use crate::exporter::{state, thread as exporter_thread};
+use crate::projector::{apply, capture, drain, registry, schedule};
+use crate::server::{command_info, commands, events, info};
+use crate::settings::{config, module_args};
+use crate::support::{guard, logging};
 
 use redis_module::configuration::{ConfigurationContext, ConfigurationFlags};
 use redis_module::{redis_module, Context, InfoContext, RedisResult, RedisString, Status};
@@ -103,7 +94,7 @@ fn info(ctx: &InfoContext, for_crash_report: bool) -> RedisResult<()> {
 }
 
 fn on_exporter_setting<T>(_: &ConfigurationContext, _: &str, _: &'static T) {
-    guard::contain("config change", (), exporter::reconfigure)
+    guard::contain("config change", (), exporter_thread::reconfigure)
 }
 
 /// stream-in, group, db or fast-path changed: the projectors are rebuilt and drained at
@@ -136,10 +127,11 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
             logging::warning(&format!("heatbridge not loaded: {e}"));
             return Status::Err;
         }
-        metrics::METRICS.reset();
+        crate::core::metrics::METRICS.reset();
         state::reset();
         schedule::reset();
-        projector::reset();
+        drain::reset();
+        registry::reset();
         apply::reset();
         capture::reset();
         if let Err(e) = command_info::describe(ctx) {
@@ -162,10 +154,10 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
         schedule::keep_module_context(ctx);
         let level = *config::LOG_LEVEL.lock().unwrap_or_else(|e| e.into_inner());
         logging::set_threshold(level.threshold());
-        exporter::init_fd_budget(ctx);
-        exporter::start();
+        exporter_thread::init_fd_budget(ctx);
+        exporter_thread::start();
         config::set_running(true);
-        exporter::reconfigure();
+        exporter_thread::reconfigure();
         logging::info(&format!(
             "loaded {} on stream {} (group {})",
             state::VERSION,
@@ -180,17 +172,14 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
 fn deinit(_ctx: &Context) -> Status {
     guard::contain("module unload", Status::Ok, || {
         config::set_running(false);
-        exporter::stop();
+        exporter_thread::stop();
         schedule::release_module_context();
         // Releases the XADD arguments still held (the statics outlive the unload).
-        projector::reset();
+        registry::reset();
         logging::info("unloaded");
         Status::Ok
     })
 }
-
-/// The module's name, as MODULE LIST shows it.
-pub const MODULE_NAME: &str = "heatbridge";
 
 redis_module! {
     name: "heatbridge",
@@ -201,8 +190,9 @@ redis_module! {
     deinit: deinit,
     commands: [
         // ACL categories are optional (the last item): redis-module registers them where
-        // the server supports them (7.2+, Valkey 8) and skips them on Redis 7.0, where the
-        // admin flag still puts REPLAY in @admin and @dangerous.
+        // the server supports them (7.2+, Valkey 8) and skips them on Redis 7.0, which gives
+        // module commands no categories at all: there REPLAY is denied by name
+        // (docs/operations.md).
         ["heatbridge.health", cmd_health, "readonly allow-loading allow-stale", 0, 0, 0, "", "read"],
         ["heatbridge.metrics", cmd_metrics, "readonly allow-loading allow-stale", 0, 0, 0, "", "read"],
         ["heatbridge.get", cmd_get, "readonly allow-stale getkeys-api", 0, 0, 0, "", "read"],
@@ -212,7 +202,7 @@ redis_module! {
     configurations: [
         // Every registered default is a marker no config line can give (config::UNSET...):
         // init tells settings given by a config line from those to take a module argument
-        // or the real default (config::DEFAULT_*). See the precedence in src/config.rs.
+        // or the real default (config::DEFAULT_*). See the precedence in src/settings/config.rs.
         i64: [
             ["poll-ms", &config::POLL_MS, config::UNSET, config::MIN_POLL_MS, config::MAX_POLL_MS, ConfigurationFlags::DEFAULT, None],
             ["batch", &config::BATCH, config::UNSET, config::MIN_BATCH, config::MAX_BATCH, ConfigurationFlags::DEFAULT, None],

@@ -11,10 +11,10 @@ use std::collections::HashSet;
 use proptest::collection::vec;
 use proptest::prelude::*;
 
-use crate::decision::{self, EntryId, Invalid, MAX_ENTRY_BYTES, MAX_FIELDS, MAX_ID_LEN};
-use crate::http::{self, Endpoint, Parsed, Response, MAX_HEAD};
-use crate::metrics::{self, Gauges, Snapshot};
-use crate::projection::{self, Dedupe, Ttls};
+use crate::core::decision::{self, EntryId, Invalid, MAX_ENTRY_BYTES, MAX_FIELDS, MAX_ID_LEN};
+use crate::core::http::{self, Endpoint, Parsed, Response, MAX_HEAD};
+use crate::core::metrics::{self, Gauges, Snapshot};
+use crate::core::projection::{self, Dedupe, Ttls};
 
 type Fields = Vec<(Vec<u8>, Vec<u8>)>;
 

@@ -10,12 +10,12 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicU8, Ordering::Re
 
 use redis_module::{raw, Context};
 
-use crate::config;
-use crate::drain;
-use crate::guard;
-use crate::logging;
-use crate::projector;
-use crate::server::can_write;
+use crate::projector::drain;
+use crate::projector::host::can_write;
+use crate::projector::registry;
+use crate::settings::config;
+use crate::support::guard;
+use crate::support::logging;
 
 /// Whether a drain timer is pending (at rest there is none).
 static TIMER_PENDING: AtomicBool = AtomicBool::new(false);
@@ -198,7 +198,7 @@ pub fn cancel_drain_timer() {
 /// The periodic tick, driven by the cron server event: retries and catch-up on a master,
 /// then fresh backlog and health for everyone. Runs at most every `heatbridge.poll-ms`.
 pub fn housekeeping(ctx: &Context) {
-    let now = crate::clock::mono_ms();
+    let now = crate::core::clock::mono_ms();
     let period = config::POLL_MS.load(Relaxed).max(config::MIN_POLL_MS) as u64;
     let last = LAST_TICK_MS.load(Relaxed);
     let changed = SETTINGS_CHANGED.swap(false, Relaxed);
@@ -210,9 +210,9 @@ pub fn housekeeping(ctx: &Context) {
     // keeps one lost job from turning live projection into tick-driven projection.
     JOB_PENDING.store(false, Relaxed);
     // The tick always reads the group, so changes no event reports are seen within poll-ms.
-    projector::forget_all();
+    registry::forget_all();
     if can_write(ctx) && !timer_pending() {
         run(ctx, true, false);
     }
-    projector::refresh(ctx);
+    registry::refresh(ctx);
 }

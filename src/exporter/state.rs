@@ -4,9 +4,9 @@
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
 
-use crate::clock::now_ms;
-use crate::health::{self, StreamState};
-use crate::metrics::{self, Gauges, METRICS};
+use crate::core::clock::now_ms;
+use crate::core::health::{self, StreamState};
+use crate::core::metrics::{self, Gauges, METRICS};
 
 /// Module version shown in health and build info.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -137,8 +137,8 @@ pub fn health_input() -> health::Input {
     let now = now_ms();
     let snap = METRICS.snapshot();
     // Settings are read before the published state is locked: never hold two locks at once.
-    let stream = crate::config::STREAM_IN.get();
-    let group = crate::config::GROUP.get();
+    let stream = crate::settings::config::STREAM_IN.get();
+    let group = crate::settings::config::GROUP.get();
     let p = published();
     health::Input {
         now_ms: now,

@@ -3,16 +3,16 @@
 
 use redis_module::Context;
 
-use crate::apply::{project, Latest, Projected};
-use crate::clock::now_ms;
-use crate::config;
-use crate::decision::EntryId;
-use crate::group::Target;
-use crate::health::StreamState;
-use crate::metrics::METRICS;
-use crate::read::{read_after, stream_shape};
-use crate::server::Db;
-use crate::writer::Writer;
+use crate::core::clock::now_ms;
+use crate::core::decision::EntryId;
+use crate::core::health::StreamState;
+use crate::core::metrics::METRICS;
+use crate::projector::apply::{project, Latest, Projected};
+use crate::projector::group::Target;
+use crate::projector::host::Db;
+use crate::projector::read::{read_after, stream_shape};
+use crate::projector::writer::Writer;
+use crate::settings::config;
 
 /// Most bytes of fields one HEATBRIDGE.REPLAY re-projects: its writes reach replicas as one
 /// transaction, which must stay well inside a replica's output buffer.
@@ -30,7 +30,7 @@ pub fn replay(
 ) -> Result<(u64, EntryId), String> {
     let s = config::current();
     let Some(_db) = Db::select(ctx, s.db) else {
-        return Err(format!("ERR {}", crate::server::no_such_db(s.db)));
+        return Err(format!("ERR {}", crate::projector::host::no_such_db(s.db)));
     };
     let stream = &t.stream_key;
     match stream_shape(ctx, stream).0 {
@@ -73,6 +73,11 @@ pub fn replay(
     // Latest goes to the newest entry re-projected for each symbol, unless the stream holds
     // a newer decision of that symbol: latest never moves back.
     latest.write_if_newer(ctx, &w, &t.keys, stream)?;
+    // Latest may now hold a decision past the group cursor: the catch-up that reaches it
+    // compares instead of writing over it.
+    if written > 0 {
+        crate::projector::apply::raise_high_water(t.stream.as_bytes(), last);
+    }
     METRICS.count_replayed(written);
     Ok((written, last))
 }

@@ -32,11 +32,11 @@ use std::time::{Duration, Instant};
 
 use redis_module::Context;
 
-use crate::config;
-use crate::guard;
-use crate::http::{self, Endpoint, Parsed, Response};
-use crate::logging;
-use crate::state;
+use crate::core::http::{self, Endpoint, Parsed, Response};
+use crate::exporter::state;
+use crate::settings::config;
+use crate::support::guard;
+use crate::support::logging;
 
 /// Most connections each endpoint serves at once (CONTRACT §9 allows 64). 47 so that the
 /// exporter's [`EXPORTER_FDS`] never push a Redis descriptor past the server's event loop:
@@ -261,14 +261,14 @@ fn render(endpoint: Endpoint) -> Response {
     match endpoint {
         Endpoint::Metrics => Response {
             code: 200,
-            content_type: crate::metrics::CONTENT_TYPE,
+            content_type: crate::core::metrics::CONTENT_TYPE,
             body: state::metrics_text().into_bytes(),
         },
         Endpoint::Health => {
             let (status, json) = state::health();
             Response {
                 code: status.http_code(),
-                content_type: crate::health::CONTENT_TYPE,
+                content_type: crate::core::health::CONTENT_TYPE,
                 body: json.into_bytes(),
             }
         }
@@ -580,7 +580,7 @@ impl Drop for Conn {
 
 /// Counts a reply by status code.
 fn count(code: u16) {
-    crate::metrics::METRICS.count_http(code);
+    crate::core::metrics::METRICS.count_http(code);
 }
 
 fn wanted_addr(port: u16) -> Option<SocketAddr> {

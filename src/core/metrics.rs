@@ -146,7 +146,7 @@ impl Metrics {
     }
     /// A contained panic.
     pub fn count_internal_error(&self) {
-        self.count_error(Stage::Internal, crate::clock::now_ms());
+        self.count_error(Stage::Internal, crate::core::clock::now_ms());
     }
     /// Records the last projected entry: its lag and its ts_epoch, if numeric.
     pub fn record_projected(&self, lag_ms: f64, ts_epoch: Option<f64>) {

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use redis_module::RedisString;
 
-use crate::config::*;
+use crate::settings::config::*;
 
 /// Validates `loadmodule` / `MODULE LOAD` arguments: `NAME VALUE` pairs of known settings
 /// (no prefix), each name once, each value within its limits.
@@ -48,7 +48,7 @@ pub fn check_module_args(args: &[&[u8]]) -> Result<(), String> {
                  config file the server cannot start from; give it as a config line \
                  instead (heatbridge.{name} \"...\" in redis.conf, or \
                  --heatbridge.{name} on the command line)",
-                crate::logging::show_bytes(value.as_bytes())
+                crate::support::logging::show_bytes(value.as_bytes())
             ));
         }
         // The server finds a setting's value as the word after its name's first occurrence,
@@ -170,7 +170,7 @@ pub fn apply_module_args(args: &[&[u8]]) -> Result<Vec<String>, String> {
 pub fn apply_module_redis_args(args: &[RedisString]) -> Result<(), String> {
     let raw: Vec<&[u8]> = args.iter().map(RedisString::as_slice).collect();
     for name in apply_module_args(&raw)? {
-        crate::logging::info(&format!(
+        crate::support::logging::info(&format!(
             "{name}: the config line wins over the loadmodule argument"
         ));
     }

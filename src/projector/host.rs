@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use redis_module::{raw, Context, ContextFlags};
 
-use crate::state;
+use crate::exporter::state;
 
 /// True when this server may write: a master, not loading, writes not paused.
 pub fn can_write(ctx: &Context) -> bool {

@@ -7,8 +7,8 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use crate::logging;
-use crate::metrics::METRICS;
+use crate::core::metrics::METRICS;
+use crate::support::logging;
 
 /// Runs `f`, returning `fallback` if it panics. The panic is logged with `site` and counted
 /// in `p27_errors_total{stage="internal"}`.

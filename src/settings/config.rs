@@ -24,7 +24,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::Relaxed};
 
-pub use crate::setting::{
+pub use crate::settings::setting::{
     check_port_pair, running, set_running, stream_names, LevelSetting, LevelValue, LogLevel,
     NumericSetting, StringSetting, SwitchSetting, SwitchValue, LOG_LEVEL, LOG_LEVEL_SETTING, UNSET,
     UNSET_TEXT,
@@ -93,7 +93,7 @@ pub const NUMERIC_BOUNDS: [(&str, i64, i64); 9] = [
 ];
 
 /// A validator of a string setting.
-pub use crate::setting::Check;
+pub use crate::settings::setting::Check;
 
 /// Validators of every string setting, by name without the prefix.
 pub const STRING_CHECKS: [(&str, Check); 4] = [
@@ -161,16 +161,18 @@ pub fn untagged_stream_error(name: &str) -> String {
     )
 }
 
-/// `heatbridge.stream-in`: one or more stream names separated by commas, each a valid name,
-/// none twice and no two with the same hash tag (or both without: they would write the same
-/// keys); at runtime on a cluster node, each with a hash tag. (A tagless name that
-/// arrives at load is kept, not projected, and reported by health.)
+/// `heatbridge.stream-in`: one or more stream names separated by commas, each a valid name
+/// outside the derived-key namespaces, none twice and no two with the same hash tag (or both
+/// without: they would write the same keys); at runtime on a cluster node, each with a hash
+/// tag. (A tagless name that arrives at load is kept, not projected, and reported by
+/// health.) Linear in the number of names: a long list is checked with sets.
 pub fn validate_streams(v: &str) -> Result<(), String> {
     if v.len() > MAX_NAME_LEN * 16 {
         return Err(format!("must be at most {} bytes", MAX_NAME_LEN * 16));
     }
-    let mut seen: Vec<&str> = Vec::new();
-    let tag = |n: &str| crate::projection::hash_tag(n.as_bytes()).map(<[u8]>::to_vec);
+    let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    // The first stream of each hash tag (`None`: untagged).
+    let mut tags: std::collections::HashMap<Option<&[u8]>, &str> = std::collections::HashMap::new();
     for name in stream_names(v) {
         validate_name(name).map_err(|e| {
             if name.is_empty() {
@@ -179,21 +181,28 @@ pub fn validate_streams(v: &str) -> Result<(), String> {
                 e
             }
         })?;
-        if seen.contains(&name) {
+        if let Some(prefix) = crate::core::projection::derived_namespace(name.as_bytes()) {
+            return Err(format!(
+                "{name} is inside the namespace of HeatBridge's own keys ({}...): its writes \
+                 would replace the stream",
+                String::from_utf8_lossy(prefix)
+            ));
+        }
+        if !seen.insert(name) {
             return Err(format!("{name} is listed twice"));
         }
         // Two streams with one tag (or none) would write the same lookup keys, and each
         // would move the other's latest.
-        if let Some(other) = seen.iter().find(|o| tag(o) == tag(name)) {
+        let tag = crate::core::projection::hash_tag(name.as_bytes());
+        if let Some(other) = tags.insert(tag, name) {
             return Err(format!(
                 "{other} and {name} would write the same lookup keys: give each stream a hash \
                  tag of its own, e.g. quantum:stream:{{a}}:harvest.heat.decision"
             ));
         }
-        if running() && cluster() && crate::projection::hash_tag(name.as_bytes()).is_none() {
+        if running() && cluster() && tag.is_none() {
             return Err(untagged_stream_error(name));
         }
-        seen.push(name);
     }
     Ok(())
 }
@@ -225,7 +234,7 @@ pub fn validate_bind(v: &str) -> Result<(), String> {
     v.parse::<std::net::IpAddr>().map(|_| ()).map_err(|_| {
         format!(
             "'{}' is not an IP address",
-            crate::logging::show_bytes(v.as_bytes())
+            crate::support::logging::show_bytes(v.as_bytes())
         )
     })
 }
@@ -244,7 +253,7 @@ pub struct Settings {
     /// Entries per drain step.
     pub batch: usize,
     /// Key lifetimes.
-    pub ttls: crate::projection::Ttls,
+    pub ttls: crate::core::projection::Ttls,
 }
 
 impl Settings {
@@ -263,7 +272,7 @@ pub fn current() -> Settings {
         group: GROUP.get(),
         consumer: CONSUMER.get(),
         batch: batch(),
-        ttls: crate::projection::Ttls::from_secs(
+        ttls: crate::core::projection::Ttls::from_secs(
             secs(&TTL_PLAN_SEC),
             secs(&TTL_SYMBOL_SEC),
             secs(&DEDUPE_TTL_SEC),
@@ -302,8 +311,8 @@ pub fn port(a: &AtomicI64) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::module_args::*;
-    use crate::setting::Slot;
+    use crate::settings::module_args::*;
+    use crate::settings::setting::Slot;
     use redis_module::EnumConfigurationValue;
 
     #[test]
@@ -312,6 +321,38 @@ mod tests {
         assert!(validate_name("").is_err());
         assert!(validate_name("a\nb").is_err());
         assert!(validate_name(&"x".repeat(MAX_NAME_LEN + 1)).is_err());
+    }
+
+    #[test]
+    fn streams_inside_the_derived_namespaces_are_refused() {
+        for name in [
+            "quantum:harvest:heat:latest_plan_id:BTC",
+            "quantum:harvest:heat:latest:BTC",
+            "quantum:harvest:heat:by_plan:p1",
+            "quantum:dedupe:p27:{a}:p1",
+        ] {
+            let e = validate_streams(name).expect_err(name);
+            assert!(e.contains("namespace"), "{e}");
+            let listed = format!("quantum:stream:{{ok}}:x, {name}");
+            assert!(validate_streams(&listed).is_err(), "{listed}");
+        }
+        assert!(validate_streams("quantum:harvest:heat:x").is_ok());
+    }
+
+    #[test]
+    fn a_long_stream_list_is_checked_in_linear_time() {
+        let names: Vec<String> = (0..2300).map(|i| format!("{{{i}}}")).collect();
+        let list = names.join(",");
+        assert!(list.len() <= MAX_NAME_LEN * 16);
+        assert!(validate_streams(&list).is_ok());
+        let twice = format!("{list},{{7}}");
+        assert!(validate_streams(&twice)
+            .unwrap_err()
+            .contains("listed twice"));
+        let same_tag = format!("{list},x{{7}}");
+        assert!(validate_streams(&same_tag)
+            .unwrap_err()
+            .contains("the same lookup keys"));
     }
 
     #[test]
@@ -520,7 +561,13 @@ mod tests {
 
     #[test]
     fn log_levels_map() {
-        assert_eq!(LogLevel::ERROR.threshold(), crate::logging::Level::Error);
-        assert_eq!(LogLevel::DEBUG.threshold(), crate::logging::Level::Debug);
+        assert_eq!(
+            LogLevel::ERROR.threshold(),
+            crate::support::logging::Level::Error
+        );
+        assert_eq!(
+            LogLevel::DEBUG.threshold(),
+            crate::support::logging::Level::Debug
+        );
     }
 }

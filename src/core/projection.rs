@@ -4,7 +4,7 @@
 //! decision projected late keeps the expiry it would have had live, and a decision older
 //! than a key's TTL does not create that key.
 
-use crate::decision::{self, Bytes, Decision, EntryId, Invalid};
+use crate::core::decision::{self, Bytes, Decision, EntryId, Invalid};
 
 /// Prefix of `quantum:harvest:heat:by_plan:{plan_id}` (HASH).
 pub const BY_PLAN_PREFIX: &[u8] = b"quantum:harvest:heat:by_plan:";
@@ -16,6 +16,16 @@ pub const POINTER_PREFIX: &[u8] = b"quantum:harvest:heat:latest_plan_id:";
 pub const DEDUPE_PREFIX: &[u8] = b"quantum:dedupe:p27:";
 /// Field added to the latest hash, naming the plan it came from.
 pub const LAST_PLAN_ID_FIELD: &[u8] = b"last_plan_id";
+
+/// The four prefixes of the derived keys.
+pub const DERIVED_PREFIXES: [&[u8]; 4] =
+    [BY_PLAN_PREFIX, LATEST_PREFIX, POINTER_PREFIX, DEDUPE_PREFIX];
+
+/// The derived-key namespace `name` lies in, if any: a stream there could be replaced by the
+/// module's own writes.
+pub fn derived_namespace(name: &[u8]) -> Option<&'static [u8]> {
+    DERIVED_PREFIXES.into_iter().find(|p| name.starts_with(p))
+}
 
 /// Builds `prefix` + `id` as one binary-safe key name.
 pub fn key(prefix: &[u8], id: &[u8]) -> Vec<u8> {
@@ -268,7 +278,7 @@ mod tests {
 
     #[test]
     fn an_untagged_stream_refuses_ids_shaped_like_tagged_keys() {
-        use crate::decision::{EntryId, Invalid};
+        use crate::core::decision::{EntryId, Invalid};
         let untagged = Keys::of_stream(b"quantum:stream:harvest.heat.decision");
         let tagged = Keys::of_stream(b"quantum:stream:{eu}:harvest.heat.decision");
         let entry = |plan: &str, symbol: &str| {

@@ -25,7 +25,7 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Known {
     /// The newest entry of the stream; the cursor is on it (or on a deleted later ID).
-    pub last: crate::decision::EntryId,
+    pub last: crate::core::decision::EntryId,
     /// The stream's length then.
     pub len: u64,
     /// The group's read counter then.
@@ -185,7 +185,7 @@ impl<C> FastPath<C> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decision::EntryId;
+    use crate::core::decision::EntryId;
 
     /// A kept command: its key's identity and a label.
     #[derive(Debug, Clone, PartialEq)]

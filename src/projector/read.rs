@@ -18,11 +18,11 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use redis_module::{raw, Context, RedisString};
 
-use crate::capture;
-use crate::decision::{self, EntryId};
-use crate::health::StreamState;
+use crate::core::decision::EntryId;
+use crate::core::health::StreamState;
+use crate::projector::capture;
 
-impl decision::Bytes for RedisString {
+impl crate::core::decision::Bytes for RedisString {
     fn bytes(&self) -> &[u8] {
         self.as_slice()
     }
@@ -294,7 +294,7 @@ pub fn entries_from_commands(
     for ((id, numfields), c) in ids.into_iter().rev().zip(commands) {
         let Some(fields) = c.into_entry(id, numfields) else {
             capture::MISMATCHED.fetch_add(1, Relaxed);
-            crate::logging::error_limited(&format!(
+            crate::support::logging::error_limited(&format!(
                 "the arguments of the XADD of entry {id} do not match it; entries are read \
                  back from the stream"
             ));
@@ -309,33 +309,30 @@ pub fn entries_from_commands(
     Some(entries)
 }
 
-/// The newest valid decision of each symbol in millisecond `ms` of the stream (an invalid
-/// entry never writes latest, so it does not count). `None` when more than `budget` entries
-/// would have to be read: then which is newest is not known. `budget` goes down by the
-/// entries read, so that one pass shares one budget over every millisecond it reads.
+/// The newest valid decision of each symbol among the entries of millisecond `from.ms`
+/// from `from` on (an invalid entry never writes latest, so it does not count). It reads
+/// newest first and only that part of the millisecond, however many entries it holds.
 pub fn newest_in_ms(
     ctx: &Context,
     stream: &RedisString,
-    ms: u64,
-    budget: &mut usize,
-) -> Option<std::collections::HashMap<Vec<u8>, EntryId>> {
-    let from = EntryId { ms, seq: 0 };
-    let to = EntryId { ms, seq: u64::MAX };
+    keys: &crate::core::projection::Keys,
+    from: EntryId,
+) -> std::collections::HashMap<Vec<u8>, EntryId> {
+    let to = EntryId {
+        ms: from.ms,
+        seq: u64::MAX,
+    };
     let mut newest = std::collections::HashMap::new();
     let Some(mut walk) = IdWalk::range(ctx, stream, Some(from), Some(to), false, true) else {
-        return Some(newest);
+        return newest;
     };
     while let Some((id, fields)) = walk.next_entry() {
-        if *budget == 0 {
-            return None;
-        }
-        *budget -= 1;
-        if let Ok(d) = decision::parse(id, &fields) {
+        if let Ok(d) = keys.parse(id, &fields) {
             // Read newest first: the first entry of a symbol is its newest.
             newest.entry(d.symbol.to_vec()).or_insert(id);
         }
     }
-    Some(newest)
+    newest
 }
 
 const OK: i32 = raw::REDISMODULE_OK as i32;

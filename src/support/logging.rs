@@ -139,7 +139,7 @@ static ERROR_LOG: RateLimit = RateLimit::new(1000);
 
 /// Logs an error at most once a second, saying how many similar lines were suppressed.
 pub fn error_limited(msg: &str) {
-    if let Some(suppressed) = ERROR_LOG.check(crate::clock::mono_ms()) {
+    if let Some(suppressed) = ERROR_LOG.check(crate::core::clock::mono_ms()) {
         let extra = if suppressed > 0 {
             format!(" ({suppressed} similar lines suppressed)")
         } else {

@@ -10,12 +10,12 @@ use std::ffi::{c_char, c_int, c_void};
 
 use redis_module::{raw, Context, NotifyEvent};
 
-use crate::capture;
-use crate::guard;
-use crate::logging;
-use crate::projector;
-use crate::schedule;
-use crate::state;
+use crate::exporter::state;
+use crate::projector::capture;
+use crate::projector::registry;
+use crate::projector::schedule;
+use crate::support::guard;
+use crate::support::logging;
 
 fn selected_db(ctx: &Context) -> i32 {
     // SAFETY: ctx.ctx is the live context of the current callback; GetSelectedDb only reads.
@@ -128,7 +128,7 @@ unsafe extern "C" fn on_server_event(
                 capture::module_changed(
                     sub == raw::REDISMODULE_SUBEVENT_MODULE_LOADED,
                     name.unwrap_or_default(),
-                    crate::MODULE_NAME,
+                    crate::core::MODULE_NAME,
                 );
             }
             _ => {}
@@ -140,24 +140,26 @@ unsafe extern "C" fn on_server_event(
 /// drain. (Only stream events are subscribed: on Valkey 8.1 a module subscribed to generic or
 /// new-key events makes COPY ... DB and MOVE leave the client on the other database.)
 fn on_stream_event(ctx: &Context, _kind: NotifyEvent, event: &[u8], key: &[u8]) {
-    if i64::from(selected_db(ctx)) != crate::config::DB.load(std::sync::atomic::Ordering::Relaxed) {
+    if i64::from(selected_db(ctx))
+        != crate::settings::config::DB.load(std::sync::atomic::Ordering::Relaxed)
+    {
         return;
     }
     // The projectors know their streams: any other key is passed over there.
     if event == b"xadd" {
-        if projector::xadd_event(ctx, key) {
+        if registry::xadd_event(ctx, key) {
             guard::fault_point("event");
             schedule::after_xadd(ctx);
         }
     } else {
-        projector::stream_changed(key);
+        registry::stream_changed(key);
     }
 }
 
 /// The periodic housekeeping tick (no module timer, so MODULE UNLOAD is never refused).
 fn on_cron(ctx: &Context) {
     guard::fault_point("cron");
-    crate::exporter::refresh_fd_budget(ctx);
+    crate::exporter::thread::refresh_fd_budget(ctx);
     schedule::housekeeping(ctx)
 }
 
@@ -165,8 +167,8 @@ fn on_cron(ctx: &Context) {
 fn on_loading(ctx: &Context, sub: u64) {
     match sub {
         raw::REDISMODULE_SUBEVENT_LOADING_ENDED | raw::REDISMODULE_SUBEVENT_LOADING_FAILED => {
-            projector::forget_all();
-            crate::apply::reset();
+            registry::forget_all();
+            crate::projector::apply::reset();
             state::published().loading = false;
             schedule::schedule(ctx);
         }
@@ -176,8 +178,8 @@ fn on_loading(ctx: &Context, sub: u64) {
 
 /// A promoted replica resumes from the replicated group cursor.
 fn on_role_changed(ctx: &Context, master: bool) {
-    projector::forget_all();
-    crate::apply::reset();
+    registry::forget_all();
+    crate::projector::apply::reset();
     state::published().is_master = master;
     logging::info(if master {
         "now a master: projecting from the group cursor"
@@ -251,7 +253,7 @@ unsafe extern "C" fn command_filter(fctx: *mut raw::RedisModuleCommandFilterCtx)
     guard::contain("command filter", (), || {
         // SAFETY: `fctx` is the live filter context of this callback.
         let Some(name) = (unsafe { filter_arg(fctx, 0) }) else {
-            projector::forget_all();
+            registry::forget_all();
             return;
         };
         let is_xadd = name.eq_ignore_ascii_case(b"xadd");
@@ -262,7 +264,7 @@ unsafe extern "C" fn command_filter(fctx: *mut raw::RedisModuleCommandFilterCtx)
             None
         };
         // SAFETY: as above; the command is an XADD whenever `keep` is called.
-        projector::command_seen(xadd_key, || unsafe { capture::hold_xadd(fctx) });
+        registry::command_seen(xadd_key, || unsafe { capture::hold_xadd(fctx) });
         if is_xadd {
             return;
         }
@@ -271,18 +273,19 @@ unsafe extern "C" fn command_filter(fctx: *mut raw::RedisModuleCommandFilterCtx)
             // SAFETY: as above.
             let (sub, module) = unsafe { (filter_arg(fctx, 1), filter_arg(fctx, 2)) };
             if sub.is_some_and(|a| a.eq_ignore_ascii_case(b"unload"))
-                && module.is_some_and(|a| a.eq_ignore_ascii_case(crate::MODULE_NAME.as_bytes()))
+                && module
+                    .is_some_and(|a| a.eq_ignore_ascii_case(crate::core::MODULE_NAME.as_bytes()))
             {
                 schedule::cancel_drain_timer();
             }
             return;
         }
         if is(&ALWAYS_UNSEEN) {
-            projector::forget_all();
+            registry::forget_all();
             // Whole databases replaced or emptied: which decision a latest key holds is
             // known again only once HeatBridge writes it.
             if is(&DATA_REPLACED) {
-                crate::apply::reset();
+                crate::projector::apply::reset();
             }
             return;
         }
@@ -295,7 +298,7 @@ unsafe extern "C" fn command_filter(fctx: *mut raw::RedisModuleCommandFilterCtx)
         let args: Vec<&[u8]> = (1..count)
             .filter_map(|i| unsafe { filter_arg(fctx, i) })
             .collect();
-        projector::forget_named(|stream| args.contains(&stream));
+        registry::forget_named(|stream| args.contains(&stream));
     })
 }
 
@@ -316,6 +319,6 @@ pub fn register_command_filter(ctx: &Context) {
         logging::warning(
             "command filters unavailable: every drain pass reads the group (XINFO GROUPS)",
         );
-        projector::distrust_known_group();
+        registry::distrust_known_group();
     }
 }

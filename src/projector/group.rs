@@ -5,11 +5,13 @@ use std::sync::OnceLock;
 
 use redis_module::{CallReply, CallResult, Context, RedisString};
 
-use crate::call::{self, for_each_pair, int_of, read_opts, reply_error, str_of, write_opts};
-use crate::decision::EntryId;
-use crate::logging;
-use crate::projection::Keys;
-use crate::writer::{self, rstr};
+use crate::core::decision::EntryId;
+use crate::core::projection::Keys;
+use crate::projector::call::{
+    self, for_each_pair, int_of, read_opts, reply_error, str_of, write_opts,
+};
+use crate::projector::writer::{self, rstr};
+use crate::support::logging;
 
 /// One stream and its consumer group, by name and as Redis strings (references to the ones
 /// its projector keeps), for the length of one pass or command.

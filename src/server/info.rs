@@ -1,7 +1,7 @@
 //! `INFO heatbridge`: the counters and the state, as the INFO command shows them.
 
-use crate::metrics::{self, METRICS};
-use crate::state::{health, published, VERSION};
+use crate::core::metrics::{self, METRICS};
+use crate::exporter::state::{health, published, VERSION};
 
 /// The `heatbridge` INFO section of a crash report: the counters alone, read from atomics
 /// and written with static names, so that it neither takes a lock nor allocates.
@@ -37,9 +37,9 @@ pub fn add_crash_info(ctx: &redis_module::InfoContext) {
 pub fn add_info(ctx: &redis_module::InfoContext) -> redis_module::RedisResult<()> {
     let (status, _) = health();
     let snap = METRICS.snapshot();
-    let stream = crate::config::STREAM_IN.get();
-    let group = crate::config::GROUP.get();
-    let post_jobs = match crate::schedule::post_jobs_in_use() {
+    let stream = crate::settings::config::STREAM_IN.get();
+    let group = crate::settings::config::GROUP.get();
+    let post_jobs = match crate::projector::schedule::post_jobs_in_use() {
         Some(true) => "yes",
         Some(false) => "no",
         None => "unknown",
@@ -72,7 +72,7 @@ pub fn add_info(ctx: &redis_module::InfoContext) -> redis_module::RedisResult<()
         ("post_notification_jobs", post_jobs.to_string()),
         (
             "entries_from_commands",
-            crate::capture::status().to_string(),
+            crate::projector::capture::status().to_string(),
         ),
         ("exporter_metrics", p.exporter_status[0].clone()),
         ("exporter_health", p.exporter_status[1].clone()),
@@ -94,10 +94,13 @@ pub fn add_info(ctx: &redis_module::InfoContext) -> redis_module::RedisResult<()
     ];
     fields.extend(counters.iter().map(|(k, v)| (*k, v.to_string())));
     for (k, v) in [
-        ("entries_from_commands_total", &crate::capture::TAKEN),
+        (
+            "entries_from_commands_total",
+            &crate::projector::capture::TAKEN,
+        ),
         (
             "entries_from_commands_mismatch_total",
-            &crate::capture::MISMATCHED,
+            &crate::projector::capture::MISMATCHED,
         ),
     ] {
         fields.push((k, v.load(std::sync::atomic::Ordering::Relaxed).to_string()));
@@ -105,6 +108,9 @@ pub fn add_info(ctx: &redis_module::InfoContext) -> redis_module::RedisResult<()
     for (code, v) in metrics::HTTP_CODES.iter().zip(snap.http.iter()) {
         fields.push((http_field(*code), v.to_string()));
     }
+    let (callbacks, passes) = crate::projector::drain::callback_counts();
+    fields.push(("drain_callbacks_total", callbacks.to_string()));
+    fields.push(("drain_passes_total", passes.to_string()));
     fields.push(("lag_ms", metrics::fmt_value(snap.lag_ms)));
     fields.push((
         "last_ts_epoch",

@@ -42,7 +42,7 @@ use std::sync::Mutex;
 
 use redis_module::{raw, RedisString};
 
-use crate::decision::EntryId;
+use crate::core::decision::EntryId;
 
 /// More field-value pairs than this and the XADD is not kept (a seed decision has 13).
 pub const MAX_PAIRS: usize = 64;

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use redis_module::configuration::ConfigurationContext;
 use redis_module::{enum_configuration, ConfigurationValue, RedisError, RedisString};
 
-use crate::guard;
+use crate::support::guard;
 
 /// A validator of a string setting's value.
 pub type Check = fn(&str) -> Result<(), String>;
@@ -42,8 +42,8 @@ pub static LOG_LEVEL_SETTING: LevelSetting = LevelSetting::new();
 
 impl LogLevel {
     /// The matching logging threshold.
-    pub fn threshold(self) -> crate::logging::Level {
-        use crate::logging::Level;
+    pub fn threshold(self) -> crate::support::logging::Level {
+        use crate::support::logging::Level;
         match self {
             LogLevel::DEBUG => Level::Debug,
             LogLevel::INFO => Level::Info,

@@ -11,23 +11,24 @@
 //! could call back into HeatBridge: a pass takes what it trusts at its start and gives back
 //! what it learned at its end.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard};
 
 use redis_module::{Context, ContextFlags};
 
-use crate::capture::{self, Command};
-use crate::clock::now_ms;
-use crate::config::{self, Settings};
-use crate::fastpath::{FastPath, Known, Trusted, Wanted};
-use crate::group::{self, Target};
-use crate::health::{StreamHealth, StreamState};
-use crate::logging;
-use crate::projection::Keys;
-use crate::read;
-use crate::server::{self, Db};
-use crate::state;
-use crate::writer::Kept;
+use crate::core::clock::now_ms;
+use crate::core::fastpath::{FastPath, Known, Trusted, Wanted};
+use crate::core::health::{StreamHealth, StreamState};
+use crate::core::projection::Keys;
+use crate::exporter::state;
+use crate::projector::capture::{self, Command};
+use crate::projector::group::{self, Target};
+use crate::projector::host::{self, Db};
+use crate::projector::read;
+use crate::projector::writer::Kept;
+use crate::settings::config::{self, Settings};
+use crate::support::logging;
 
 /// One stream's projector.
 pub struct Projector {
@@ -53,7 +54,7 @@ pub struct Projector {
 
 impl Projector {
     fn new(stream: &str, group: &str, cluster: bool) -> Projector {
-        let untagged = cluster && crate::projection::hash_tag(stream.as_bytes()).is_none();
+        let untagged = cluster && crate::core::projection::hash_tag(stream.as_bytes()).is_none();
         Projector {
             problem: untagged
                 .then(|| format!("{}: not projected", config::untagged_stream_error(stream))),
@@ -87,11 +88,31 @@ struct Registry {
     /// were built from them.
     built_from: Option<(String, String, bool)>,
     projectors: Vec<Projector>,
+    /// Each projector's position in `projectors`, by stream name: a list of thousands of
+    /// streams is not searched on every XADD.
+    index: Option<HashMap<String, usize>>,
+    /// Where the next callback starts among the streams catching up: the first one that
+    /// waited when the last callback ran out of time.
+    rotation: usize,
+}
+
+impl Registry {
+    fn position(&self, stream: &[u8]) -> Option<usize> {
+        let name = std::str::from_utf8(stream).ok()?;
+        self.index.as_ref()?.get(name).copied()
+    }
+
+    fn get_mut(&mut self, stream: &[u8]) -> Option<&mut Projector> {
+        let i = self.position(stream)?;
+        self.projectors.get_mut(i)
+    }
 }
 
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
     built_from: None,
     projectors: Vec::new(),
+    index: None,
+    rotation: 0,
 });
 
 fn registry() -> MutexGuard<'static, Registry> {
@@ -114,6 +135,8 @@ pub fn reset() {
     let mut r = registry();
     r.built_from = None;
     r.projectors.clear();
+    r.index = None;
+    r.rotation = 0;
 }
 
 /// Builds the projectors from `s` unless they were built from the same settings: one per
@@ -132,18 +155,51 @@ pub fn sync(s: &Settings) {
         .iter()
         .map(|name| Projector::new(name, &s.group, cluster))
         .collect();
+    r.index = Some(
+        r.projectors
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.stream.clone(), i))
+            .collect(),
+    );
+    r.rotation = 0;
     r.built_from = Some((s.stream.clone(), s.group.clone(), cluster));
 }
 
-/// The names of the listed streams that can be projected (a cluster node still checks that
-/// it owns each one before a pass).
-pub fn streams() -> Vec<String> {
-    registry()
-        .projectors
-        .iter()
-        .filter(|p| p.problem.is_none())
-        .map(|p| p.stream.clone())
-        .collect()
+/// The streams one drain pass should visit, in the order they share the callback's time:
+/// first those with a live XADD and no catch-up under way, in the order listed, then the
+/// streams catching up, from the first one that waited last time (see [`waited`]). With
+/// `only_due`, only streams with something due; otherwise every projectable stream.
+pub fn pass_order(only_due: bool) -> (Vec<String>, Vec<String>) {
+    let r = registry();
+    let n = r.projectors.len();
+    let start = if n == 0 { 0 } else { r.rotation % n };
+    let mut live = Vec::new();
+    let mut behind = Vec::new();
+    for i in (start..n).chain(0..start) {
+        let Some(p) = r.projectors.get(i) else {
+            continue;
+        };
+        if p.problem.is_some() || (only_due && !p.due) {
+            continue;
+        }
+        if p.behind {
+            behind.push(p.stream.clone());
+        } else {
+            live.push(p.stream.clone());
+        }
+    }
+    // Streams with a live XADD keep the order listed: the rotation is for catch-ups.
+    live.sort_by_key(|name| r.position(name.as_bytes()));
+    (live, behind)
+}
+
+/// The callback ran out of time before `stream`'s turn: the next one starts with it.
+pub fn waited(stream: &str) {
+    let mut r = registry();
+    if let Some(i) = r.position(stream.as_bytes()) {
+        r.rotation = i;
+    }
 }
 
 /// The stream a command names (`STREAM <stream>`, or none), as a target: the stream must be
@@ -154,9 +210,8 @@ pub fn target_for(name: Option<&[u8]>, consumer: &str) -> Result<Target, String>
     let r = registry();
     let p = match name {
         Some(name) => r
-            .projectors
-            .iter()
-            .find(|p| p.stream.as_bytes() == name)
+            .position(name)
+            .and_then(|i| r.projectors.get(i))
             .ok_or_else(|| {
                 format!(
                     "ERR HEATBRIDGE: {} is not in heatbridge.stream-in",
@@ -182,7 +237,7 @@ pub fn target_for(name: Option<&[u8]>, consumer: &str) -> Result<Target, String>
 /// syncs the registry: harmless, the pass drops it.)
 pub fn with_stream<R>(name: &[u8], f: impl FnOnce(&mut Projector) -> R) -> Option<R> {
     let mut r = registry();
-    if !r.projectors.iter().any(|p| p.stream.as_bytes() == name) {
+    if r.position(name).is_none() {
         // Not a stream the projectors were built for: one just listed by CONFIG SET syncs
         // them; any other key is not ours.
         drop(r);
@@ -192,10 +247,7 @@ pub fn with_stream<R>(name: &[u8], f: impl FnOnce(&mut Projector) -> R) -> Optio
         sync(&config::current());
         r = registry();
     }
-    r.projectors
-        .iter_mut()
-        .find(|p| p.stream.as_bytes() == name)
-        .map(f)
+    r.get_mut(name).map(f)
 }
 
 /// Forgets every projector's fast-path state: the next passes read the group and entries.
@@ -218,7 +270,7 @@ pub fn command_seen(xadd_key: Option<&[u8]>, keep: impl FnOnce() -> Option<Comma
     if !capture::enabled() || !config::fast_path() {
         return;
     }
-    let Some(p) = r.projectors.iter_mut().find(|p| p.stream.as_bytes() == key) else {
+    let Some(p) = r.get_mut(key) else {
         return;
     };
     match p.fast.wants_xadd(config::batch()) {
@@ -246,7 +298,7 @@ pub fn forget_named(names: impl Fn(&[u8]) -> bool) {
 /// is a projected stream and the server may write).
 pub fn xadd_event(ctx: &Context, key: &[u8]) -> bool {
     let f = ctx.get_flags();
-    let writable = server::writable(&f);
+    let writable = host::writable(&f);
     // An XADD that EXEC runs: the transaction's other commands passed the command filter
     // when they were queued, not when they run (and on Valkey a postponed EXEC does not pass
     // it again).
@@ -268,28 +320,22 @@ pub fn stream_changed(key: &[u8]) {
     });
 }
 
-/// A pass over stream `stream` begins: what it may trust, its target, and whether a catch-up
-/// is under way on it (the last pass left entries). `None` when the
+/// A pass over stream `stream` begins: what it may trust and its target. `None` when the
 /// stream is not projected, or when `only_due` and nothing is due on it (see
 /// [`Projector::due`]): a pass after one XADD looks at that XADD's stream only.
 pub fn begin_pass(
     stream: &str,
     consumer: &str,
     only_due: bool,
-) -> Option<(Trusted<Command>, Target, bool)> {
+) -> Option<(Trusted<Command>, Target)> {
     let trust = TRUST_KNOWN.load(Relaxed) && config::fast_path();
     let take_commands = trust && capture::enabled();
     let mut r = registry();
     let p = r
-        .projectors
-        .iter_mut()
-        .find(|p| p.stream == stream && p.problem.is_none() && (p.due || !only_due))?;
+        .get_mut(stream.as_bytes())
+        .filter(|p| p.problem.is_none() && (p.due || !only_due))?;
     p.due = false;
-    Some((
-        p.fast.begin_pass(trust, take_commands),
-        p.target(consumer),
-        p.behind,
-    ))
+    Some((p.fast.begin_pass(trust, take_commands), p.target(consumer)))
 }
 
 /// How a pass over a stream ended.
@@ -308,7 +354,7 @@ pub enum Outcome {
 pub fn end_pass(stream: &str, known: Option<Known>, outcome: Outcome) {
     let trust = TRUST_KNOWN.load(Relaxed) && config::fast_path();
     let mut r = registry();
-    if let Some(p) = r.projectors.iter_mut().find(|p| p.stream == stream) {
+    if let Some(p) = r.get_mut(stream.as_bytes()) {
         p.fast.end_pass(known.filter(|_| trust));
         p.due |= outcome == Outcome::More;
         p.behind = outcome == Outcome::More;
@@ -327,12 +373,13 @@ pub fn end_pass(stream: &str, known: Option<Known>, outcome: Outcome) {
 /// of the stream's slot (the server refuses a module's call on a key of a slot the node does
 /// not own, so nothing could be written there anyway).
 pub fn owns(ctx: &Context, t: &Target) -> bool {
-    server::can_write(ctx) && (!config::cluster() || crate::call::owns_key(ctx, &t.stream_key))
+    host::can_write(ctx)
+        && (!config::cluster() || crate::projector::call::owns_key(ctx, &t.stream_key))
 }
 
 /// Reads each stream's state, ownership and backlog (unread + pending), and publishes them.
 pub fn refresh(ctx: &Context) {
-    server::publish_role(ctx);
+    host::publish_role(ctx);
     if ctx.get_flags().contains(ContextFlags::LOADING) {
         return;
     }
@@ -382,7 +429,7 @@ pub fn refresh(ctx: &Context) {
         first,
         targets.first().map_or("", |(t, _)| t.stream.as_str()),
     );
-    let acknowledged = crate::metrics::METRICS.snapshot().in_messages;
+    let acknowledged = crate::core::metrics::METRICS.snapshot().in_messages;
     let now = now_ms();
     let mut p = state::published();
     p.streams = streams;
@@ -393,7 +440,7 @@ pub fn refresh(ctx: &Context) {
 /// Health when `heatbridge.db` names a database the server does not have: every stream in
 /// error.
 fn publish_db_problem(s: &Settings) {
-    let problem = crate::server::no_such_db(s.db);
+    let problem = crate::projector::host::no_such_db(s.db);
     let streams = s
         .streams()
         .into_iter()
