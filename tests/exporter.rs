@@ -953,10 +953,37 @@ fn probe(port: u16, path: &str, timeout: Duration) -> Option<u16> {
 }
 
 /// A slowloris on `port`: `n` connections, each sending one more byte of a request head that
-/// never ends every second, reopened when the server closes them, until `stop`. Returns how
-/// many connections it opened.
-fn trickle_flood(port: u16, n: usize, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<usize> {
-    std::thread::spawn(move || {
+/// never ends every second, reopened when the server closes them. It stops (and closes them)
+/// when [`Flood::finish`] is called or the value drops, and after 30 s in any case.
+struct Flood {
+    stop: Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<usize>>,
+}
+
+impl Flood {
+    /// Stops the flood; returns how many connections it opened.
+    fn finish(mut self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle
+            .take()
+            .map_or(0, |h| h.join().expect("flood thread"))
+    }
+}
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn trickle_flood(port: u16, n: usize) -> Flood {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let handle = std::thread::spawn(move || {
+        let stop = flag;
         let mut slots: Vec<Option<TcpStream>> = (0..n).map(|_| None).collect();
         let mut opened = 0;
         let started = Instant::now();
@@ -980,10 +1007,20 @@ fn trickle_flood(port: u16, n: usize, stop: Arc<AtomicBool>) -> std::thread::Joi
                     break;
                 }
             }
-            std::thread::sleep(Duration::from_secs(1));
+            // One byte a second, looking at the stop flag every 100 ms.
+            for _ in 0..10 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
         opened
-    })
+    });
+    Flood {
+        stop,
+        handle: Some(handle),
+    }
 }
 
 // Issue 22, 1: about 300 connections trickling one byte a second to metrics-port took the
@@ -999,8 +1036,7 @@ fn slow_clients_on_the_metrics_port_leave_health_answering() {
             probe(s.health_port, "/health", Duration::from_secs(2)),
             Some(200)
         );
-        let stop = Arc::new(AtomicBool::new(false));
-        let flood = trickle_flood(s.metrics_port, 300, stop.clone());
+        let flood = trickle_flood(s.metrics_port, 300);
         // Let the flood take every slot it can.
         std::thread::sleep(Duration::from_millis(1500));
         let mut health = Vec::new();
@@ -1013,8 +1049,7 @@ fn slow_clients_on_the_metrics_port_leave_health_answering() {
             std::thread::sleep(Duration::from_millis(300));
         }
         let pong: String = redis::cmd("PING").query(&mut c).expect("PING");
-        stop.store(true, Ordering::Relaxed);
-        let opened = flood.join().expect("flood thread");
+        let opened = flood.finish();
         eprintln!(
             "{flavor:?}: {opened} slow connections; /health {health:?}; /metrics {metrics:?}"
         );
