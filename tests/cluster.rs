@@ -1,6 +1,6 @@
 //! Redis Cluster (CONTRACT §11): three masters and three replicas with the module on all six,
 //! on Redis 7.0, Redis 8.2 and Valkey 8.1. Producers and readers go through redis-py's
-//! `RedisCluster` (tests/cluster_client.py); per-node checks use plain connections.
+//! `RedisCluster` (tests/clients/cluster_client.py); per-node checks use plain connections.
 
 mod common;
 use common::cluster::*;

@@ -1,6 +1,6 @@
 //! Readers that never poll: keyspace notifications and client-side caching (CLIENT
 //! TRACKING) fed by HeatBridge's writes, checked with redis-py, the seed's own client
-//! (tests/readers_client.py), on every path that writes: live projection, MULTI/EXEC,
+//! (tests/clients/readers_client.py), on every path that writes: live projection, MULTI/EXEC,
 //! catch-up after MODULE LOAD and HEATBRIDGE.REPLAY. The event sequence asserted here is
 //! the one docs/readers.md documents as the readers' contract; timing is never asserted,
 //! waits are bounded.
@@ -18,14 +18,14 @@ const POINTER: &str = "quantum:harvest:heat:latest_plan_id:";
 const BY_PLAN: &str = "quantum:harvest:heat:by_plan:";
 const DEDUPE: &str = "quantum:dedupe:p27:";
 
-/// Runs tests/readers_client.py with `args` and parses its JSON output.
+/// Runs tests/clients/readers_client.py with `args` and parses its JSON output.
 fn client(args: &[String]) -> Value {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/readers_client.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/readers_client.py");
     let out = Command::new("python3")
         .arg(script)
         .args(args)
         .output()
-        .expect("python3 runs tests/readers_client.py");
+        .expect("python3 runs tests/clients/readers_client.py");
     assert!(
         out.status.success(),
         "readers_client.py {args:?} failed:\n{}{}",

@@ -25,7 +25,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("BENCH_N", "50000")
-import bench  # noqa: E402  (reads BENCH_N at import)
+from load import KINDS, free_port, gen_lua, gen_pipeline, gen_xadd, server_binary  # noqa: E402
 
 N = int(os.environ["BENCH_N"])
 ROUNDS = max(1, int(os.environ.get("CPU_ROUNDS", "3")))
@@ -48,11 +48,11 @@ def run(kind, row, tmp):
     """One fresh server, one load: (server CPU us per decision, decisions/s, DBSIZE)."""
     load = os.path.join(tmp, f"{os.path.basename(row)}.resp")
     if row == "pipeline":
-        bench.gen_pipeline(load, N)  # PXATs must be ahead of the clock: made per run
+        gen_pipeline(load, N)  # PXATs must be ahead of the clock: made per run
     elif not os.path.exists(load):
-        (bench.gen_lua if row == "lua" else bench.gen_xadd)(load, N)
-    port = bench.free_port()
-    args = [bench.server_binary(kind), "--port", str(port), "--bind", "127.0.0.1",
+        (gen_lua if row == "lua" else gen_xadd)(load, N)
+    port = free_port()
+    args = [server_binary(kind), "--port", str(port), "--bind", "127.0.0.1",
             "--save", "", "--appendonly", "no", "--dir", tempfile.mkdtemp(dir=tmp)]
     if row not in ("pipeline", "lua"):
         args += ["--loadmodule", row, "metrics-port", "0", "health-port", "0"]
@@ -78,7 +78,7 @@ def run(kind, row, tmp):
 
 
 def main():
-    if len(sys.argv) < 3 or sys.argv[1] not in bench.KINDS:
+    if len(sys.argv) < 3 or sys.argv[1] not in KINDS:
         sys.exit(__doc__)
     # SIGTERM unwinds like an exception, so the server and the temp dir go too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

@@ -33,15 +33,15 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
-# The load: BENCH_N decisions as XADDs and as FCALLs, from bench.py's generator.
+# The load: PROFILE_N decisions as XADDs, FCALLs and client pipelines, from the benchmark's
+# generators (scripts/bench/load.py).
 python3 - "$out" "$N" <<'PY'
 import sys, os
 sys.path.insert(0, "scripts/bench")
-os.environ["BENCH_N"] = sys.argv[2]
-import bench
-bench.gen_xadd(os.path.join(sys.argv[1], "xadd.resp"), int(sys.argv[2]))
-bench.gen_lua(os.path.join(sys.argv[1], "lua.resp"), int(sys.argv[2]))
-bench.gen_pipeline(os.path.join(sys.argv[1], "pipeline.resp"), int(sys.argv[2]))
+import load
+load.gen_xadd(os.path.join(sys.argv[1], "xadd.resp"), int(sys.argv[2]))
+load.gen_lua(os.path.join(sys.argv[1], "lua.resp"), int(sys.argv[2]))
+load.gen_pipeline(os.path.join(sys.argv[1], "pipeline.resp"), int(sys.argv[2]))
 PY
 
 port="$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')"

@@ -4,7 +4,7 @@
 //!
 //! Each node has its own temp dir and two free ports: its Redis port and an explicit
 //! `cluster-port`, so the bus never depends on port+10000 being free. Clients that route by
-//! slot are redis-py's `RedisCluster`, driven through `tests/cluster_client.py`.
+//! slot are redis-py's `RedisCluster`, driven through `tests/clients/cluster_client.py`.
 //! `REDIS_CLI` overrides the redis-cli binary.
 //!
 //! One cluster runs at a time in a test process: six servers per test on two cores are
@@ -852,9 +852,9 @@ pub fn redis_cli() -> PathBuf {
     std::env::var("REDIS_CLI").map_or_else(|_| PathBuf::from("redis-cli"), PathBuf::from)
 }
 
-/// `tests/cluster_client.py`.
+/// `tests/clients/cluster_client.py`.
 pub fn client_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cluster_client.py")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/cluster_client.py")
 }
 
 /// An acknowledged XADD from [`Producer`].
