@@ -154,6 +154,7 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
         schedule::keep_module_context(ctx);
         let level = *config::LOG_LEVEL.lock().unwrap_or_else(|e| e.into_inner());
         logging::set_threshold(level.threshold());
+        exporter_thread::init_fd_budget(ctx);
         exporter_thread::start();
         config::set_running(true);
         exporter_thread::reconfigure();

@@ -766,3 +766,78 @@ fn the_two_endpoints_never_share_a_port() {
         );
     });
 }
+
+/// `value` as a double-quoted word of a config file (what `sdssplitargs` reads back as
+/// `value`).
+fn conf_quoted(value: &str) -> String {
+    let mut q = String::from("\"");
+    for ch in value.chars() {
+        match ch {
+            '"' => q.push_str("\\\""),
+            '\\' => q.push_str("\\\\"),
+            '\t' => q.push_str("\\t"),
+            c => q.push(c),
+        }
+    }
+    q.push('"');
+    q
+}
+
+/// Values a quoted config word can hold but that Redis writes back unquoted into the
+/// loadmodule line.
+const UNWRITABLE: [&str; 4] = ["heat bridge", "it's", "say\"hi\"", "tab\there"];
+
+// Redis 7.0, 8.2 and Valkey 8.1 write loadmodule arguments back unquoted on CONFIG REWRITE:
+// `group "heat bridge"` loaded, the rewrite made it `group heat bridge`, and the restart
+// aborted ("module arguments must be NAME VALUE pairs", or "Unbalanced quotes" for a quote).
+// Such values are refused at load, in redis.conf and by MODULE LOAD, pointing to the
+// heatbridge.* line, which CONFIG REWRITE quotes correctly.
+#[test]
+fn loadmodule_values_that_config_rewrite_cannot_write_back_are_refused() {
+    for_each_flavor(|flavor| {
+        for value in UNWRITABLE {
+            let line = loadmodule_line(&format!("group {}", conf_quoted(value)));
+            let log = refused_at_start(flavor, &[line], &[]);
+            assert!(log.contains("heatbridge.group"), "{value:?}:\n{log}");
+        }
+        let s = Options::new(flavor).without_module().start();
+        let mut c = s.conn();
+        for value in UNWRITABLE {
+            let r = module_load(
+                &mut c,
+                &["metrics-port", "0", "health-port", "0", "consumer", value],
+            );
+            assert!(r.is_err(), "{value:?} loaded");
+            assert!(!heatbridge_loaded(&mut c), "{value:?}: module left loaded");
+        }
+        assert!(s.log().contains("heatbridge.consumer"), "{}", s.log());
+    });
+}
+
+// What the refusal points to: the same values as heatbridge.* lines, and plain words as
+// loadmodule arguments, come back exactly after CONFIG REWRITE and a restart.
+#[test]
+fn config_lines_with_spaces_and_quotes_survive_rewrite_and_restart() {
+    for_each_flavor(|flavor| {
+        let mut s = ConfServer::start(
+            flavor,
+            &[
+                loadmodule_line("consumer plain_arg-1 batch 17"),
+                format!("heatbridge.group {}", conf_quoted(UNWRITABLE[0])),
+            ],
+        );
+        let mut c = s.conn();
+        assert_eq!(config_get(&mut c, "heatbridge.group"), UNWRITABLE[0]);
+        // (A tab is no valid group name in any form.)
+        for value in UNWRITABLE.into_iter().take(3) {
+            config_set(&mut c, "heatbridge.group", value).unwrap();
+            config_rewrite(&mut c);
+            drop(c);
+            s.restart();
+            c = s.conn();
+            assert_eq!(config_get(&mut c, "heatbridge.group"), value);
+            assert_eq!(config_get(&mut c, "heatbridge.consumer"), "plain_arg-1");
+            assert_eq!(config_get(&mut c, "heatbridge.batch"), "17");
+        }
+    });
+}

@@ -42,7 +42,12 @@ fn get_via(
 #[test]
 fn each_listed_stream_is_projected_with_its_own_group_and_tagged_keys() {
     for_each_flavor(|flavor| {
-        let s = server(flavor, &format!("{A} , {B}"));
+        // Spaces around the comma: a config line, since a loadmodule argument must be one
+        // word (CONFIG REWRITE writes it back unquoted).
+        let s = Options::new(flavor)
+            .without_exporter()
+            .arg("--heatbridge.stream-in", &format!("{A} , {B}"))
+            .start();
         let mut c = s.conn();
         xadd(&mut c, A, "*", &decision("BTC", "pa", &[]));
         xadd(&mut c, B, "*", &decision("BTC", "pb", &[]));

@@ -159,6 +159,7 @@ fn on_stream_event(ctx: &Context, _kind: NotifyEvent, event: &[u8], key: &[u8]) 
 /// The periodic housekeeping tick (no module timer, so MODULE UNLOAD is never refused).
 fn on_cron(ctx: &Context) {
     guard::fault_point("cron");
+    crate::exporter::thread::refresh_fd_budget(ctx);
     schedule::housekeeping(ctx)
 }
 

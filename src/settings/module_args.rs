@@ -41,6 +41,16 @@ pub fn check_module_args(args: &[&[u8]]) -> Result<(), String> {
             return Err(format!("setting '{name}' is given twice"));
         }
         seen.push(name);
+        if !survives_rewrite(value.as_bytes()) {
+            return Err(format!(
+                "the value of {name} '{}' is empty or holds whitespace or a quote: CONFIG \
+                 REWRITE writes loadmodule arguments back unquoted, which would leave a \
+                 config file the server cannot start from; give it as a config line \
+                 instead (heatbridge.{name} \"...\" in redis.conf, or \
+                 --heatbridge.{name} on the command line)",
+                crate::support::logging::show_bytes(value.as_bytes())
+            ));
+        }
         // The server finds a setting's value as the word after its name's first occurrence,
         // so a value that is also a setting name would be misread.
         if known(value) {
@@ -51,6 +61,26 @@ pub fn check_module_args(args: &[&[u8]]) -> Result<(), String> {
         check_value(name, value).map_err(|e| format!("invalid {name} '{value}': {e}"))?;
     }
     Ok(())
+}
+
+/// Whether `CONFIG REWRITE` writes `value` back as the same loadmodule argument.
+///
+/// Redis 7.0, Redis 8.2 and Valkey 8.1 (`rewriteConfigLoadmoduleOption`) write each argument
+/// after a space, as it is, without quotes; the server reads the line back with
+/// `sdssplitargs`. A value survives that only if it is a single unquoted word: not empty,
+/// no whitespace (`isspace`: space, tab, LF, VT, FF, CR), which would split it or be
+/// skipped, no NUL, which would end it, and no `"` or `'`, which would start a quoted
+/// string (unescaped differently, or "Unbalanced quotes"). Backslashes and other bytes are
+/// copied verbatim in an unquoted word. (VT and FF inside a word would in fact survive;
+/// they are refused for simplicity.)
+pub fn survives_rewrite(value: &[u8]) -> bool {
+    !value.is_empty()
+        && !value.iter().any(|b| {
+            matches!(
+                b,
+                b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | 0 | b'"' | b'\''
+            )
+        })
 }
 
 /// Checks the module arguments, then settles every setting for init: one that a config
@@ -181,4 +211,174 @@ pub fn check_value(name: &str, value: &str) -> Result<(), String> {
         return Err(format!("must be one of {}", LOG_LEVELS.join(", ")));
     }
     Err("unknown setting".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    /// C's `isspace` in the "C" locale.
+    fn c_isspace(b: u8) -> bool {
+        matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r')
+    }
+
+    /// Redis's `sdssplitargs` (sds.c; the same in Redis 7.0, 8.2 and Valkey 8.1) over a
+    /// C string: `None` where it reports unbalanced quotes.
+    fn sdssplitargs(line: &[u8]) -> Option<Vec<Vec<u8>>> {
+        let at = |i: usize| line.get(i).copied().unwrap_or(0);
+        let hex = |b: u8| (b as char).to_digit(16);
+        let mut p = 0;
+        let mut out = Vec::new();
+        loop {
+            while at(p) != 0 && c_isspace(at(p)) {
+                p += 1;
+            }
+            if at(p) == 0 {
+                return Some(out);
+            }
+            let (mut inq, mut insq, mut done) = (false, false, false);
+            let mut cur = Vec::new();
+            while !done {
+                let c = at(p);
+                if inq {
+                    if let (b'\\', b'x', Some(h), Some(l)) =
+                        (c, at(p + 1), hex(at(p + 2)), hex(at(p + 3)))
+                    {
+                        cur.push((h * 16 + l) as u8);
+                        p += 3;
+                    } else if c == b'\\' && at(p + 1) != 0 {
+                        p += 1;
+                        cur.push(match at(p) {
+                            b'n' => b'\n',
+                            b'r' => b'\r',
+                            b't' => b'\t',
+                            b'b' => 8,
+                            b'a' => 7,
+                            o => o,
+                        });
+                    } else if c == b'"' {
+                        if at(p + 1) != 0 && !c_isspace(at(p + 1)) {
+                            return None;
+                        }
+                        done = true;
+                    } else if c == 0 {
+                        return None;
+                    } else {
+                        cur.push(c);
+                    }
+                } else if insq {
+                    if c == b'\\' && at(p + 1) == b'\'' {
+                        p += 1;
+                        cur.push(b'\'');
+                    } else if c == b'\'' {
+                        if at(p + 1) != 0 && !c_isspace(at(p + 1)) {
+                            return None;
+                        }
+                        done = true;
+                    } else if c == 0 {
+                        return None;
+                    } else {
+                        cur.push(c);
+                    }
+                } else {
+                    match c {
+                        b' ' | b'\n' | b'\r' | b'\t' | 0 => done = true,
+                        b'"' => inq = true,
+                        b'\'' => insq = true,
+                        o => cur.push(o),
+                    }
+                }
+                if at(p) != 0 {
+                    p += 1;
+                }
+            }
+            out.push(cur);
+        }
+    }
+
+    /// What the server reads back from the loadmodule line that CONFIG REWRITE writes for
+    /// `group <value>`: the file is split into lines, each trimmed, then split into words.
+    fn reread(value: &[u8]) -> Option<Vec<Vec<u8>>> {
+        let mut line = b"loadmodule /m/libheatbridge.so group ".to_vec();
+        line.extend_from_slice(value);
+        let first = line.split(|b| *b == b'\n').next().unwrap_or_default();
+        let trim = |b: &u8| !matches!(b, b' ' | b'\t' | b'\r' | b'\n');
+        let start = first.iter().position(trim).unwrap_or(first.len());
+        let end = first.iter().rposition(trim).map_or(start, |e| e + 1);
+        let trimmed = first.get(start..end).unwrap_or_default();
+        let c_str = trimmed.split(|b| *b == 0).next().unwrap_or_default();
+        sdssplitargs(c_str)
+    }
+
+    fn round_trips(value: &[u8]) -> bool {
+        let want: Vec<Vec<u8>> = vec![
+            b"loadmodule".to_vec(),
+            b"/m/libheatbridge.so".to_vec(),
+            b"group".to_vec(),
+            value.to_vec(),
+        ];
+        reread(value) == Some(want)
+    }
+
+    #[test]
+    fn the_reported_values_are_refused_and_plain_ones_kept() {
+        for v in [
+            &b"heat bridge"[..],
+            b"say\"hi\"",
+            b"it's",
+            b"tab\there",
+            b"line\nbreak",
+            b"",
+            b" lead",
+            b"trail ",
+        ] {
+            assert!(!survives_rewrite(v), "{v:?}");
+            assert!(!round_trips(v), "{v:?}");
+        }
+        for v in [
+            &b"heat_bridge"[..],
+            b"a\\x41",
+            b"127.0.0.1",
+            b"a,b",
+            b"-1",
+            b"\xc3\xa9",
+        ] {
+            assert!(survives_rewrite(v), "{v:?}");
+            assert!(round_trips(v), "{v:?}");
+        }
+    }
+
+    #[test]
+    fn the_error_names_the_config_line() {
+        let e = check_module_args(&[b"group", b"heat bridge"]).unwrap_err();
+        assert!(e.contains("heatbridge.group"), "{e}");
+        assert!(e.contains("CONFIG REWRITE"), "{e}");
+        let e = check_module_args(&[b"consumer", b"x'y"]).unwrap_err();
+        assert!(e.contains("heatbridge.consumer"), "{e}");
+        assert!(check_module_args(&[b"group", b"heat_bridge"]).is_ok());
+    }
+
+    /// Bytes that matter to the config parser, and some that do not.
+    fn value_byte() -> impl Strategy<Value = u8> {
+        prop_oneof![
+            4 => prop::sample::select(b"ab1_-.:\\x".to_vec()),
+            2 => prop::sample::select(b" \t\n\r\"'\0".to_vec()),
+            1 => any::<u8>(),
+        ]
+    }
+
+    proptest! {
+        /// A value the check accepts comes back from a rewritten file unchanged; one it
+        /// refuses would not (except VT and FF inside a word, refused for simplicity).
+        #[test]
+        fn the_check_matches_the_config_parser(v in vec(value_byte(), 0..12)) {
+            if survives_rewrite(&v) {
+                prop_assert!(round_trips(&v), "{:?} accepted but changes", v);
+            } else if !v.iter().any(|b| matches!(b, 0x0b | 0x0c)) {
+                prop_assert!(!round_trips(&v), "{:?} refused but round-trips", v);
+            }
+        }
+    }
 }

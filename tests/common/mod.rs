@@ -176,6 +176,8 @@ pub struct Options {
     pub env: Vec<(String, String)>,
     /// Give the exporter free ports (true) or turn both endpoints off (false).
     pub exporter: bool,
+    /// `RLIMIT_NOFILE` (soft, hard) for the server process.
+    pub nofile: Option<(u64, u64)>,
 }
 
 impl Options {
@@ -189,6 +191,7 @@ impl Options {
             args: Vec::new(),
             env: Vec::new(),
             exporter: true,
+            nofile: None,
         }
     }
 
@@ -209,6 +212,17 @@ impl Options {
     /// No module at start.
     pub fn without_module(mut self) -> Options {
         self.module = false;
+        self
+    }
+
+    /// Starts the server with `RLIMIT_NOFILE` at `n` (soft and hard), as `ulimit -n n` would.
+    pub fn nofile(self, n: u64) -> Options {
+        self.nofile_soft_hard(n, n)
+    }
+
+    /// Starts the server with `RLIMIT_NOFILE` at `soft` and `hard`.
+    pub fn nofile_soft_hard(mut self, soft: u64, hard: u64) -> Options {
+        self.nofile = Some((soft, hard));
         self
     }
 
@@ -311,6 +325,24 @@ impl Server {
         cmd.args(&self.opts.args);
         for (k, v) in &self.opts.env {
             cmd.env(k, v);
+        }
+        if let Some((soft, hard)) = self.opts.nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: the closure runs in the forked child before exec and only calls
+            // setrlimit, which is async-signal-safe, on a struct on its own stack.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: soft,
+                        rlim_max: hard,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
         }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
