@@ -136,19 +136,26 @@ pub fn fd_budget(nofile: u64, maxclients: u64) -> u64 {
     nofile.saturating_sub(maxclients.saturating_add(REDIS_RESERVED_FDS))
 }
 
+/// Descriptors `/health` always has, a listener and two connections, even when the budget
+/// leaves nothing: then they come out of Redis's reserve of [`REDIS_RESERVED_FDS`] (a
+/// server whose limit Redis raised itself has exactly maxclients + 32). A liveness probe that
+/// fails for want of a descriptor restarts a healthy server; three of the reserve's 32 do not
+/// stop Redis from saving or logging, and a flood on `/metrics` never reaches them.
+pub const HEALTH_FLOOR: u64 = 3;
+
 /// PURE: splits `budget` descriptors between the endpoints that are on (`[metrics,
 /// health]`). Each gets a listener and the returned number of connections, at most
 /// [`MAX_CONNS`]; 0 means the endpoint stays unbound. When there is not enough for both,
 /// `/health` comes first: a failed liveness probe restarts the server, a missed scrape does
-/// not.
+/// not; and `/health` never has less than [`HEALTH_FLOOR`].
 pub fn conn_caps(budget: u64, on: [bool; 2]) -> [usize; 2] {
     let max = MAX_CONNS as u64;
     let alone = |b: u64| if b >= 2 { (b - 1).min(max) as usize } else { 0 };
     match on {
         [false, false] => [0, 0],
         [true, false] => [alone(budget), 0],
-        [false, true] => [0, alone(budget)],
-        [true, true] if budget < 4 => [0, alone(budget)],
+        [false, true] => [0, alone(budget.max(HEALTH_FLOOR))],
+        [true, true] if budget < HEALTH_FLOOR + 2 => [0, alone(budget.max(HEALTH_FLOOR))],
         [true, true] => {
             let conns = budget - 2;
             let health = conns.div_ceil(2);
@@ -803,11 +810,13 @@ mod tests {
         assert_eq!(fd_budget(100, 1_000), 0);
         assert_eq!(fd_budget(u64::MAX, u64::MAX), 0);
         assert_eq!(fd_budget(u64::MAX, 10_000), u64::MAX - 10_032);
-        assert_eq!(conn_caps(0, [true, true]), [0, 0]);
-        assert_eq!(conn_caps(2, [true, true]), [0, 1]);
+        // /health keeps its floor of a listener and two connections.
+        assert_eq!(conn_caps(0, [true, true]), [0, 2]);
+        assert_eq!(conn_caps(2, [true, true]), [0, 2]);
         assert_eq!(conn_caps(3, [true, true]), [0, 2]);
-        assert_eq!(conn_caps(4, [true, true]), [1, 1]);
+        assert_eq!(conn_caps(4, [true, true]), [0, 3]);
         assert_eq!(conn_caps(5, [true, true]), [1, 2]);
+        assert_eq!(conn_caps(0, [false, true]), [0, 2]);
         assert_eq!(conn_caps(44, [true, true]), [21, 21]);
         assert_eq!(conn_caps(95, [true, true]), [46, 47]);
         assert_eq!(conn_caps(EXPORTER_FDS, [true, true]), [47, 47]);
@@ -831,7 +840,16 @@ mod tests {
         for budget in 0..300u64 {
             for on in [[true, true], [true, false], [false, true], [false, false]] {
                 let caps = conn_caps(budget, on);
-                assert!(used(caps) <= budget, "{budget} {on:?} {caps:?}");
+                // Only /health's floor may go past the budget.
+                let allowed = if on[1] {
+                    budget.max(HEALTH_FLOOR)
+                } else {
+                    budget
+                };
+                assert!(used(caps) <= allowed, "{budget} {on:?} {caps:?}");
+                if on[1] {
+                    assert!(caps[1] >= 2, "/health keeps its floor: {budget} {caps:?}");
+                }
                 for (&c, on) in caps.iter().zip(on) {
                     assert!(c <= MAX_CONNS && (on || c == 0), "{budget} {on:?} {caps:?}");
                 }
@@ -839,7 +857,7 @@ mod tests {
             let caps = conn_caps(budget, [true, true]);
             assert!(caps[1] >= caps[0], "health first: {caps:?}");
             // Short of the full need, at most one descriptor goes unused.
-            if used(caps) < EXPORTER_FDS {
+            if used(caps) < EXPORTER_FDS && budget >= HEALTH_FLOOR {
                 assert!(budget - used(caps) <= 1, "{budget} {caps:?}");
             }
         }
