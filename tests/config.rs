@@ -5,8 +5,7 @@
 mod common;
 use common::*;
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const BY_PLAN: &str = "quantum:harvest:heat:by_plan:";
 
@@ -212,53 +211,9 @@ fn redis_conf_lines_apply() {
 /// Starts a server from `lines` plus command-line `args` that must refuse to start: it exits
 /// with an error of its own, not a crash, within 10 s. Returns its log.
 fn refused_at_start(flavor: Flavor, lines: &[String], args: &[&str]) -> String {
-    let dir = tempfile::Builder::new()
-        .prefix("heatbridge-conf-")
-        .tempdir()
-        .expect("temp dir");
-    let log = dir.path().join("server.log");
-    let mut conf = format!(
-        "port {}\nbind 127.0.0.1\ndir {}\nlogfile {}\nsave \"\"\n",
-        free_port(),
-        dir.path().display(),
-        log.display()
-    );
-    for l in lines {
-        conf.push_str(l);
-        conf.push('\n');
-    }
-    let path = dir.path().join("redis.conf");
-    std::fs::write(&path, &conf).expect("write redis.conf");
-    let mut child = Command::new(server_binary(flavor))
-        .arg(&path)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn server");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Ok(Some(st)) = child.try_wait() {
-            break st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "{flavor:?} started with {lines:?} {args:?}:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(30));
-    };
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(
-        !status.success() && status.code().is_some(),
-        "{flavor:?} {lines:?} {args:?}: {status}\n{text}"
-    );
-    assert!(!text.contains("crashed by signal"), "{text}");
-    text
+    let mut opts = Options::conf_file(flavor, lines);
+    opts.args = args.iter().map(|a| a.to_string()).collect();
+    opts.start_refused()
 }
 
 #[test]

@@ -7,7 +7,7 @@ mod common;
 use common::*;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -424,14 +424,12 @@ fn config_all(c: &mut Connection) -> BTreeMap<String, String> {
 
 /// The example config with only what a test must change: the module path, free ports, its
 /// own directory and log, and `values` in place of the example's heatbridge values.
-fn adapt(
-    example: &str,
-    dir: &Path,
-    port: u16,
-    values: &BTreeMap<String, String>,
-) -> (String, usize) {
+/// The example config with the module's path, the given values of every `heatbridge.*`
+/// setting, and its `port` line left to the harness (which sets port, dir and logfile
+/// first). Returns it and how many lines changed.
+fn adapt(example: &str, values: &BTreeMap<String, String>) -> (Vec<String>, usize) {
     let mut changed = 0;
-    let mut out = String::new();
+    let mut out = Vec::new();
     for line in example.lines() {
         let t = line.trim();
         let new = if t.starts_with("loadmodule ") {
@@ -439,7 +437,7 @@ fn adapt(
             format!("loadmodule \"{}\"", module_path().display())
         } else if t.starts_with("port ") {
             changed += 1;
-            format!("port {port}")
+            "# port: the harness's".to_string()
         } else if let Some((name, _)) = t
             .strip_prefix("heatbridge.")
             .and_then(|r| r.split_once(' '))
@@ -449,33 +447,20 @@ fn adapt(
         } else {
             line.to_string()
         };
-        out.push_str(&new);
-        out.push('\n');
+        out.push(new);
     }
-    out.push_str(&format!(
-        "dir \"{}\"\nlogfile \"{}\"\n",
-        dir.display(),
-        dir.join("server.log").display()
-    ));
     (out, changed)
 }
 
-fn start_from_example(flavor: Flavor, dir: &Path, values: &BTreeMap<String, String>) -> ConfServer {
+fn start_from_example(flavor: Flavor, values: &BTreeMap<String, String>) -> Server {
     let example = std::fs::read_to_string(repo().join("redis.conf.example")).expect("example");
-    let port = free_port();
-    let (conf, changed) = adapt(&example, dir, port, values);
+    let (conf, changed) = adapt(&example, values);
     assert_eq!(
         changed,
         2 + SETTINGS.len(),
         "loadmodule, port, every setting"
     );
-    let path = dir.join("redis.conf");
-    std::fs::write(&path, conf).expect("write config");
-    ConfServer::start(
-        Command::new(server_binary(flavor)).arg(&path),
-        port,
-        dir.join("server.log"),
-    )
+    Options::conf_file(flavor, &conf).start()
 }
 
 #[test]
@@ -532,13 +517,12 @@ fn example_config_loads_and_applies_every_setting() {
         .collect();
     for_each_flavor(|flavor| {
         // As shipped, with free exporter ports.
-        let dir = tempfile::tempdir().expect("temp dir");
         let mut values = defaults.clone();
         let (mp, hp) = (free_port(), free_port());
         values.insert("metrics-port".into(), mp.to_string());
         values.insert("health-port".into(), hp.to_string());
         {
-            let s = start_from_example(flavor, dir.path(), &values);
+            let s = start_from_example(flavor, &values);
             let mut c = s.conn();
             assert_eq!(config_all(&mut c), values, "CONFIG GET heatbridge.*");
             assert_eq!(config_get(&mut c, "appendonly"), "yes");
@@ -560,7 +544,6 @@ fn example_config_loads_and_applies_every_setting() {
         }
 
         // Every value changed in the file: each one reaches the module.
-        let dir = tempfile::tempdir().expect("temp dir");
         let alt: BTreeMap<String, String> = [
             ("stream-in", "ops:test:stream"),
             ("group", "ops_group"),
@@ -581,7 +564,7 @@ fn example_config_loads_and_applies_every_setting() {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-        let s = start_from_example(flavor, dir.path(), &alt);
+        let s = start_from_example(flavor, &alt);
         let mut c = s.conn();
         assert_eq!(config_all(&mut c), alt, "CONFIG GET heatbridge.*");
         let fields = decision("ETHUSDT", "conf_alt", &[]);

@@ -96,7 +96,7 @@ pub fn dedupe_key(tag: &str, plan_id: &str) -> String {
     format!("quantum:dedupe:p27:{{{tag}}}:{plan_id}")
 }
 
-/// One cluster node: a server process in its own directory.
+/// A cluster node: a [`Server`] started as a cluster node, killed on drop.
 pub struct Node {
     /// Which server.
     pub flavor: Flavor,
@@ -104,100 +104,31 @@ pub struct Node {
     pub port: u16,
     /// Cluster bus port.
     pub bus_port: u16,
-    child: Option<Child>,
-    dir: tempfile::TempDir,
+    server: Server,
 }
 
 impl Node {
-    fn start(flavor: Flavor, module_args: &[String], extra: &[String]) -> Node {
-        let dir = tempfile::Builder::new()
-            .prefix("heatbridge-cluster-")
-            .tempdir()
-            .expect("temp dir");
-        let mut node = Node {
+    fn start(flavor: Flavor, module_args: &[String]) -> Node {
+        let bus_port = free_port();
+        let mut opts = Options::new(flavor)
+            .without_exporter()
+            .cluster_node(bus_port);
+        if module_args.is_empty() {
+            opts = opts.without_module();
+        }
+        opts.module_args = module_args.to_vec();
+        let server = opts.start();
+        Node {
             flavor,
-            port: free_port(),
-            bus_port: free_port(),
-            child: None,
-            dir,
-        };
-        let mut cmd = Command::new(server_binary(flavor));
-        cmd.arg("--port")
-            .arg(node.port.to_string())
-            .arg("--bind")
-            .arg("127.0.0.1")
-            .arg("--dir")
-            .arg(node.dir.path())
-            .arg("--logfile")
-            .arg(node.dir.path().join("server.log"))
-            .args(["--save", "", "--appendonly", "no"])
-            .args([
-                "--enable-module-command",
-                "yes",
-                "--enable-debug-command",
-                "yes",
-            ])
-            .args([
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                "nodes.conf",
-            ])
-            .arg("--cluster-port")
-            .arg(node.bus_port.to_string())
-            // Failure detection and election take a few node timeouts: 1 s keeps a failover
-            // at about three seconds.
-            .args(["--cluster-node-timeout", "1000"])
-            // A replica that lost its master moments ago must still stand for election
-            // however slow the machine was to notice.
-            .args(["--cluster-replica-validity-factor", "0"])
-            // Producers keep writing to the other masters while one shard fails over.
-            .args(["--cluster-require-full-coverage", "no"])
-            // Replicas sync at once instead of after the default 5 s of batching.
-            .args(["--repl-diskless-sync-delay", "0"]);
-        if !module_args.is_empty() {
-            cmd.arg("--loadmodule").arg(module_path()).args(module_args);
+            port: server.port,
+            bus_port,
+            server,
         }
-        cmd.args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        node.child = Some(cmd.spawn().expect("spawn cluster node"));
-        node.wait_ready();
-        node
-    }
-
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(Ok(Some(st))) = self.child.as_mut().map(Child::try_wait) {
-                panic!("node {} exited with {st}:\n{}", self.port, self.log());
-            }
-            if let Ok(mut c) = self.try_conn() {
-                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node {} not ready:\n{}",
-                self.port,
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(30));
-        }
-    }
-
-    fn try_conn(&self) -> redis::RedisResult<Connection> {
-        redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))?
-            .get_connection_with_timeout(Duration::from_secs(2))
     }
 
     /// A plain (non-routing) connection to this node.
     pub fn conn(&self) -> Connection {
-        let c = self.try_conn().expect("connect to node");
-        c.set_read_timeout(Some(Duration::from_secs(30))).ok();
-        c
+        self.server.conn()
     }
 
     /// A connection that may read from this node when it is a replica (`READONLY`).
@@ -209,22 +140,17 @@ impl Node {
 
     /// The server log so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+        self.server.log()
     }
 
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.server.alive()
     }
 
     /// `kill -9`.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.server.kill()
     }
 
     /// `CLUSTER MYID`.
@@ -279,12 +205,6 @@ impl Node {
         keys.sort();
         keys.dedup();
         keys
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
@@ -403,22 +323,16 @@ pub struct Cluster {
 impl Cluster {
     fn start(opts: ClusterOptions) -> Cluster {
         let one = ONE_CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+        // The exporter's ports (off) and HEATBRIDGE_FAST_PATH come from the Server harness.
         let module_args: Vec<String> = if opts.module {
-            let mut a: Vec<String> = ["metrics-port", "0", "health-port", "0"]
-                .map(str::to_string)
-                .to_vec();
-            a.extend(["stream-in".to_string(), opts.streams.join(",")]);
-            // scripts/test.sh runs suites with the fast path off too, as for Server.
-            if let Ok(v) = std::env::var("HEATBRIDGE_FAST_PATH") {
-                a.extend(["fast-path".to_string(), v]);
-            }
+            let mut a = vec!["stream-in".to_string(), opts.streams.join(",")];
             a.extend(opts.module_args.iter().cloned());
             a
         } else {
             Vec::new()
         };
         let nodes = (0..6)
-            .map(|_| Node::start(opts.flavor, &module_args, &[]))
+            .map(|_| Node::start(opts.flavor, &module_args))
             .collect();
         let cluster = Cluster {
             flavor: opts.flavor,
@@ -451,7 +365,7 @@ impl Cluster {
     pub fn wait_ok(&self) {
         wait_for(60, "cluster_state:ok on every live node", || {
             self.live().all(|n| {
-                let Ok(mut c) = n.try_conn() else {
+                let Ok(mut c) = n.server.try_conn() else {
                     return false;
                 };
                 let info: String = match redis::cmd("CLUSTER").arg("INFO").query(&mut c) {
@@ -483,7 +397,7 @@ impl Cluster {
 
     /// The nodes whose process runs (not killed).
     pub fn live(&self) -> impl Iterator<Item = &Node> {
-        self.nodes.iter().filter(|n| n.child.is_some())
+        self.nodes.iter().filter(|n| n.server.started())
     }
 
     /// `CLUSTER NODES` as a live node sees it.
@@ -547,7 +461,7 @@ impl Cluster {
             .iter()
             .filter(|i| i.master.as_deref() == Some(&id) && !i.flags.iter().any(|f| f == "fail"))
             .map(|i| self.index(i.port))
-            .filter(|&i| self.nodes[i].child.is_some())
+            .filter(|&i| self.nodes[i].server.started())
             .collect()
     }
 

@@ -178,6 +178,10 @@ pub struct Options {
     pub exporter: bool,
     /// `RLIMIT_NOFILE` (soft, hard) for the server process.
     pub nofile: Option<(u64, u64)>,
+    /// Start from a config file holding the harness's base settings and these lines,
+    /// instead of from command-line arguments (the module, its arguments and the exporter
+    /// ports then come from the lines alone).
+    pub conf_lines: Option<Vec<String>>,
 }
 
 impl Options {
@@ -192,7 +196,50 @@ impl Options {
             env: Vec::new(),
             exporter: true,
             nofile: None,
+            conf_lines: None,
         }
+    }
+
+    /// A server started from a config file: the harness's base settings (port, bind, dir,
+    /// logfile, no snapshots, MODULE and DEBUG enabled) and then `lines`.
+    pub fn conf_file(flavor: Flavor, lines: &[String]) -> Options {
+        Options {
+            module: false,
+            exporter: false,
+            conf_lines: Some(lines.to_vec()),
+            ..Options::new(flavor)
+        }
+    }
+
+    /// A Redis Cluster node whose cluster bus listens on `bus_port`, with the timings the
+    /// cluster tests rely on.
+    pub fn cluster_node(mut self, bus_port: u16) -> Options {
+        self.args.extend(
+            [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-port",
+                &bus_port.to_string(),
+                // Failure detection and election take a few node timeouts: 1 s keeps a
+                // failover at about three seconds.
+                "--cluster-node-timeout",
+                "1000",
+                // A replica that lost its master moments ago must still stand for election
+                // however slow the machine was to notice.
+                "--cluster-replica-validity-factor",
+                "0",
+                // Producers keep writing to the other masters while one shard fails over.
+                "--cluster-require-full-coverage",
+                "no",
+                // Replicas sync at once instead of after the default 5 s of batching.
+                "--repl-diskless-sync-delay",
+                "0",
+            ]
+            .map(str::to_string),
+        );
+        self
     }
 
     /// Adds a module argument pair.
@@ -236,6 +283,39 @@ impl Options {
     pub fn start(self) -> Server {
         Server::start(self)
     }
+
+    /// Starts a server that must refuse to start: it exits with an error of its own, not a
+    /// crash, within 10 s. Returns its log.
+    pub fn start_refused(self) -> String {
+        let mut s = Server::prepare(self);
+        s.launch();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(Ok(Some(st))) = s.child.as_mut().map(Child::try_wait) {
+                s.child = None;
+                break st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{:?} started with {:?} {:?}:\n{}",
+                s.opts.flavor,
+                s.opts.conf_lines,
+                s.opts.args,
+                s.log()
+            );
+            std::thread::sleep(Duration::from_millis(30));
+        };
+        let text = s.log();
+        assert!(
+            !status.success() && status.code().is_some(),
+            "{:?} {:?} {:?}: {status}\n{text}",
+            s.opts.flavor,
+            s.opts.conf_lines,
+            s.opts.args
+        );
+        assert!(!text.contains("crashed by signal"), "{text}");
+        text
+    }
 }
 
 /// A running server, killed and cleaned up on drop.
@@ -259,6 +339,13 @@ impl Server {
     }
 
     fn start(opts: Options) -> Server {
+        let mut s = Server::prepare(opts);
+        s.spawn();
+        s
+    }
+
+    /// A server's directory and ports, not started yet.
+    fn prepare(opts: Options) -> Server {
         let dir = tempfile::Builder::new()
             .prefix("heatbridge-test-")
             .tempdir()
@@ -268,16 +355,14 @@ impl Server {
         } else {
             (0, 0)
         };
-        let mut s = Server {
+        Server {
             child: None,
             port: free_port(),
             metrics_port,
             health_port,
             opts,
             dir,
-        };
-        s.spawn();
-        s
+        }
     }
 
     /// The server's directory.
@@ -302,27 +387,49 @@ impl Server {
         a
     }
 
-    fn spawn(&mut self) {
-        let mut cmd = Command::new(server_binary(self.opts.flavor));
-        cmd.arg("--port")
-            .arg(self.port.to_string())
-            .arg("--bind")
-            .arg("127.0.0.1")
-            .arg("--dir")
-            .arg(self.dir.path())
-            .arg("--logfile")
-            .arg(self.dir.path().join("server.log"))
-            .arg("--save")
-            .arg("")
-            .arg("--enable-module-command")
-            .arg("yes")
-            .arg("--enable-debug-command")
-            .arg("yes");
-        if self.opts.module {
-            let file = self.opts.module_file.clone().unwrap_or_else(module_path);
-            cmd.arg("--loadmodule").arg(file).args(self.module_args());
+    /// The config file of a server started from one.
+    pub fn conf_path(&self) -> PathBuf {
+        self.dir.path().join("redis.conf")
+    }
+
+    /// The config file's text now (CONFIG REWRITE may have changed it).
+    pub fn conf(&self) -> String {
+        std::fs::read_to_string(self.conf_path()).unwrap_or_default()
+    }
+
+    /// Writes the config file of a server started from one, unless it exists (a restart
+    /// starts from the file as CONFIG REWRITE left it).
+    fn write_conf(&self, lines: &[String]) {
+        if self.conf_path().exists() {
+            return;
         }
-        cmd.args(&self.opts.args);
+        let mut conf = format!(
+            "port {}\nbind 127.0.0.1\ndir {}\nlogfile {}\nsave \"\"\nenable-module-command yes\nenable-debug-command yes\n",
+            self.port,
+            self.dir.path().display(),
+            self.dir.path().join("server.log").display()
+        );
+        for l in lines {
+            conf.push_str(l);
+            conf.push('\n');
+        }
+        std::fs::write(self.conf_path(), conf).expect("write redis.conf");
+    }
+
+    fn spawn(&mut self) {
+        self.launch();
+        self.wait_ready();
+    }
+
+    /// Starts the process, without waiting for it.
+    fn launch(&mut self) {
+        let mut cmd = Command::new(server_binary(self.opts.flavor));
+        if let Some(lines) = self.opts.conf_lines.clone() {
+            self.write_conf(&lines);
+            cmd.arg(self.conf_path()).args(&self.opts.args);
+        } else {
+            self.add_command_line(&mut cmd);
+        }
         for (k, v) in &self.opts.env {
             cmd.env(k, v);
         }
@@ -348,7 +455,29 @@ impl Server {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         self.child = Some(cmd.spawn().expect("spawn server"));
-        self.wait_ready();
+    }
+
+    /// The command line of a server started without a config file.
+    fn add_command_line(&self, cmd: &mut Command) {
+        cmd.arg("--port")
+            .arg(self.port.to_string())
+            .arg("--bind")
+            .arg("127.0.0.1")
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--logfile")
+            .arg(self.dir.path().join("server.log"))
+            .arg("--save")
+            .arg("")
+            .arg("--enable-module-command")
+            .arg("yes")
+            .arg("--enable-debug-command")
+            .arg("yes");
+        if self.opts.module {
+            let file = self.opts.module_file.clone().unwrap_or_else(module_path);
+            cmd.arg("--loadmodule").arg(file).args(self.module_args());
+        }
+        cmd.args(&self.opts.args);
     }
 
     fn wait_ready(&mut self) {
@@ -374,7 +503,13 @@ impl Server {
         }
     }
 
-    fn try_conn(&self) -> redis::RedisResult<Connection> {
+    /// Whether it was started and not killed since (it may have died on its own).
+    pub fn started(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// A new connection, or the error.
+    pub fn try_conn(&self) -> redis::RedisResult<Connection> {
         let client = redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))?;
         client.get_connection_with_timeout(Duration::from_secs(2))
     }
@@ -441,6 +576,9 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
         if std::thread::panicking() {
+            if self.opts.conf_lines.is_some() {
+                eprintln!("--- redis.conf ({:?}):\n{}", self.opts.flavor, self.conf());
+            }
             eprintln!("--- server log ({:?}):\n{}", self.opts.flavor, self.log());
         }
     }
@@ -720,121 +858,15 @@ pub fn load_caller_module(s: &Server, c: &mut Connection) {
         .expect("MODULE LOAD caller.so");
 }
 
-/// A server started from a config file, `<server> <dir>/redis.conf`, as CONFIG REWRITE
-/// needs (the file holds the port, dir and log basics, then the caller's lines); killed on
-/// drop.
-pub struct ConfFileServer {
-    /// Which server.
-    pub flavor: Flavor,
-    /// Redis port.
-    pub port: u16,
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-}
+/// A server started from a config file (see [`Options::conf_file`]); a [`Server`] like any
+/// other, whose `restart` starts again from the file as CONFIG REWRITE left it.
+pub struct ConfFileServer;
 
 impl ConfFileServer {
     /// Writes the config file and starts the server from it.
-    pub fn start(flavor: Flavor, lines: &[String]) -> ConfFileServer {
-        let dir = tempfile::Builder::new()
-            .prefix("heatbridge-conf-")
-            .tempdir()
-            .expect("temp dir");
-        let port = free_port();
-        let mut conf = format!(
-            "port {port}\nbind 127.0.0.1\ndir {}\nlogfile {}\nsave \"\"\nenable-module-command yes\nenable-debug-command yes\n",
-            dir.path().display(),
-            dir.path().join("server.log").display()
-        );
-        for l in lines {
-            conf.push_str(l);
-            conf.push('\n');
-        }
-        std::fs::write(dir.path().join("redis.conf"), conf).expect("write redis.conf");
-        let mut s = ConfFileServer {
-            flavor,
-            port,
-            child: None,
-            dir,
-        };
-        s.spawn();
-        s
-    }
-
-    /// The config file.
-    pub fn conf_path(&self) -> PathBuf {
-        self.dir.path().join("redis.conf")
-    }
-
-    /// The server log so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
-    }
-
-    /// The config file's text now (CONFIG REWRITE may have changed it).
-    pub fn conf(&self) -> String {
-        std::fs::read_to_string(self.conf_path()).unwrap_or_default()
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new(server_binary(self.flavor))
-            .arg(self.conf_path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn server");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(Ok(Some(st))) = self.child.as_mut().map(Child::try_wait) {
-                panic!("server exited with {st}:\n{}", self.log());
-            }
-            if let Ok(mut c) = self.try_conn() {
-                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
-                    return;
-                }
-            }
-            assert!(Instant::now() < deadline, "not ready:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(30));
-        }
-    }
-
-    fn try_conn(&self) -> redis::RedisResult<Connection> {
-        redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))?
-            .get_connection_with_timeout(Duration::from_secs(2))
-    }
-
-    /// A new connection.
-    pub fn conn(&self) -> Connection {
-        let c = self.try_conn().expect("connect");
-        c.set_read_timeout(Some(Duration::from_secs(30))).ok();
-        c
-    }
-
-    /// Kills it (SIGKILL) and starts it again from the same (maybe rewritten) file.
-    pub fn restart(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        self.spawn();
-    }
-}
-
-impl Drop for ConfFileServer {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if std::thread::panicking() {
-            let conf = std::fs::read_to_string(self.conf_path()).unwrap_or_default();
-            eprintln!(
-                "--- redis.conf ({:?}):\n{conf}\n--- server log:\n{}",
-                self.flavor,
-                self.log()
-            );
-        }
+    #[allow(clippy::new_ret_no_self)]
+    pub fn start(flavor: Flavor, lines: &[String]) -> Server {
+        Options::conf_file(flavor, lines).start()
     }
 }
 
