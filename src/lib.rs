@@ -192,7 +192,7 @@ redis_module! {
         // ACL categories are optional (the last item): redis-module registers them where
         // the server supports them (7.2+, Valkey 8) and skips them on Redis 7.0, which gives
         // module commands no categories at all: there REPLAY is denied by name
-        // (docs/operations.md).
+        // (docs/reference.md).
         ["heatbridge.health", cmd_health, "readonly allow-loading allow-stale", 0, 0, 0, "", "read"],
         ["heatbridge.metrics", cmd_metrics, "readonly allow-loading allow-stale", 0, 0, 0, "", "read"],
         ["heatbridge.get", cmd_get, "readonly allow-stale getkeys-api", 0, 0, 0, "", "read"],
