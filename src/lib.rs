@@ -31,7 +31,7 @@ pub mod support;
 mod proptests;
 
 use crate::exporter::{state, thread as exporter_thread};
-use crate::projector::{apply, capture, drain, registry, schedule};
+use crate::projector::{apply, capture, drain, host, registry, schedule};
 use crate::server::{command_info, commands, events, info};
 use crate::settings::{config, module_args};
 use crate::support::{guard, logging};
@@ -106,6 +106,15 @@ fn on_projection_setting<T>(_: &ConfigurationContext, _: &str, _: &'static T) {
     })
 }
 
+/// project-at changed: the end-of-turn hook follows it.
+fn on_project_at<T>(_: &ConfigurationContext, _: &str, _: &'static T) {
+    guard::contain("config change", (), || {
+        if config::running() {
+            schedule::with_module_context(events::follow_project_at);
+        }
+    })
+}
+
 fn on_log_level(_: &ConfigurationContext, _: &str, v: &'static std::sync::Mutex<config::LogLevel>) {
     guard::contain("config change", (), || {
         let level = *v.lock().unwrap_or_else(|e| e.into_inner());
@@ -152,6 +161,8 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
         }
         events::register_command_filter(ctx);
         schedule::keep_module_context(ctx);
+        schedule::server_offers(host::post_notification_jobs(), host::io_threads(ctx));
+        events::follow_project_at(ctx);
         let level = *config::LOG_LEVEL.lock().unwrap_or_else(|e| e.into_inner());
         logging::set_threshold(level.threshold());
         exporter_thread::init_fd_budget(ctx);
@@ -223,6 +234,7 @@ redis_module! {
         bool: [],
         enum: [
             ["fast-path", &config::FAST_PATH, config::SwitchValue::UNSET, ConfigurationFlags::DEFAULT, Some(Box::new(on_projection_setting))],
+            ["project-at", &config::PROJECT_AT, config::ProjectAtValue::UNSET, ConfigurationFlags::DEFAULT, Some(Box::new(on_project_at))],
             ["log-level", &config::LOG_LEVEL_SETTING, config::LevelValue::UNSET, ConfigurationFlags::DEFAULT,
                 Some(Box::new(|ctx: &ConfigurationContext, name: &str, _: &'static config::LevelSetting| on_log_level(ctx, name, &config::LOG_LEVEL)))],
         ],

@@ -53,17 +53,42 @@ fn panic_in_keyspace_event_is_contained() {
 
 #[test]
 fn panic_in_deferred_drain_is_contained() {
-    // Redis 8.2 and Valkey run the drain as a post-notification job, Redis 7.0 as a 0 ms
-    // timer.
+    // Redis 8.2 and Valkey run the drain as a post-notification job (per turn with
+    // HEATBRIDGE_PROJECT_AT=turn), Redis 7.0 at the end of the event-loop turn.
+    for_each_flavor(|flavor| run_site(flavor, flavor.live_site()));
+}
+
+/// The 0 ms timer that carries a catch-up on: a backlog on a stream listed after its
+/// entries were added.
+#[test]
+fn panic_in_catch_up_timer_is_contained() {
     for_each_flavor(|flavor| {
-        run_site(
-            flavor,
-            if flavor.has_post_jobs() {
-                "job"
-            } else {
-                "timer"
-            },
-        )
+        let Some(module) = fault_module_path() else {
+            panic!(
+                "the fault-injection build is missing: scripts/test.sh builds it into target/fault"
+            );
+        };
+        let mut opts = Options::new(flavor)
+            .without_exporter()
+            .module_arg("batch", "1")
+            .module_arg("catchup-step-us", "100");
+        opts.module_file = Some(module);
+        opts.env
+            .push(("HEATBRIDGE_FAULT_INJECT".into(), "timer".into()));
+        let mut s = opts.start();
+        let mut c = s.conn();
+        let other = "quantum:stream:faults.backlog";
+        for i in 0..300 {
+            xadd(&mut c, other, "*", &decision("F", &format!("b{i}"), &[]));
+        }
+        config_set(&mut c, "heatbridge.stream-in", other).unwrap();
+        wait_for(10, "a contained panic in the catch-up timer", || {
+            internal_errors(&mut c) > 0
+        });
+        assert!(s.alive(), "server died with a panic in the catch-up timer");
+        let pong: String = redis::cmd("PING").query(&mut c).unwrap();
+        assert_eq!(pong, "PONG");
+        assert!(s.log().contains("internal error contained in"));
     });
 }
 

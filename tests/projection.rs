@@ -141,7 +141,7 @@ fn keys_are_readable_by_the_next_command() {
                 .unwrap();
             assert!(exists(&mut c, &format!("{BY_PLAN}{plan}")), "{plan}");
         }
-        if !flavor.has_post_jobs() {
+        if !flavor.projects_per_command() {
             return;
         }
         for i in 0..200 {

@@ -101,3 +101,33 @@ pub fn latency_sample(elapsed: Duration) {
         }
     }
 }
+
+/// Whether the server has post-notification jobs (Redis 7.2+, Valkey 8).
+pub fn post_notification_jobs() -> bool {
+    // SAFETY: reading (copying) a function pointer that the module API set at load.
+    let add = unsafe { raw::RedisModule_AddPostNotificationJob };
+    add.is_some()
+}
+
+/// The server's `io-threads` (1 when it cannot be read). It cannot change at runtime.
+pub fn io_threads(ctx: &Context) -> i64 {
+    let r: redis_module::CallResult = ctx.call_ext(
+        "CONFIG",
+        &crate::projector::call::read_opts(),
+        &["GET", "io-threads"][..],
+    );
+    let mut threads = 1;
+    if let Ok(reply) = r {
+        crate::projector::call::for_each_pair(&reply, |name, value| {
+            if name == b"io-threads" {
+                if let Some(n) = crate::projector::call::str_of(value)
+                    .and_then(|v| std::str::from_utf8(v).ok())
+                    .and_then(|v| v.parse().ok())
+                {
+                    threads = n;
+                }
+            }
+        });
+    }
+    threads
+}

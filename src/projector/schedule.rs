@@ -28,6 +28,85 @@ static POST_JOBS: AtomicU8 = AtomicU8::new(0);
 /// Wall ms of the last housekeeping tick.
 static LAST_TICK_MS: AtomicU64 = AtomicU64::new(NEVER);
 
+/// XADDs of this event-loop turn wait for the turn's end (`heatbridge.project-at turn`).
+static TURN_PENDING: AtomicBool = AtomicBool::new(false);
+/// The event-loop hook that ends a turn is subscribed (see `server::events`).
+static TURN_HOOK: AtomicBool = AtomicBool::new(false);
+/// The server runs I/O threads that write replies before the turn's end (Redis 8 and Valkey
+/// with `io-threads` above 1): there every XADD is projected in its own job instead.
+static IO_THREADS_WRITE_EARLY: AtomicBool = AtomicBool::new(false);
+
+/// Records what the server offers, at load: post-notification jobs (Redis 7.2+, Valkey 8;
+/// without them `heatbridge.project-at` is fixed to `turn`), and whether I/O threads write
+/// replies before the turn ends.
+pub fn server_offers(post_jobs: bool, io_threads: i64) {
+    POST_JOBS.store(if post_jobs { 1 } else { 2 }, Relaxed);
+    config::PROJECT_AT.fix((!post_jobs).then_some(true));
+    IO_THREADS_WRITE_EARLY.store(post_jobs && io_threads > 1, Relaxed);
+}
+
+/// How XADDs are projected now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Each XADD in its own post-notification job.
+    Command,
+    /// The XADDs of one event-loop turn together, at its end.
+    Turn,
+    /// `turn` was asked for, but I/O threads write replies before the turn ends: each XADD
+    /// in its own job.
+    CommandForIoThreads,
+}
+
+impl Mode {
+    /// As INFO shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Command => "command",
+            Mode::Turn => "turn",
+            Mode::CommandForIoThreads => "command (io-threads)",
+        }
+    }
+}
+
+/// The mode in force.
+pub fn mode() -> Mode {
+    match (
+        config::project_per_turn(),
+        IO_THREADS_WRITE_EARLY.load(Relaxed),
+    ) {
+        (false, _) => Mode::Command,
+        (true, false) => Mode::Turn,
+        (true, true) => Mode::CommandForIoThreads,
+    }
+}
+
+/// Whether the end-of-turn hook should be subscribed.
+pub fn wants_turn_hook() -> bool {
+    mode() == Mode::Turn
+}
+
+/// The end-of-turn hook was subscribed (`true`) or unsubscribed.
+pub fn turn_hook_subscribed(on: bool) {
+    TURN_HOOK.store(on, Relaxed);
+}
+
+/// Whether the end-of-turn hook is subscribed.
+pub fn turn_hook_is_subscribed() -> bool {
+    TURN_HOOK.load(Relaxed)
+}
+
+/// The event loop is about to sleep (BEFORE_SLEEP: this turn's commands ran, their replies
+/// are not written yet) or has woken up (AFTER_SLEEP: before the next turn's commands, for
+/// XADDs that ran after BEFORE_SLEEP, such as clients unblocked inside `beforeSleep`):
+/// projects the XADDs waiting for it.
+pub fn turn_ends(ctx: &Context) {
+    if !TURN_PENDING.swap(false, Relaxed) {
+        return;
+    }
+    guard::fault_point("turn");
+    run(ctx, false, true);
+}
+
 /// A setting that shapes the projectors changed (CONFIG SET of stream-in, group, db or
 /// fast-path): the next cron event runs the tick at once instead of up to poll-ms later.
 static SETTINGS_CHANGED: AtomicBool = AtomicBool::new(false);
@@ -42,6 +121,9 @@ const NEVER: u64 = u64::MAX;
 
 /// Resets scheduling state (module load; statics survive an unload).
 pub fn reset() {
+    TURN_PENDING.store(false, Relaxed);
+    TURN_HOOK.store(false, Relaxed);
+    IO_THREADS_WRITE_EARLY.store(false, Relaxed);
     TIMER_PENDING.store(false, Relaxed);
     TIMER_LIVE.store(false, Relaxed);
     JOB_PENDING.store(false, Relaxed);
@@ -66,6 +148,10 @@ pub fn timer_pending() -> bool {
 /// After an XADD on a projected stream (the keyspace event, which must not write): runs the
 /// drain in a post-notification job where the server has them, else in a 0 ms timer.
 pub fn after_xadd(ctx: &Context) {
+    if mode() == Mode::Turn && TURN_HOOK.load(Relaxed) {
+        TURN_PENDING.store(true, Relaxed);
+        return;
+    }
     if JOB_PENDING.load(Relaxed) {
         return;
     }
@@ -154,6 +240,15 @@ pub fn keep_module_context(ctx: &Context) {
     };
     let old = MODULE_CTX.swap(detached, Relaxed);
     free_context(old);
+}
+
+/// Runs `f` with the module's own context (made at load), if there is one: for calls that
+/// need a context of this module outside a callback, such as a config change.
+pub fn with_module_context(f: impl FnOnce(&Context)) {
+    let ctx = MODULE_CTX.load(Relaxed);
+    if !ctx.is_null() {
+        f(&Context::new(ctx));
+    }
 }
 
 /// Frees the context of [`keep_module_context`] (module unload).

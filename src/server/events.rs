@@ -72,6 +72,40 @@ pub fn subscribe(ctx: &Context) -> Result<(), String> {
 
 const OK: c_int = raw::REDISMODULE_OK as c_int;
 
+/// Subscribes the event loop's BEFORE_SLEEP and AFTER_SLEEP (one event) while XADDs are
+/// projected once per turn, and unsubscribes it otherwise: the server then calls HeatBridge
+/// twice per event-loop turn, which costs nothing worth having in `command` mode. Called at
+/// load and whenever `heatbridge.project-at` changes.
+pub fn follow_project_at(ctx: &Context) {
+    // SAFETY: reading a function pointer that the module API set at load.
+    let Some(server) = (unsafe { raw::RedisModule_SubscribeToServerEvent }) else {
+        return;
+    };
+    let want = schedule::wants_turn_hook();
+    // Never "unsubscribe" what is not subscribed: RM_SubscribeToServerEvent with a NULL
+    // callback for an event the module has no listener for ADDS a listener with a NULL
+    // callback, which the server then calls (a crash in beforeSleep on Redis 8.2).
+    if want == schedule::turn_hook_is_subscribed() {
+        return;
+    }
+    let event = raw::RedisModuleEvent {
+        id: raw::REDISMODULE_EVENT_EVENTLOOP,
+        dataver: 1,
+    };
+    let callback: raw::RedisModuleEventCallback = if want { Some(on_server_event) } else { None };
+    // SAFETY: `ctx.ctx` is a live context of this module (the load's, or the module's own
+    // detached one, of which the server reads only the module); the callback is a plain
+    // function of this library, and a NULL callback unsubscribes. The server drops every
+    // subscription at unload.
+    let done = unsafe { server(ctx.ctx, event, callback) } == OK;
+    schedule::turn_hook_subscribed(if done { want } else { !want });
+    if want && !done {
+        logging::warning(
+            "cannot subscribe to the event loop: projecting each XADD on its own instead",
+        );
+    }
+}
+
 /// The keyspace notification callback.
 unsafe extern "C" fn on_keyspace_event(
     ctx: *mut raw::RedisModuleCtx,
@@ -110,6 +144,7 @@ unsafe extern "C" fn on_server_event(
         }
         let ctx = Context::new(ctx);
         match eid.id {
+            raw::REDISMODULE_EVENT_EVENTLOOP => schedule::turn_ends(&ctx),
             raw::REDISMODULE_EVENT_CRON_LOOP => on_cron(&ctx),
             raw::REDISMODULE_EVENT_LOADING => on_loading(&ctx, sub),
             raw::REDISMODULE_EVENT_REPLICATION_ROLE_CHANGED => on_role_changed(

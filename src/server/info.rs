@@ -71,6 +71,10 @@ pub fn add_info(ctx: &redis_module::InfoContext) -> redis_module::RedisResult<()
         ("health", status.as_str().to_string()),
         ("post_notification_jobs", post_jobs.to_string()),
         (
+            "project_at",
+            crate::projector::schedule::mode().as_str().to_string(),
+        ),
+        (
             "entries_from_commands",
             crate::projector::capture::status().to_string(),
         ),

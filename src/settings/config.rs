@@ -26,8 +26,8 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::Relaxed};
 
 pub use crate::settings::setting::{
     check_port_pair, running, set_running, stream_names, LevelSetting, LevelValue, LogLevel,
-    NumericSetting, StringSetting, SwitchSetting, SwitchValue, LOG_LEVEL, LOG_LEVEL_SETTING, UNSET,
-    UNSET_TEXT,
+    NumericSetting, ProjectAtValue, StringSetting, SwitchSetting, SwitchValue, LOG_LEVEL,
+    LOG_LEVEL_SETTING, UNSET, UNSET_TEXT,
 };
 
 /// Default input stream (P27_STREAM_IN).
@@ -283,7 +283,24 @@ pub fn current() -> Settings {
 /// `heatbridge.fast-path`: take entries from the XADDs that added them, and trust the group
 /// as the last pass left it, where that is safe (see `fastpath`). `no` reads every group
 /// and every entry back, for an operator ruling the fast path out in an incident.
-pub static FAST_PATH: SwitchSetting = SwitchSetting::new(true);
+pub static FAST_PATH: SwitchSetting = SwitchSetting::new(true, "yes");
+
+/// `heatbridge.project-at`: `command` (off; the default) projects each XADD in its own
+/// post-notification job, so even a command pipelined right behind the XADD on the same
+/// connection sees the keys; `turn` (on) projects the XADDs of one event-loop turn together,
+/// before any of their replies leaves the server. A server without post-notification jobs
+/// (Redis 7.0) has only `turn`: the setting is fixed there.
+pub static PROJECT_AT: SwitchSetting = SwitchSetting::fixable(
+    false,
+    "turn",
+    "heatbridge.project-at: this server has no post-notification jobs (Redis 7.0), so it \
+     projects once per event-loop turn: only turn",
+);
+
+/// Whether XADDs are projected once per event-loop turn.
+pub fn project_per_turn() -> bool {
+    PROJECT_AT.is_on()
+}
 
 /// Whether the fast path is on.
 pub fn fast_path() -> bool {

@@ -24,6 +24,7 @@ pub fn check_module_args(args: &[&[u8]]) -> Result<(), String> {
             || STRING_CHECKS.iter().any(|(k, _)| *k == n)
             || n == "log-level"
             || n == "fast-path"
+            || n == "project-at"
     };
     let mut seen: Vec<&str> = Vec::new();
     for pair in args.chunks(2) {
@@ -150,6 +151,11 @@ pub fn apply_module_args(args: &[&[u8]]) -> Result<Vec<String>, String> {
     if unset {
         FAST_PATH.fill(arg("fast-path"));
     }
+    let unset = PROJECT_AT.is_unset();
+    note("project-at", unset);
+    if unset {
+        PROJECT_AT.fill(arg("project-at"));
+    }
     let unset = LOG_LEVEL_SETTING.is_unset();
     note("log-level", unset);
     if unset {
@@ -203,6 +209,12 @@ pub fn check_value(name: &str, value: &str) -> Result<(), String> {
             return Ok(());
         }
         return Err("must be yes or no".into());
+    }
+    if name == "project-at" {
+        if value.eq_ignore_ascii_case("command") || value.eq_ignore_ascii_case("turn") {
+            return Ok(());
+        }
+        return Err("must be command or turn".into());
     }
     if name == "log-level" {
         if LOG_LEVELS.iter().any(|l| l.eq_ignore_ascii_case(value)) {

@@ -381,59 +381,127 @@ pub fn stream_names(list: &str) -> impl Iterator<Item = &str> {
     list.split(',').map(str::trim)
 }
 
-/// The value a yes/no setting takes through the server: no (0), yes (1), or
-/// [`SwitchValue::UNSET`], the registered default (see the module doc).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SwitchValue(i32);
-
-impl SwitchValue {
+/// A value a two-way setting takes through the server: off (0), on (1), or `UNSET`, the
+/// registered default (see the module doc). One type per pair of words.
+pub trait TwoWay:
+    Copy + PartialEq + TryFrom<i32, Error = RedisError> + Into<i32> + EnumConfigurationValue
+{
     /// No config line gave the setting.
-    pub const UNSET: SwitchValue = SwitchValue(-1);
+    const UNSET: Self;
+    /// The value for `on`.
+    fn of(on: bool) -> Self;
 }
 
-impl TryFrom<i32> for SwitchValue {
-    type Error = RedisError;
+/// Declares the value type of a two-way setting whose words are `$off` and `$on`.
+macro_rules! two_way {
+    ($(#[$doc:meta])* $name:ident, $off:literal, $on:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub struct $name(i32);
 
-    fn try_from(v: i32) -> Result<Self, RedisError> {
-        if (-1..=1).contains(&v) {
-            return Ok(SwitchValue(v));
+        impl $name {
+            /// No config line gave the setting.
+            pub const UNSET: $name = $name(-1);
         }
-        Err(RedisError::Str("Value is not supported"))
-    }
+
+        impl TryFrom<i32> for $name {
+            type Error = RedisError;
+
+            fn try_from(v: i32) -> Result<Self, RedisError> {
+                if (-1..=1).contains(&v) {
+                    return Ok($name(v));
+                }
+                Err(RedisError::Str("Value is not supported"))
+            }
+        }
+
+        impl From<$name> for i32 {
+            fn from(v: $name) -> i32 {
+                v.0
+            }
+        }
+
+        impl EnumConfigurationValue for $name {
+            fn get_options(&self) -> (Vec<String>, Vec<i32>) {
+                (vec![$off.into(), $on.into()], vec![0, 1])
+            }
+        }
+
+        impl TwoWay for $name {
+            const UNSET: Self = $name::UNSET;
+
+            fn of(on: bool) -> Self {
+                $name(i32::from(on))
+            }
+        }
+    };
 }
 
-impl From<SwitchValue> for i32 {
-    fn from(v: SwitchValue) -> i32 {
-        v.0
-    }
-}
+two_way!(
+    /// The value of a yes/no setting (`heatbridge.fast-path`).
+    SwitchValue,
+    "no",
+    "yes"
+);
+two_way!(
+    /// The value of `heatbridge.project-at`: `command` or `turn`.
+    ProjectAtValue,
+    "command",
+    "turn"
+);
 
-impl EnumConfigurationValue for SwitchValue {
-    fn get_options(&self) -> (Vec<String>, Vec<i32>) {
-        (vec!["no".into(), "yes".into()], vec![0, 1])
-    }
-}
-
-/// A yes/no setting, readable from any thread.
+/// A two-way setting, readable from any thread. The server may fix it to one value
+/// ([`SwitchSetting::fix`]): it then reads as that value whatever was set, and CONFIG SET of
+/// the other is refused.
 pub struct SwitchSetting {
     on: AtomicBool,
     unset: AtomicBool,
     default: bool,
+    /// The word that means on, for a module argument.
+    on_word: &'static str,
+    /// 0: not fixed; 1: fixed off; 2: fixed on.
+    fixed: std::sync::atomic::AtomicU8,
+    /// Why it is fixed, for the error of a refused CONFIG SET.
+    fixed_why: &'static str,
 }
 
 impl SwitchSetting {
-    /// A switch that is `default` until set.
-    pub const fn new(default: bool) -> SwitchSetting {
+    /// A switch that is `default` until set; `on_word` is its "on" value in a module
+    /// argument (the other word is off).
+    pub const fn new(default: bool, on_word: &'static str) -> SwitchSetting {
+        SwitchSetting::fixable(default, on_word, "")
+    }
+
+    /// A switch the server may fix to one value, for the reason `fixed_why`.
+    pub const fn fixable(
+        default: bool,
+        on_word: &'static str,
+        fixed_why: &'static str,
+    ) -> SwitchSetting {
         SwitchSetting {
             on: AtomicBool::new(default),
             unset: AtomicBool::new(false),
             default,
+            on_word,
+            fixed: std::sync::atomic::AtomicU8::new(0),
+            fixed_why,
         }
     }
 
-    /// Whether it is on.
+    /// Whether it is on (its fixed value, when fixed).
     pub fn is_on(&self) -> bool {
-        self.on.load(Relaxed)
+        match self.fixed.load(Relaxed) {
+            1 => false,
+            2 => true,
+            _ => self.on.load(Relaxed),
+        }
+    }
+
+    /// Fixes it to `value` (`None`: not fixed), for a server that has only one way (module
+    /// load).
+    pub fn fix(&self, value: Option<bool>) {
+        self.fixed
+            .store(value.map_or(0, |on| if on { 2 } else { 1 }), Relaxed);
     }
 
     /// Whether the load left it without a config line.
@@ -441,33 +509,38 @@ impl SwitchSetting {
         self.unset.load(Relaxed)
     }
 
-    /// Fills the setting at load when no config line gave it: from a module argument
-    /// (`yes`/`no`), else its default.
+    /// Fills the setting at load when no config line gave it: from a module argument (its
+    /// on word, else off), else its default.
     pub fn fill(&self, arg: Option<&str>) {
-        let on = arg.map_or(self.default, |v| v.eq_ignore_ascii_case("yes"));
+        let on = arg.map_or(self.default, |v| v.eq_ignore_ascii_case(self.on_word));
         self.on.store(on, Relaxed);
         self.unset.store(false, Relaxed);
     }
 }
 
-impl ConfigurationValue<SwitchValue> for SwitchSetting {
-    fn get(&self, _ctx: &ConfigurationContext) -> SwitchValue {
+impl<V: TwoWay> ConfigurationValue<V> for SwitchSetting {
+    fn get(&self, _ctx: &ConfigurationContext) -> V {
         if self.unset.load(Relaxed) {
-            return SwitchValue::UNSET;
+            return V::UNSET;
         }
-        SwitchValue(i32::from(self.on.load(Relaxed)))
+        V::of(self.is_on())
     }
 
-    fn set(&self, _ctx: &ConfigurationContext, v: SwitchValue) -> Result<(), RedisError> {
+    fn set(&self, _ctx: &ConfigurationContext, v: V) -> Result<(), RedisError> {
         guard::contain("config set", Err(RedisError::Str("internal error")), || {
-            if v == SwitchValue::UNSET {
+            if v == V::UNSET {
                 if running() {
                     return Err(RedisError::Str("Value is not supported"));
                 }
                 self.unset.store(true, Relaxed);
                 return Ok(());
             }
-            self.on.store(v.0 == 1, Relaxed);
+            let on = v == V::of(true);
+            let fixed = self.fixed.load(Relaxed);
+            if running() && fixed != 0 && on != (fixed == 2) {
+                return Err(RedisError::Str(self.fixed_why));
+            }
+            self.on.store(on, Relaxed);
             self.unset.store(false, Relaxed);
             Ok(())
         })

@@ -48,6 +48,29 @@ impl Flavor {
     pub fn has_post_jobs(self) -> bool {
         self != Flavor::Redis
     }
+
+    /// Whether each XADD is projected in its own job, so that even a command pipelined right
+    /// behind it on the same connection sees its keys: post-notification jobs, and the suites
+    /// not run with `HEATBRIDGE_PROJECT_AT=turn`.
+    pub fn projects_per_command(self) -> bool {
+        self.has_post_jobs() && !per_turn()
+    }
+
+    /// The fault-injection site of the callback that projects a live XADD: the
+    /// post-notification job, or the end of the event-loop turn (Redis 7.0, and `turn`).
+    pub fn live_site(self) -> &'static str {
+        if self.projects_per_command() {
+            "job"
+        } else {
+            "turn"
+        }
+    }
+}
+
+/// Whether the suites run with `heatbridge.project-at turn` (`HEATBRIDGE_PROJECT_AT=turn`;
+/// scripts/test.sh runs the projection suites that way too).
+pub fn per_turn() -> bool {
+    std::env::var("HEATBRIDGE_PROJECT_AT").is_ok_and(|v| v == "turn")
 }
 
 /// The servers tests run on: [`FLAVORS`], narrowed by `HEATBRIDGE_FLAVORS` when set.
@@ -370,9 +393,9 @@ impl Server {
         self.dir.path()
     }
 
-    /// The module arguments including the exporter ports, and `fast-path` when the
-    /// environment sets `HEATBRIDGE_FAST_PATH` (scripts/test.sh runs the projection suites
-    /// with it off too).
+    /// The module arguments including the exporter ports, `fast-path` when the environment
+    /// sets `HEATBRIDGE_FAST_PATH` and `project-at` when it sets `HEATBRIDGE_PROJECT_AT`
+    /// (scripts/test.sh runs the projection suites with the fast path off and per turn too).
     pub fn module_args(&self) -> Vec<String> {
         let mut a = vec![
             "metrics-port".to_string(),
@@ -382,6 +405,9 @@ impl Server {
         ];
         if let Ok(v) = std::env::var("HEATBRIDGE_FAST_PATH") {
             a.extend(["fast-path".to_string(), v]);
+        }
+        if let Ok(v) = std::env::var("HEATBRIDGE_PROJECT_AT") {
+            a.extend(["project-at".to_string(), v]);
         }
         a.extend(self.opts.module_args.iter().cloned());
         a

@@ -1,0 +1,222 @@
+//! `heatbridge.project-at`: `command` projects each XADD in its own post-notification job
+//! (Redis 7.2+, Valkey 8); `turn` projects the XADDs of one event-loop turn together, at its
+//! end, before any of their replies leaves the server. Redis 7.0 has only `turn`. Whatever
+//! the mode, a client that has read an XADD's reply finds its keys; in `command` mode even a
+//! command pipelined right behind the XADD does.
+
+mod common;
+use common::*;
+
+use std::time::Duration;
+
+fn info_field(c: &mut Connection, name: &str) -> String {
+    let text: String = redis::cmd("INFO").arg("heatbridge").query(c).expect("INFO");
+    text.lines()
+        .find_map(|l| {
+            let (k, v) = l.trim_end().split_once(':')?;
+            (k == name).then(|| v.to_string())
+        })
+        .unwrap_or_else(|| panic!("INFO heatbridge has no {name}: {text}"))
+}
+
+fn pointer(c: &mut Connection, symbol: &str) -> Option<String> {
+    get(c, &format!("quantum:harvest:heat:latest_plan_id:{symbol}"))
+}
+
+/// Every XADD's keys exist once its reply has been read: one at a time, in pipelined bursts
+/// (the pipeline's replies read first), in MULTI/EXEC and in a script.
+fn assert_visible_after_reply(c: &mut Connection, tag: &str) {
+    for i in 0..200 {
+        let plan = format!("{tag}-one-{i}");
+        inject(c, "ONE", &plan);
+        assert_eq!(pointer(c, "ONE").as_deref(), Some(plan.as_str()), "{plan}");
+        assert!(exists(c, &format!("quantum:harvest:heat:by_plan:{plan}")));
+    }
+    for round in 0..20 {
+        let mut p = redis::pipe();
+        for i in 0..50 {
+            let mut cmd = redis::cmd("XADD");
+            cmd.arg(STREAM).arg("*");
+            for (k, v) in decision(&format!("B{}", i % 5), &format!("{tag}-b{round}-{i}"), &[]) {
+                cmd.arg(k).arg(v);
+            }
+            p.add_command(cmd).ignore();
+        }
+        p.query::<()>(c).expect("XADD pipeline");
+        for i in 45..50 {
+            let plan = format!("{tag}-b{round}-{i}");
+            assert_eq!(
+                pointer(c, &format!("B{}", i % 5)).as_deref(),
+                Some(plan.as_str())
+            );
+        }
+    }
+    let mut p = redis::pipe();
+    p.atomic();
+    for i in 0..3 {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(STREAM).arg("*");
+        for (k, v) in decision("MX", &format!("{tag}-multi-{i}"), &[]) {
+            cmd.arg(k).arg(v);
+        }
+        p.add_command(cmd).ignore();
+    }
+    p.query::<()>(c).expect("MULTI/EXEC");
+    assert_eq!(pointer(c, "MX"), Some(format!("{tag}-multi-2")));
+    let _: String = redis::cmd("EVAL")
+        .arg("return redis.call('XADD', KEYS[1], '*', 'symbol', 'LU', 'plan_id', ARGV[1])")
+        .arg(1)
+        .arg(STREAM)
+        .arg(format!("{tag}-lua"))
+        .query(c)
+        .expect("EVAL");
+    assert_eq!(pointer(c, "LU"), Some(format!("{tag}-lua")));
+}
+
+/// CONFIG GET and SET of project-at on each server: `command` by default where the server
+/// has post-notification jobs, switchable both ways at runtime; `turn`, fixed, on Redis 7.0,
+/// where setting `command` is refused with the reason.
+#[test]
+fn project_at_is_a_setting_each_server_answers_truthfully() {
+    for_each_flavor(|flavor| {
+        let s = Options::new(flavor).without_exporter().start();
+        let mut c = s.conn();
+        assert!(config_set(&mut c, "heatbridge.project-at", "later").is_err());
+        if flavor.has_post_jobs() {
+            let default = if per_turn() { "turn" } else { "command" };
+            assert_eq!(config_get(&mut c, "heatbridge.project-at"), default);
+            for (round, mode) in ["turn", "command", "turn"].into_iter().enumerate() {
+                config_set(&mut c, "heatbridge.project-at", mode).unwrap();
+                assert_eq!(config_get(&mut c, "heatbridge.project-at"), mode);
+                assert_eq!(info_field(&mut c, "heatbridge_project_at"), mode);
+                // New plan_ids each round: a repeated one would be a duplicate.
+                assert_visible_after_reply(&mut c, &format!("{mode}-switch-{round}"));
+            }
+        } else {
+            assert_eq!(config_get(&mut c, "heatbridge.project-at"), "turn");
+            let e = config_set(&mut c, "heatbridge.project-at", "command").unwrap_err();
+            assert!(e.contains("only turn"), "{e}");
+            config_set(&mut c, "heatbridge.project-at", "turn").unwrap();
+            assert_eq!(info_field(&mut c, "heatbridge_project_at"), "turn");
+            assert_visible_after_reply(&mut c, "fixed-turn");
+        }
+        wait_drained(&mut c);
+    });
+}
+
+/// In `turn` mode a client that has read the XADD's reply finds the keys, on every server;
+/// as a loadmodule argument too.
+#[test]
+fn per_turn_keys_exist_once_the_reply_is_read() {
+    for_each_flavor(|flavor| {
+        let s = Options::new(flavor)
+            .without_exporter()
+            .module_arg("project-at", "turn")
+            .start();
+        let mut c = s.conn();
+        assert_eq!(config_get(&mut c, "heatbridge.project-at"), "turn");
+        assert_visible_after_reply(&mut c, "turn");
+        wait_drained(&mut c);
+        assert_eq!(metric(&mut c, "p27_errors_total{stage=\"write\"}"), 0.0);
+    });
+}
+
+/// An XADD that runs after the turn's end hook, inside `beforeSleep` (Redis 7.0 serves a
+/// client unblocked there, with an XADD pipelined behind its BLPOP, after BEFORE_SLEEP):
+/// projected before the next command, so its writer finds the keys after reading the reply.
+#[test]
+fn an_xadd_behind_an_unblocked_command_is_visible_after_its_reply() {
+    for_each_flavor(|flavor| {
+        let s = Options::new(flavor)
+            .without_exporter()
+            .module_arg("project-at", "turn")
+            .start();
+        for i in 0..30 {
+            let mut blocked = s.conn();
+            let mut waker = s.conn();
+            let plan = format!("unblocked-{i}");
+            let mut p = redis::pipe();
+            p.cmd("BLPOP").arg(format!("wake{i}")).arg(5);
+            let mut xadd = redis::cmd("XADD");
+            xadd.arg(STREAM).arg("*");
+            for (k, v) in decision("UB", &plan, &[]) {
+                xadd.arg(k).arg(v);
+            }
+            p.add_command(xadd);
+            let (tx, rx) = std::sync::mpsc::channel();
+            let h = std::thread::spawn(move || {
+                let r: redis::RedisResult<(redis::Value, String)> = p.query(&mut blocked);
+                let seen = pointer(&mut blocked, "UB");
+                let _ = tx.send((r.is_ok(), seen));
+            });
+            std::thread::sleep(Duration::from_millis(30));
+            let _: i64 = redis::cmd("LPUSH")
+                .arg(format!("wake{i}"))
+                .arg("x")
+                .query(&mut waker)
+                .unwrap();
+            let (ok, seen) = rx.recv_timeout(Duration::from_secs(10)).expect("replies");
+            h.join().expect("the blocked client");
+            assert!(ok);
+            assert_eq!(seen.as_deref(), Some(plan.as_str()), "{flavor:?} round {i}");
+        }
+    });
+}
+
+/// With I/O threads, Redis 8 and Valkey write replies before the turn ends: `turn` falls
+/// back to a job per XADD there (INFO says so), and the keys are visible even to a command
+/// pipelined right behind the XADD. Redis 7.0's threaded reads run before the turn's end
+/// hook, so it stays per turn.
+#[test]
+fn under_io_threads_the_guarantee_holds() {
+    for_each_flavor(|flavor| {
+        let mut opts = Options::new(flavor)
+            .without_exporter()
+            .module_arg("project-at", "turn")
+            .arg("--io-threads", "4");
+        if flavor == Flavor::Redis {
+            opts = opts.arg("--io-threads-do-reads", "yes");
+        }
+        let s = opts.start();
+        let mut c = s.conn();
+        let want = if flavor.has_post_jobs() {
+            "command (io-threads)"
+        } else {
+            "turn"
+        };
+        assert_eq!(info_field(&mut c, "heatbridge_project_at"), want);
+        assert_visible_after_reply(&mut c, "io");
+        // Several clients at once, so that the I/O threads are busy.
+        let handles: Vec<_> = (0..4)
+            .map(|t| {
+                let mut c = s.conn();
+                std::thread::spawn(move || {
+                    for i in 0..300 {
+                        let plan = format!("io-{t}-{i}");
+                        let (_, seen): (String, Option<String>) = redis::pipe()
+                            .cmd("XADD")
+                            .arg(STREAM)
+                            .arg("*")
+                            .arg("symbol")
+                            .arg(format!("T{t}"))
+                            .arg("plan_id")
+                            .arg(&plan)
+                            .cmd("GET")
+                            .arg(format!("quantum:harvest:heat:latest_plan_id:T{t}"))
+                            .query(&mut c)
+                            .expect("XADD and GET");
+                        let after = pointer(&mut c, &format!("T{t}"));
+                        assert_eq!(after.as_deref(), Some(plan.as_str()), "after the reply");
+                        if flavor.has_post_jobs() {
+                            assert_eq!(seen.as_deref(), Some(plan.as_str()), "pipelined");
+                        }
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().expect("a client thread");
+        }
+        wait_drained(&mut c);
+    });
+}
