@@ -1076,7 +1076,7 @@ impl World {
     }
 
     fn pick_config(&mut self) -> Op {
-        let settings: [(&'static str, &[&str]); 14] = [
+        let settings: [(&'static str, &[&str]); 15] = [
             ("batch", &["1", "10", "250", "3", "0", "251", "-1", "abc"]),
             ("poll-ms", &["10", "100", "500", "2000", "9", "0", "x"]),
             ("ttl-plan-sec", &["1800", "5", "86400", "0", "-1"]),
@@ -1104,6 +1104,7 @@ impl World {
             ("bind", &["127.0.0.1", "", "localhost", "999.1.1.1"]),
             ("db", &["0", "0", "1", "16", "-1"]),
             ("fast-path", &["yes", "no", "maybe"]),
+            ("project-at", &["command", "turn", "later"]),
         ];
         let (name, values) = *self.rng.pick(&settings);
         Op::Config {

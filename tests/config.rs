@@ -10,7 +10,7 @@ use std::time::Duration;
 const BY_PLAN: &str = "quantum:harvest:heat:by_plan:";
 
 /// Every setting with its CONTRACT default.
-const DEFAULTS: [(&str, &str); 15] = [
+const DEFAULTS: [(&str, &str); 16] = [
     (
         "heatbridge.stream-in",
         "quantum:stream:harvest.heat.decision",
@@ -28,6 +28,7 @@ const DEFAULTS: [(&str, &str); 15] = [
     ("heatbridge.log-level", "INFO"),
     ("heatbridge.db", "0"),
     ("heatbridge.fast-path", "yes"),
+    ("heatbridge.project-at", "command"),
     ("heatbridge.catchup-step-us", "1000"),
 ];
 
@@ -93,16 +94,23 @@ fn every_setting_with_contract_defaults_when_loaded_without_args() {
         // The default ports are shared by the whole machine: let them go at once.
         config_set(&mut c, "heatbridge.metrics-port", "0").unwrap();
         config_set(&mut c, "heatbridge.health-port", "0").unwrap();
+        let on_server = |k: &str, v: &str| {
+            if k == "heatbridge.project-at" {
+                project_at_on(flavor, v)
+            } else {
+                v.to_string()
+            }
+        };
         let mut want: Vec<(String, String)> = DEFAULTS
             .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .map(|(k, v)| (k.to_string(), on_server(k, v)))
             .collect();
         want.sort();
         assert_eq!(got, want);
         // Each one answers CONFIG GET by its own name too.
         for (name, value) in DEFAULTS {
             if !name.ends_with("-port") {
-                assert_eq!(config_get(&mut c, name), value, "{name}");
+                assert_eq!(config_get(&mut c, name), on_server(name, value), "{name}");
             }
         }
     });

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 const BY_PLAN: &str = "quantum:harvest:heat:by_plan:";
 
 /// Every setting of CONTRACT §2: name, default, the seed env var it replaces ("" if new).
-const SETTINGS: [(&str, &str, &str); 15] = [
+const SETTINGS: [(&str, &str, &str); 16] = [
     (
         "stream-in",
         "quantum:stream:harvest.heat.decision",
@@ -33,6 +33,7 @@ const SETTINGS: [(&str, &str, &str); 15] = [
     ("log-level", "INFO", "P27_LOG_LEVEL"),
     ("db", "0", ""),
     ("fast-path", "yes", ""),
+    ("project-at", "command", ""),
     ("catchup-step-us", "1000", ""),
 ];
 
@@ -524,7 +525,12 @@ fn example_config_loads_and_applies_every_setting() {
         {
             let s = start_from_example(flavor, &values);
             let mut c = s.conn();
-            assert_eq!(config_all(&mut c), values, "CONFIG GET heatbridge.*");
+            let mut shown = values.clone();
+            shown.insert(
+                "project-at".into(),
+                project_at_on(flavor, &values["project-at"]),
+            );
+            assert_eq!(config_all(&mut c), shown, "CONFIG GET heatbridge.*");
             assert_eq!(config_get(&mut c, "appendonly"), "yes");
             assert_eq!(config_get(&mut c, "maxmemory-policy"), "noeviction");
             let fields = decision("BTCUSDT", "conf_example", &[]);
@@ -559,6 +565,7 @@ fn example_config_loads_and_applies_every_setting() {
             ("log-level", "WARNING"),
             ("db", "0"),
             ("fast-path", "no"),
+            ("project-at", "turn"),
             ("catchup-step-us", "700"),
         ]
         .into_iter()

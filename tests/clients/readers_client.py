@@ -286,8 +286,11 @@ def run_reads(port, mode, scenario, count, load_args):
             expected = w.hget(LATEST + sym, "plan_id")
             w.hset(LATEST + sym, "plan_id", "bogus")
             if reader.plan(sym) != "bogus":
-                # The client's own write must be seen too (bounded wait on 7.0 is not
-                # needed: it is an ordinary write).
+                # The client's own write must be seen too, after a round trip on the
+                # invalidation connection: its reply can reach the writer a moment before
+                # the invalidation reaches the reader's socket (an ordinary write, not
+                # HeatBridge's).
+                reader.sync()
                 got = reader.plan(sym)
                 if got != "bogus":
                     sys.exit(f"the reader missed the client's own overwrite: {got}")

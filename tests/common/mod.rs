@@ -67,6 +67,16 @@ impl Flavor {
     }
 }
 
+/// `heatbridge.project-at` as a server reports a configured `value`: Redis 7.0 has only
+/// `turn`.
+pub fn project_at_on(flavor: Flavor, value: &str) -> String {
+    if flavor.has_post_jobs() {
+        value.to_string()
+    } else {
+        "turn".to_string()
+    }
+}
+
 /// Whether the suites run with `heatbridge.project-at turn` (`HEATBRIDGE_PROJECT_AT=turn`;
 /// scripts/test.sh runs the projection suites that way too).
 pub fn per_turn() -> bool {
