@@ -69,6 +69,7 @@ Environment:
   HB_SO_BASE       an older build of the module: adds the row heatbridge-base, e.g.
                    /work/baseline/libheatbridge-be7d782.so (catch-up and scraper use HB_SO only)
   HB_ARGS          extra module arguments for all heatbridge rows, e.g. "batch 100"
+  BENCH_TURN       1 (default): a heatbridge-turn row, the module with project-at turn
   BENCH_FASTPATH_OFF=1  adds the row heatbridge-nofast (HB_SO with `fast-path no`)
 
 The code, by job: settings.py (the knobs above, parsed), load.py (the decisions, their RESP

@@ -8,12 +8,13 @@ moves by about 2%, so it tells small changes apart where bench.py's rates cannot
 
 A ROW is `pipeline` (the client's 8 commands per decision, no module), `lua` (FCALL of
 scripts/bench/heatbench.lua), or the path of a HeatBridge build (plain XADDs, the module
-loaded with its defaults). The rows run interleaved, CPU_ROUNDS times (3); each line gives
+loaded with its defaults), optionally followed by module arguments after commas, e.g.
+`target/release/libheatbridge.so,project-at,turn`. The rows run interleaved, CPU_ROUNDS times (3); each line gives
 one run. BENCH_N sets the load (50000). Every server is killed at exit.
 
-The measure ends when the pipe is done: for HeatBridge that is the projection too on Redis
-8.2 and Valkey 8.1 (post-notification jobs run before each XADD's reply); on Redis 7.0 the
-last pass may still be running, so use bench.py there.
+The measure ends when the pipe is done, and so is the projection: a post-notification job
+(Redis 8.2 and Valkey 8.1, `project-at command`) or the end of the event-loop turn (Redis
+7.0, and `project-at turn`) runs before the XADD's reply leaves.
 """
 
 import os
@@ -46,7 +47,8 @@ def cli(port, *args, stdin=None):
 
 def run(kind, row, tmp):
     """One fresh server, one load: (server CPU us per decision, decisions/s, DBSIZE)."""
-    load = os.path.join(tmp, f"{os.path.basename(row)}.resp")
+    module, *module_args = row.split(",")
+    load = os.path.join(tmp, f"{os.path.basename(module)}.resp")
     if row == "pipeline":
         gen_pipeline(load, N)  # PXATs must be ahead of the clock: made per run
     elif not os.path.exists(load):
@@ -55,7 +57,7 @@ def run(kind, row, tmp):
     args = [server_binary(kind), "--port", str(port), "--bind", "127.0.0.1",
             "--save", "", "--appendonly", "no", "--dir", tempfile.mkdtemp(dir=tmp)]
     if row not in ("pipeline", "lua"):
-        args += ["--loadmodule", row, "metrics-port", "0", "health-port", "0"]
+        args += ["--loadmodule", module, "metrics-port", "0", "health-port", "0", *module_args]
     server = subprocess.Popen(args, stdout=subprocess.DEVNULL)
     try:
         deadline = time.time() + 10
@@ -87,7 +89,8 @@ def main():
         for r in range(ROUNDS):
             for row in rows:
                 us, rate, size = run(kind, row, tmp)
-                print(f"{kind} round {r + 1} {os.path.basename(row):<24} server CPU "
+                name = ",".join([os.path.basename(row.split(",")[0])] + row.split(",")[1:])
+                print(f"{kind} round {r + 1} {name:<34} server CPU "
                       f"{us:6.2f} us/decision  {rate:9,.0f}/s  DBSIZE {size}", flush=True)
 
 

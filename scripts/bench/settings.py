@@ -40,6 +40,10 @@ if HB_SO_BASE:
     HEATBRIDGES["heatbridge-base"] = (HB_SO_BASE, HB_ARGS)
 if FASTPATH_OFF:
     HEATBRIDGES["heatbridge-nofast"] = (HB_SO, HB_ARGS + ["fast-path", "no"])
+# The per-turn projection (heatbridge.project-at turn; issue 21), on by default. On Redis 7.0
+# it is the same as "heatbridge", which is per turn there.
+if os.environ.get("BENCH_TURN", "1") not in ("", "0"):
+    HEATBRIDGES["heatbridge-turn"] = (HB_SO, HB_ARGS + ["project-at", "turn"])
 # Rows over three tagged streams (CONTRACT §11), the load split by symbol: one standalone server
 # that lists all three, and a 3-master cluster where each master owns one of them.
 MULTI = ["standalone-3", "cluster"]
