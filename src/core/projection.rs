@@ -216,6 +216,14 @@ pub fn dedupe_verdict(existing: Option<&[u8]>, id: EntryId) -> Dedupe {
     }
 }
 
+/// Whether the dedupe key holds an entry earlier than `id`: then HEATBRIDGE.REPLAY of `id`
+/// leaves it as it is, so that it keeps naming the earliest projected entry of its plan.
+pub fn dedupe_held_by_earlier(existing: Option<&[u8]>, id: EntryId) -> bool {
+    existing
+        .and_then(EntryId::parse)
+        .is_some_and(|held| held < id)
+}
+
 /// Absolute expiry (unix ms) of a key with `ttl_ms` for an entry at `entry_ms`, or `None`
 /// when the key must not be written (TTL zero, or already expired at `now_ms`).
 /// An entry time in the future is clamped to now, so no key outlives its TTL from now.
@@ -309,6 +317,17 @@ mod tests {
             );
         }
         assert!(tag_prefixed(b"{{a}:x"), "the tag of s{{{{a}} is {{a");
+    }
+
+    #[test]
+    fn replay_keeps_the_earliest_entry_in_the_dedupe_key() {
+        let id = |ms, seq| crate::core::decision::EntryId { ms, seq };
+        assert!(dedupe_held_by_earlier(Some(b"5-0"), id(6, 0)));
+        assert!(dedupe_held_by_earlier(Some(b"6-0"), id(6, 1)));
+        assert!(!dedupe_held_by_earlier(Some(b"6-1"), id(6, 1)), "its own ID");
+        assert!(!dedupe_held_by_earlier(Some(b"7-0"), id(6, 1)), "a later one");
+        assert!(!dedupe_held_by_earlier(None, id(6, 1)));
+        assert!(!dedupe_held_by_earlier(Some(b"junk"), id(6, 1)));
     }
 
     #[test]

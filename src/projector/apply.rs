@@ -81,11 +81,21 @@ pub fn project(
     let dedupe_key = w.string(&keys.dedupe(d.plan_id));
     // The dedupe key's type, once read here, serves its write below.
     let mut dedupe_kind = None;
-    if dedupe && s.ttls.dedupe_ms > 0 {
+    // An earlier entry of the plan holds the dedupe key: REPLAY leaves it there.
+    let mut earlier_holds_dedupe = false;
+    if s.ttls.dedupe_ms > 0 {
         let (kind, existing) = writer::read_string(ctx, &dedupe_key);
-        if projection::dedupe_verdict(existing.as_deref(), d.id) == Dedupe::Duplicate {
-            METRICS.count_dedupe_skip();
-            return Ok(Projected::Duplicate);
+        if dedupe {
+            if projection::dedupe_verdict(existing.as_deref(), d.id) == Dedupe::Duplicate {
+                METRICS.count_dedupe_skip();
+                return Ok(Projected::Duplicate);
+            }
+        } else {
+            // REPLAY ignores dedupe, but never moves the key to a later entry: it keeps
+            // naming the earliest projected entry of the plan, so that a later re-read of the
+            // stream (a rewound cursor) decides every entry as the live path did, and latest
+            // never loses the decision it holds to a re-read that now skips it.
+            earlier_holds_dedupe = projection::dedupe_held_by_earlier(existing.as_deref(), d.id);
         }
         dedupe_kind = Some(kind);
     }
@@ -95,7 +105,7 @@ pub fn project(
     let Some(plan_id) = writer::field(fields, b"plan_id") else {
         return Ok(Projected::Invalid);
     };
-    if let Some(at) = plan.dedupe_at {
+    if let Some(at) = plan.dedupe_at.filter(|_| !earlier_holds_dedupe) {
         let id = w.string(writer::Digits::id(d.id).as_bytes());
         match dedupe_kind {
             Some(kind) => w.set_string_of(&dedupe_key, kind, &id, at)?,

@@ -266,19 +266,15 @@ impl<'c> Pass<'c> {
     /// nothing of the pass is acknowledged: the retry rewrites it all (idempotent).
     /// Returns whether it all succeeded, and the group as the next pass may trust it.
     fn finish(self, ctx: &Context) -> (bool, Option<Known>) {
-        // A pass that reached the stream's end holds each symbol's newest entry. One that
-        // stopped before it (a catch-up) holds entries newer than every decision latest was
-        // written from when they lie past the high-water mark; at or before it (the cursor
-        // was moved back) they are compared with what latest holds.
+        // Past the high-water mark, a symbol's newest entry of the pass is newer than every
+        // decision latest holds, whether or not the pass reached the stream's end. At or
+        // before it (the cursor was moved back), it may be older than latest's decision (one
+        // a REPLAY or an earlier pass wrote), so it is compared.
         let keys = &self.t.keys;
-        let written = if matches!(self.advance, Some((Cursor::End, _))) {
-            self.latest.write_all(&self.w, keys)
-        } else {
-            let (newer, rest) = self.latest.split_at(self.high_water);
-            newer
-                .write_all(&self.w, keys)
-                .and_then(|()| rest.write_if_newer(ctx, &self.w, keys, &self.t.stream_key))
-        };
+        let (newer, rest) = self.latest.split_at(self.high_water);
+        let written = newer
+            .write_all(&self.w, keys)
+            .and_then(|()| rest.write_if_newer(ctx, &self.w, keys, &self.t.stream_key));
         let stream = self.t.stream.as_bytes();
         if let Some(hw) = self.high_water {
             apply::raise_high_water(stream, hw);
