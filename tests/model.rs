@@ -67,6 +67,10 @@ const GROUP: &str = "heat_bridge";
 const TTL_SEC: u64 = 7200;
 /// Few symbols, so that latest is overwritten often.
 const SYMBOLS: [&str; 6] = ["BTC", "ETH", "SOL", "XRP", "ADA", "DOGE"];
+/// Every symbol an entry may carry that makes a latest key on some stream.
+const LATEST_SYMBOLS: [&str; 9] = [
+    "BTC", "ETH", "SOL", "XRP", "ADA", "DOGE", "{m}:SOL", "{}:SOL", "DECOY",
+];
 /// The four prefixes of the derived keys.
 const PREFIXES: [&[u8]; 4] = [
     projection::BY_PLAN_PREFIX,
@@ -162,6 +166,12 @@ enum Op {
     Multi(Vec<(usize, Fields)>),
     /// One EVAL that XADDs every entry (on Redis 7.2+ and Valkey in one millisecond).
     Lua(Vec<(usize, Fields)>),
+    /// A Lua script of more than 2,000 entries on one stream (one millisecond on Redis 7.2+
+    /// and Valkey), its second half of one symbol, and a reset of the module's memory sent
+    /// before the script's reply is read: the catch-up after the reset orders latest
+    /// against a decision of the same millisecond.
+    /// With `true`, the op waits for the drain and checks latest against the model.
+    LuaReset(Vec<(usize, Fields)>, Reset, bool),
     /// DEBUG RELOAD.
     Reload,
     /// kill -9 and a restart from the AOF (the settings go back to the start's).
@@ -201,6 +211,7 @@ impl Op {
             Op::Burst(_) => "burst",
             Op::Multi(_) => "multi",
             Op::Lua(_) => "lua",
+            Op::LuaReset(..) => "lua_reset",
             Op::Reload => "reload",
             Op::Restart => "restart",
             Op::StreamIn(_) => "stream_in",
@@ -235,9 +246,29 @@ impl Op {
                 show(last_field(f, b"symbol").unwrap_or(&b"-"[..])),
             ),
             Op::Burst(v) | Op::Multi(v) | Op::Lua(v) => format!("{} {}", self.kind(), plans(v)),
+            Op::LuaReset(v, r, check) => format!(
+                "lua {} then {r:?}{}",
+                plans(v),
+                if *check { ", then a check" } else { "" }
+            ),
             other => format!("{other:?}"),
         }
     }
+}
+
+/// What forgets the module's memory of which decision latest holds.
+#[derive(Clone, Copy, Debug)]
+enum Reset {
+    Reload,
+    FastPath(bool),
+    /// heatbridge.stream-in set to both streams (its value at the start).
+    StreamIn,
+    /// heatbridge.db set to 0.
+    Db0,
+    /// SWAPDB 0 1 twice.
+    SwapDb,
+    /// kill -9 once the script answered, and a restart from the AOF.
+    Restart,
 }
 
 /// The last value of field `name`, as the module reads it.
@@ -248,19 +279,14 @@ fn last_field<'a>(f: &'a Fields, name: &[u8]) -> Option<&'a [u8]> {
         .map(|(_, v)| v.as_slice())
 }
 
-/// One HEATBRIDGE.REPLAY the driver made, for the model.
+/// One HEATBRIDGE.REPLAY the driver made, for failure reports.
 #[derive(Clone, Debug)]
 struct ReplayRec {
-    stream: usize,
     /// The op number.
     op: u64,
-    /// The stream's last ID when it ran: every entry up to it was projected live before.
-    boundary: EntryId,
     from: EntryId,
     /// The last ID it looked at (its reply).
     last: EntryId,
-    /// How many entries it says it wrote.
-    written: u64,
 }
 
 /// What the driver knows the settings are (they go back to the start's on a restart).
@@ -302,7 +328,10 @@ struct World {
     next_plan: u64,
     /// Recent entry IDs of each stream, from XADD replies.
     ids: [VecDeque<String>; 2],
-    replays: Vec<ReplayRec>,
+    /// The model of each stream's key space.
+    models: [Model; 2],
+    /// Checkpoints passed (latest compared with the model mid-run).
+    checkpoints: u64,
     log: VecDeque<String>,
     ops: u64,
     counts: BTreeMap<&'static str, u64>,
@@ -340,7 +369,8 @@ impl World {
             settings: Settings::start(),
             next_plan: 0,
             ids: [VecDeque::new(), VecDeque::new()],
-            replays: Vec::new(),
+            models: [Model::new(STREAMS[0]), Model::new(STREAMS[1])],
+            checkpoints: 0,
             log: VecDeque::new(),
             ops: 0,
             counts: BTreeMap::new(),
@@ -443,7 +473,7 @@ impl World {
     /// Draws the next op.
     fn pick(&mut self) -> Op {
         type Draw = fn(&mut World) -> Op;
-        let table: [(u64, Draw); 16] = [
+        let table: [(u64, Draw); 17] = [
             (400, |w| {
                 let s = w.stream();
                 Op::Xadd(s, w.entry(8))
@@ -463,6 +493,26 @@ impl World {
                     w.rng.range(100, 1000)
                 };
                 Op::Lua(w.entries(n, 3))
+            }),
+            (6, |w| {
+                let n = w.rng.range(2001, 4000);
+                let s = w.stream();
+                let focus = SYMBOLS[w.rng.below(SYMBOLS.len() as u64) as usize];
+                let mut v: Vec<(usize, Fields)> = (0..n).map(|_| (s, w.entry(2))).collect();
+                for (_, f) in v.iter_mut().skip(n as usize / 2) {
+                    f.iter_mut()
+                        .filter(|(k, _)| k == b"symbol")
+                        .for_each(|(_, x)| *x = b(focus));
+                }
+                let reset = match w.rng.below(6) {
+                    0 => Reset::Reload,
+                    1 => Reset::FastPath(w.rng.chance(50)),
+                    2 => Reset::StreamIn,
+                    3 => Reset::Db0,
+                    4 => Reset::SwapDb,
+                    _ => Reset::Restart,
+                };
+                Op::LuaReset(v, reset, w.rng.chance(50))
             }),
             (3, |_| Op::Reload),
             (2, |_| Op::Restart),
@@ -507,7 +557,7 @@ impl World {
                     count,
                 }
             }),
-            (4, |_| Op::Settle),
+            (8, |_| Op::Settle),
         ];
         let total: u64 = table.iter().map(|(n, _)| n).sum();
         let mut r = self.rng.below(total);
@@ -709,7 +759,20 @@ impl World {
                     ids.last().map_or("", |s| s)
                 )
             }
-            Op::Lua(v) => self.lua(&v),
+            Op::Lua(v) => {
+                let c = lua_cmd(&v);
+                let r = self
+                    .q(Who::Producer, &c)
+                    .unwrap_or_else(|e| self.fail(&format!("EVAL refused: {e}")));
+                self.lua_done(r)
+            }
+            Op::LuaReset(v, reset, check) => {
+                let out = self.lua_reset(&v, reset);
+                if check {
+                    self.checkpoint_all();
+                }
+                out
+            }
             Op::Reload => {
                 let r: Result<(), String> = self.q(Who::Operator, &cmd(&["DEBUG", "RELOAD"]));
                 format!("{r:?}")
@@ -770,12 +833,8 @@ impl World {
                 count,
             } => self.replay(stream, from, count),
             Op::Settle => {
-                for s in 0..2 {
-                    if self.settings.drains(s) {
-                        self.wait_drained(s);
-                    }
-                }
-                "drained".into()
+                self.checkpoint_all();
+                "drained; latest as the model says".into()
             }
         }
     }
@@ -803,31 +862,67 @@ impl World {
         )
     }
 
-    fn lua(&mut self, v: &[(usize, Fields)]) -> String {
-        const SCRIPT: &str = "local i = 1 local first, last \
-            while i <= #ARGV do \
-              local k = tonumber(ARGV[i]) local n = tonumber(ARGV[i + 1]) \
-              local id = redis.call('XADD', KEYS[k], '*', unpack(ARGV, i + 2, i + 1 + n)) \
-              if k == 1 then first = first or id last = id end \
-              i = i + 2 + n \
-            end return {first or '', last or ''}";
-        let mut c = redis::cmd("EVAL");
-        c.arg(SCRIPT).arg(2).arg(STREAMS[0]).arg(STREAMS[1]);
-        for (s, f) in v {
-            c.arg(s + 1).arg(f.len() * 2);
-            for (k, x) in f {
-                c.arg(k).arg(x);
-            }
-        }
-        let r: (String, String) = self
-            .q(Who::Producer, &c)
-            .unwrap_or_else(|e| self.fail(&format!("EVAL refused: {e}")));
-        for id in [&r.0, &r.1] {
+    /// Remembers the IDs a script answered (first and last of each stream).
+    fn lua_done(&mut self, ids: Vec<String>) -> String {
+        for (i, id) in ids.iter().enumerate() {
             if !id.is_empty() {
-                self.remember(0, id.clone());
+                self.remember(i / 2, id.clone());
             }
         }
-        format!("untagged {} .. {}", r.0, r.1)
+        ids.join(" ")
+    }
+
+    fn lua_reset(&mut self, v: &[(usize, Fields)], reset: Reset) -> String {
+        let script = lua_cmd(v).get_packed_command();
+        let reset_cmds: Vec<redis::Cmd> = match reset {
+            Reset::Reload => vec![cmd(&["DEBUG", "RELOAD"])],
+            Reset::FastPath(on) => vec![cmd(&[
+                "CONFIG",
+                "SET",
+                "heatbridge.fast-path",
+                if on { "yes" } else { "no" },
+            ])],
+            Reset::StreamIn => vec![cmd(&[
+                "CONFIG",
+                "SET",
+                "heatbridge.stream-in",
+                &STREAMS.join(","),
+            ])],
+            Reset::Db0 => vec![cmd(&["CONFIG", "SET", "heatbridge.db", "0"])],
+            Reset::SwapDb => vec![cmd(&["SWAPDB", "0", "1"]), cmd(&["SWAPDB", "0", "1"])],
+            Reset::Restart => Vec::new(),
+        };
+        // Pipelined on one connection: the server runs the reset right after the script
+        // (and, on Redis 7.2+ and Valkey, after the script's first drain pass).
+        let mut packed = script;
+        for c in &reset_cmds {
+            packed.extend(c.get_packed_command());
+        }
+        let sent = self.conn(Who::Producer).send_packed_command(&packed);
+        if let Err(e) = self.settle_reply(Who::Producer, sent) {
+            self.fail(&format!("EVAL not sent: {e}"));
+        }
+        let r = self.conn(Who::Producer).recv_response();
+        let r = self
+            .settle_reply(Who::Producer, r)
+            .and_then(|v| v.extract_error().map_err(|e| e.to_string()))
+            .and_then(|v| redis::from_redis_value::<Vec<String>>(&v).map_err(|e| e.to_string()))
+            .unwrap_or_else(|e| self.fail(&format!("EVAL refused: {e}")));
+        let mut out = self.lua_done(r);
+        for _ in &reset_cmds {
+            let got = self.conn(Who::Producer).recv_response();
+            let got = self
+                .settle_reply(Who::Producer, got)
+                .and_then(|v| v.extract_error().map_err(|e| e.to_string()));
+            out.push_str(&format!("; {got:?}"));
+        }
+        match reset {
+            Reset::StreamIn => self.settings.listed = vec![0, 1],
+            Reset::Db0 => self.settings.db = 0,
+            Reset::Restart => out.push_str(&format!("; {}", self.run_op(Op::Restart))),
+            _ => {}
+        }
+        out
     }
 
     /// XGROUP SETID backwards: to 0 or to a recent ID, but never past the group's cursor.
@@ -860,14 +955,9 @@ impl World {
             .unwrap_or(EntryId::ZERO);
         let drains = self.settings.drains(s);
         if drains {
-            self.wait_drained(s);
+            // Every entry so far projected, and latest as the model says.
+            self.checkpoint(s);
         }
-        let boundary = {
-            let c = self.conn(Who::Operator);
-            stream_field(c, stream, "last-generated-id")
-                .and_then(|id| EntryId::parse(id.as_bytes()))
-                .unwrap_or(EntryId::ZERO)
-        };
         let c = cmd(&[
             "HEATBRIDGE.REPLAY",
             "STREAM",
@@ -891,14 +981,18 @@ impl World {
                     ));
                 }
                 if drains {
-                    self.replays.push(ReplayRec {
-                        stream: s,
+                    let want = self.models[s].replay(from, last);
+                    self.models[s].replays.push(ReplayRec {
                         op: self.ops,
-                        boundary,
                         from,
                         last,
-                        written,
                     });
+                    if want != written {
+                        self.fail(&format!(
+                            "REPLAY of {stream} FROM {from} (to {last}) wrote {written} entries, \
+                             the model {want}"
+                        ));
+                    }
                 }
                 format!("FROM {from} COUNT {count}: wrote {written}, last {last}")
             }
@@ -946,6 +1040,80 @@ impl World {
         }
     }
 
+    /// Waits until stream `s` is drained, feeds the model what was added, and compares the
+    /// latest keys and pointers of the stream with the model's.
+    fn checkpoint(&mut self, s: usize) {
+        self.wait_drained(s);
+        let c = self.operator.take();
+        let mut c = c.unwrap_or_else(|| self.master.conn());
+        self.models[s].feed(&mut c);
+        let now = server_now_ms(&mut c);
+        self.operator = Some(c);
+        self.checkpoints += 1;
+        let keys = self.models[s].keys.clone();
+        // On the untagged stream, `{m}:SOL` names the tagged stream's keys: not this one's.
+        let symbols: Vec<&str> = LATEST_SYMBOLS
+            .into_iter()
+            .filter(|sym| keys.tagged() || !projection::tag_prefixed(sym.as_bytes()))
+            .collect();
+        let mut p = redis::pipe();
+        for sym in &symbols {
+            let (l, ptr) = (keys.latest(sym.as_bytes()), keys.pointer(sym.as_bytes()));
+            p.cmd("HGETALL").arg(&l).cmd("PEXPIRETIME").arg(&l);
+            p.cmd("GET").arg(&ptr).cmd("PEXPIRETIME").arg(&ptr);
+        }
+        let got: Vec<Value> = self
+            .qp(Who::Operator, &p)
+            .unwrap_or_else(|e| self.fail(&format!("reading latest: {e}")));
+        let mut lines = Vec::new();
+        for (sym, v) in symbols.iter().zip(got.chunks(4)) {
+            let at = |v: &Value| match v {
+                Value::Int(n) => *n,
+                _ => -4,
+            };
+            let hash: Vec<(Vec<u8>, Vec<u8>)> = redis::from_redis_value(&v[0]).unwrap_or_default();
+            let ptr: Option<Vec<u8>> = redis::from_redis_value(&v[2]).unwrap_or_default();
+            let got_latest =
+                (at(&v[1]) != -2).then(|| (Val::Hash(hash.into_iter().collect()), at(&v[1])));
+            let got_ptr = ptr.map(|p| (Val::Str(p), at(&v[3])));
+            let m = &self.models[s];
+            let want = m.expected_latest(sym.as_bytes(), now);
+            let (want_latest, want_ptr) = match want {
+                Some((l, p)) => (Some(l), Some(p)),
+                None => (None, None),
+            };
+            if got_latest != want_latest || got_ptr != want_ptr {
+                lines.push(format!(
+                    "{}: want {} / {}, got {} / {}\n    {}",
+                    show(&keys.latest(sym.as_bytes())),
+                    want_latest.as_ref().map_or("none".into(), show_val),
+                    want_ptr.as_ref().map_or("none".into(), show_val),
+                    got_latest.as_ref().map_or("none".into(), show_val),
+                    got_ptr.as_ref().map_or("none".into(), show_val),
+                    explain_latest(m, sym.as_bytes(), got_latest.as_ref())
+                ));
+            }
+        }
+        if !lines.is_empty() {
+            self.fail(&format!(
+                "checkpoint {} on {}: latest differs from the model ({} entries read)\n  {}",
+                self.checkpoints,
+                STREAMS[s],
+                self.models[s].entries.len(),
+                lines.join("\n  ")
+            ));
+        }
+    }
+
+    /// [`World::checkpoint`] of every stream the module projects now.
+    fn checkpoint_all(&mut self) {
+        for s in 0..2 {
+            if self.settings.drains(s) {
+                self.checkpoint(s);
+            }
+        }
+    }
+
     // ---- failures -------------------------------------------------------------------------
 
     fn fail(&mut self, why: &str) -> ! {
@@ -985,6 +1153,27 @@ fn cmd(args: &[&str]) -> redis::Cmd {
     let mut c = redis::cmd(args[0]);
     for a in &args[1..] {
         c.arg(*a);
+    }
+    c
+}
+
+/// One EVAL that XADDs every entry; it answers the first and last ID of each stream.
+fn lua_cmd(v: &[(usize, Fields)]) -> redis::Cmd {
+    const SCRIPT: &str = "local i = 1 local ids = {'', '', '', ''} \
+        while i <= #ARGV do \
+          local k = tonumber(ARGV[i]) local n = tonumber(ARGV[i + 1]) \
+          local id = redis.call('XADD', KEYS[k], '*', unpack(ARGV, i + 2, i + 1 + n)) \
+          if ids[2 * k - 1] == '' then ids[2 * k - 1] = id end \
+          ids[2 * k] = id \
+          i = i + 2 + n \
+        end return ids";
+    let mut c = redis::cmd("EVAL");
+    c.arg(SCRIPT).arg(2).arg(STREAMS[0]).arg(STREAMS[1]);
+    for (s, f) in v {
+        c.arg(s + 1).arg(f.len() * 2);
+        for (k, x) in f {
+            c.arg(k).arg(x);
+        }
     }
     c
 }
@@ -1056,25 +1245,35 @@ type KeyState = (Val, i64);
 /// Keys by (database, name).
 type Dump = BTreeMap<(u32, Vec<u8>), KeyState>;
 
-/// The model of one stream's key space.
-struct Model<'a> {
+/// The model of one stream's key space, fed the stream's entries in order as the driver
+/// reads them back (the streams only grow: nothing is deleted or trimmed).
+struct Model {
+    stream: &'static str,
     keys: Keys,
-    entries: &'a [Entry],
+    /// The stream's entries read so far, in order.
+    entries: Vec<Entry>,
+    /// How many of `entries` the live rule has seen.
+    fed: usize,
     /// Per plan_id, the entry its dedupe key and by_plan hash hold (index into `entries`).
     dedupe: HashMap<Vec<u8>, usize>,
     /// Per symbol, the entry latest holds.
     latest: HashMap<Vec<u8>, usize>,
+    /// The REPLAYs made, for failure reports.
+    replays: Vec<ReplayRec>,
     valid: usize,
     duplicates: usize,
 }
 
-impl<'a> Model<'a> {
-    fn new(stream: &str, entries: &'a [Entry]) -> Model<'a> {
+impl Model {
+    fn new(stream: &'static str) -> Model {
         Model {
+            stream,
             keys: Keys::of_stream(stream.as_bytes()),
-            entries,
+            entries: Vec::new(),
+            fed: 0,
             dedupe: HashMap::new(),
             latest: HashMap::new(),
+            replays: Vec::new(),
             valid: 0,
             duplicates: 0,
         }
@@ -1109,6 +1308,20 @@ impl<'a> Model<'a> {
         }
     }
 
+    /// Reads the entries added since the last read, and applies the live rule to them: the
+    /// caller knows the module has projected them all (the group is drained).
+    fn feed(&mut self, c: &mut Connection) {
+        let start = self
+            .entries
+            .last()
+            .map_or_else(|| "-".to_string(), |e| format!("({}", e.id));
+        self.entries.extend(read_stream(c, self.stream, start));
+        while self.fed < self.entries.len() {
+            self.live(self.fed);
+            self.fed += 1;
+        }
+    }
+
     /// HEATBRIDGE.REPLAY of (from, last]: every valid entry written again (dedupe, by_plan);
     /// latest moves to the newest of each symbol if that is newer. Returns how many it wrote.
     fn replay(&mut self, from: EntryId, last: EntryId) -> u64 {
@@ -1131,62 +1344,51 @@ impl<'a> Model<'a> {
         written
     }
 
-    /// Runs the stream through the model, REPLAYs at their points; returns notes on REPLAYs
-    /// whose written count differs from the model's.
-    fn run(&mut self, replays: &[&ReplayRec]) -> Vec<String> {
-        let mut notes = Vec::new();
-        let mut next = 0;
-        for r in replays {
-            while next < self.entries.len() && self.entries[next].id <= r.boundary {
-                self.live(next);
-                next += 1;
-            }
-            let want = self.replay(r.from, r.last);
-            if want != r.written {
-                notes.push(format!(
-                    "REPLAY at op #{} (FROM {} to {}) wrote {} entries, the model {want}",
-                    r.op, r.from, r.last, r.written
-                ));
-            }
-        }
-        while next < self.entries.len() {
-            self.live(next);
-            next += 1;
-        }
-        notes
+    /// The latest hash and the pointer the model expects for `sym`, if any.
+    fn expected_latest(&self, sym: &[u8], now: u64) -> Option<(KeyState, KeyState)> {
+        let &i = self.latest.get(sym)?;
+        let e = &self.entries[i];
+        let at = expiry(projection::plan(e.id.ms, ttls(), now).latest_at);
+        let plan = self.parse(i).map(|(p, _)| p).unwrap_or_default();
+        let mut h = hash_of(&e.fields);
+        h.insert(projection::LAST_PLAN_ID_FIELD.to_vec(), plan.clone());
+        Some(((Val::Hash(h), at), (Val::Str(plan), at)))
     }
 
     /// The keys the model expects, in database 0.
     fn expected(&self, now: u64) -> Dump {
-        let ttls = Ttls::from_secs(TTL_SEC, TTL_SEC, TTL_SEC);
-        let at = |x: Option<u64>| x.map_or(-3, |v| v as i64);
         let mut out = Dump::new();
         for (plan, &i) in &self.dedupe {
             let e = &self.entries[i];
-            let p = projection::plan(e.id.ms, ttls, now);
+            let p = projection::plan(e.id.ms, ttls(), now);
             out.insert(
                 (0, self.keys.dedupe(plan)),
-                (Val::Str(e.id.to_string().into_bytes()), at(p.dedupe_at)),
+                (Val::Str(e.id.to_string().into_bytes()), expiry(p.dedupe_at)),
             );
             out.insert(
                 (0, self.keys.by_plan(plan)),
-                (Val::Hash(hash_of(&e.fields)), at(p.by_plan_at)),
+                (Val::Hash(hash_of(&e.fields)), expiry(p.by_plan_at)),
             );
         }
-        for (sym, &i) in &self.latest {
-            let e = &self.entries[i];
-            let p = projection::plan(e.id.ms, ttls, now);
-            let plan = self.parse(i).map(|(p, _)| p).unwrap_or_default();
-            let mut h = hash_of(&e.fields);
-            h.insert(projection::LAST_PLAN_ID_FIELD.to_vec(), plan.clone());
-            out.insert((0, self.keys.latest(sym)), (Val::Hash(h), at(p.latest_at)));
-            out.insert(
-                (0, self.keys.pointer(sym)),
-                (Val::Str(plan), at(p.latest_at)),
-            );
+        for sym in self.latest.keys() {
+            if let Some((h, ptr)) = self.expected_latest(sym, now) {
+                out.insert((0, self.keys.latest(sym)), h);
+                out.insert((0, self.keys.pointer(sym)), ptr);
+            }
         }
         out
     }
+}
+
+/// The TTLs of the run.
+fn ttls() -> Ttls {
+    Ttls::from_secs(TTL_SEC, TTL_SEC, TTL_SEC)
+}
+
+/// PEXPIRETIME of a key the model plans to write (-3: planned not to be written, which no
+/// key shows).
+fn expiry(at: Option<u64>) -> i64 {
+    at.map_or(-3, |v| v as i64)
 }
 
 /// An entry's fields as a hash holds them: the last value of a name wins.
@@ -1194,10 +1396,10 @@ fn hash_of(fields: &Fields) -> BTreeMap<Vec<u8>, Vec<u8>> {
     fields.iter().cloned().collect()
 }
 
-/// Every entry of `stream` (on a connection in database 0).
-fn read_stream(c: &mut Connection, stream: &str) -> Vec<Entry> {
+/// The entries of `stream` from `start` (an XRANGE start) on, on a connection in
+/// database 0.
+fn read_stream(c: &mut Connection, stream: &str, mut start: String) -> Vec<Entry> {
     let mut out = Vec::new();
-    let mut start = "-".to_string();
     loop {
         let rows: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
             .arg(stream)
@@ -1379,7 +1581,7 @@ fn diff(want: &Dump, got: &Dump, limit: usize) -> (usize, usize, usize, Vec<Stri
 /// For a latest key that differs: which entry the model wants, which entry the key holds
 /// (found by its fields among the symbol's entries), and how many entries share each one's
 /// millisecond.
-fn explain_latest(m: &Model, sym: &[u8], got: Option<&KeyState>, replays: &[&ReplayRec]) -> String {
+fn explain_latest(m: &Model, sym: &[u8], got: Option<&KeyState>) -> String {
     let Some(&want) = m.latest.get(sym) else {
         return format!("latest {}: the model has no latest", show(sym));
     };
@@ -1428,7 +1630,8 @@ fn explain_latest(m: &Model, sym: &[u8], got: Option<&KeyState>, replays: &[&Rep
         }
         None => s.push_str("holds no entry of the symbol with those fields"),
     }
-    let near: Vec<String> = replays
+    let near: Vec<String> = m
+        .replays
         .iter()
         .filter(|r| r.from <= w.id && w.id <= r.last)
         .map(|r| format!("#{}", r.op))
@@ -1463,6 +1666,7 @@ struct Summary {
     duplicates: [usize; 2],
     keys: usize,
     replays: usize,
+    checkpoints: u64,
     counts: BTreeMap<&'static str, u64>,
     secs: f64,
 }
@@ -1510,44 +1714,34 @@ fn quiesce(w: &mut World) {
 
 fn check(w: &mut World, started: Instant) -> Summary {
     // Streams first, then the keys: nothing writes at rest, so the two agree.
-    let mut entries: Vec<Vec<Entry>> = Vec::new();
-    for stream in STREAMS {
-        let c = w.conn(Who::Operator);
-        entries.push(read_stream(c, stream));
+    let mut c = w.master.conn();
+    for m in w.models.iter_mut() {
+        m.feed(&mut c);
     }
-    let now = server_now_ms(w.conn(Who::Operator));
+    let now = server_now_ms(&mut c);
     let mut want = Dump::new();
-    let mut notes = Vec::new();
-    let replays = w.replays.clone();
-    let mut models = Vec::new();
-    for (s, stream) in STREAMS.iter().enumerate() {
-        let mine: Vec<&ReplayRec> = replays.iter().filter(|r| r.stream == s).collect();
-        let mut m = Model::new(stream, &entries[s]);
-        notes.extend(m.run(&mine));
+    for m in &w.models {
         want.extend(m.expected(now));
-        models.push((m, mine));
     }
     let got = dump(w.master.port).unwrap_or_else(|e| w.fail(&format!("reading the master: {e}")));
     let (missing, extra, differ, mut lines) = diff(&want, &got, 20);
-    if missing + extra + differ > 0 || !notes.is_empty() {
+    if missing + extra + differ > 0 {
         // Explain the latest keys that differ.
-        for (m, mine) in &models {
+        for m in &w.models {
             for sym in m.latest.keys() {
                 let k = (0, m.keys.latest(sym));
                 if got.get(&k) != want.get(&k) {
-                    lines.push(explain_latest(m, sym, got.get(&k), mine));
+                    lines.push(explain_latest(m, sym, got.get(&k)));
                 }
             }
         }
         lines.truncate(60);
-        lines.extend(notes);
         let why = format!(
             "the master's keys differ from the model: {missing} missing, {extra} extra, {differ} \
-             different (of {} wanted); entries untagged {} tagged {}; {} REPLAYs\n  {}",
+             different (of {} wanted); entries untagged {} tagged {}\n  {}",
             want.len(),
-            entries[0].len(),
-            entries[1].len(),
-            replays.len(),
+            w.models[0].entries.len(),
+            w.models[1].entries.len(),
             lines.join("\n  ")
         );
         w.fail(&why);
@@ -1581,14 +1775,15 @@ fn check(w: &mut World, started: Instant) -> Summary {
             ));
         }
     }
-    let pick = |f: fn(&Model) -> usize| [f(&models[0].0), f(&models[1].0)];
+    let pick = |f: fn(&Model) -> usize| [f(&w.models[0]), f(&w.models[1])];
     Summary {
         ops: w.ops,
-        entries: [entries[0].len(), entries[1].len()],
+        entries: pick(|m| m.entries.len()),
         valid: pick(|m| m.valid),
         duplicates: pick(|m| m.duplicates),
         keys: want.len(),
-        replays: replays.len(),
+        replays: w.models[0].replays.len() + w.models[1].replays.len(),
+        checkpoints: w.checkpoints,
         counts: std::mem::take(&mut w.counts),
         secs: started.elapsed().as_secs_f64(),
     }
@@ -1630,7 +1825,7 @@ fn projection_matches_the_model() {
                 eprintln!(
                     "model {flavor:?}: seed={seed} ops={} in {:.1}s; entries untagged={} \
                      (valid {}, duplicates {}) tagged={} (valid {}, duplicates {}); keys={}; \
-                     replays={}; {}",
+                     replays={}; checkpoints={}; {}",
                     s.ops,
                     s.secs,
                     s.entries[0],
@@ -1641,6 +1836,7 @@ fn projection_matches_the_model() {
                     s.duplicates[1],
                     s.keys,
                     s.replays,
+                    s.checkpoints,
                     kinds.join(" ")
                 );
             }
