@@ -8,9 +8,9 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo fmt --check
 cargo clippy --release --all-targets -- -D warnings
-cargo build --release
-cargo build --release --features fault-injection --target-dir target/fault
-cargo test --release -- --test-threads="${TEST_THREADS:-2}"
+cargo build --release --locked
+cargo build --release --locked --features fault-injection --target-dir target/fault
+cargo test --release --locked -- --test-threads="${TEST_THREADS:-2}"
 # The projection suites again with the fast path off (heatbridge.fast-path no): every pass
 # then reads the group and its entries back, and must project exactly the same.
 HEATBRIDGE_FAST_PATH=no cargo test --release --test projection --test durability --test group \

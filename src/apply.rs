@@ -117,11 +117,7 @@ pub struct Latest(HashMap<Vec<u8>, (Entry, u64)>);
 impl Latest {
     /// Keeps `e` as its symbol's latest entry when it is newer than the one kept.
     pub fn keep(&mut self, e: Entry, at: u64) {
-        let Some(sym) = e
-            .fields
-            .as_deref()
-            .and_then(|f| writer::field(f, b"symbol"))
-        else {
+        let Some(sym) = symbol_of(&e) else {
             return;
         };
         match self.0.get_mut(sym.as_slice()) {
@@ -141,16 +137,35 @@ impl Latest {
         latest
     }
 
+    /// Splits the kept entries at `high_water`: those newer than it, whose latest keys are
+    /// written as they are, and the rest, which must be compared ([`Latest::write_if_newer`]).
+    pub fn split_at(self, high_water: Option<EntryId>) -> (Latest, Latest) {
+        let (newer, rest): (HashMap<_, _>, HashMap<_, _>) = self
+            .0
+            .into_iter()
+            .partition(|(_, (e, _))| high_water.is_some_and(|hw| e.id > hw));
+        (Latest(newer), Latest(rest))
+    }
+
+    /// Writes the latest keys of every kept entry, oldest first.
+    pub fn write_all(self, w: &Writer, keys: &Keys) -> Result<(), String> {
+        self.into_sorted()
+            .iter()
+            .try_for_each(|(e, at)| write_latest(w, keys, e, *at))
+    }
+
     /// Writes the latest keys of each kept entry unless the symbol's latest already holds a
-    /// newer decision: for passes that do not end at the stream's end (a catch-up, a rewound
-    /// cursor), pending entries and REPLAY, whose symbols may have newer decisions projected.
+    /// newer decision: for entries that may be older than what latest holds (pending
+    /// entries, REPLAY, and entries up to the stream's high-water mark after the group
+    /// cursor was moved back; see [`high_water`]).
     ///
     /// Which decision latest holds is known exactly when this process wrote it and its
     /// expiry is still the one written ([`LATEST_WRITTEN`]). Otherwise (after a restart, a
     /// failover or an unload) latest's absolute expiry (PEXPIRETIME), its entry's time plus
     /// `ttl-symbol-sec`, orders it against a candidate that would expire at `at`; two
-    /// decisions of one millisecond are ordered by reading that millisecond of the stream.
-    /// (That fallback assumes `ttl-symbol-sec` did not change since latest was written.)
+    /// decisions of one millisecond are ordered by reading that millisecond of the stream
+    /// from the candidate on, however many entries it holds. (That fallback assumes
+    /// `ttl-symbol-sec` did not change since latest was written.)
     pub fn write_if_newer(
         self,
         ctx: &Context,
@@ -158,15 +173,9 @@ impl Latest {
         keys: &Keys,
         stream: &RedisString,
     ) -> Result<(), String> {
-        // The milliseconds read for ties in this pass, and what is left of its read budget.
-        let mut ties: HashMap<u64, Option<HashMap<Vec<u8>, EntryId>>> = HashMap::new();
-        let mut budget = MAX_TIE_READ;
+        let mut ties: Vec<(Entry, u64)> = Vec::new();
         for (e, at) in self.into_sorted() {
-            let Some(sym) = e
-                .fields
-                .as_deref()
-                .and_then(|f| writer::field(f, b"symbol"))
-            else {
+            let Some(sym) = symbol_of(&e) else {
                 continue;
             };
             let key = keys.latest(sym.as_slice());
@@ -182,26 +191,48 @@ impl Latest {
                 Some(_) => LatestOrder::Older,
                 None => projection::latest_order(at, current),
             };
-            let write = match order {
-                LatestOrder::Newer => true,
-                LatestOrder::Older => false,
-                LatestOrder::SameMillisecond => {
-                    let newest = ties
-                        .entry(e.id.ms)
-                        .or_insert_with(|| read::newest_in_ms(ctx, stream, e.id.ms, &mut budget));
-                    // Not known (too many entries to read): latest is left as it is, never
-                    // moved back.
-                    newest
-                        .as_ref()
-                        .is_some_and(|n| n.get(sym.as_slice()).is_none_or(|newest| *newest <= e.id))
-                }
+            match order {
+                LatestOrder::Newer => write_latest(w, keys, &e, at)?,
+                LatestOrder::Older => {}
+                LatestOrder::SameMillisecond => ties.push((e, at)),
+            }
+        }
+        // One read per millisecond, from its oldest candidate to its end.
+        let mut from: BTreeMap<u64, u64> = BTreeMap::new();
+        for (e, _) in &ties {
+            let seq = from.entry(e.id.ms).or_insert(e.id.seq);
+            *seq = (*seq).min(e.id.seq);
+        }
+        let newest: HashMap<u64, HashMap<Vec<u8>, EntryId>> = from
+            .into_iter()
+            .map(|(ms, seq)| {
+                (
+                    ms,
+                    read::newest_in_ms(ctx, stream, keys, EntryId { ms, seq }),
+                )
+            })
+            .collect();
+        for (e, at) in ties {
+            let Some(sym) = symbol_of(&e) else {
+                continue;
             };
-            if write {
+            let newer_in_stream = newest
+                .get(&e.id.ms)
+                .and_then(|m| m.get(sym.as_slice()))
+                .is_some_and(|newest| *newest > e.id);
+            if !newer_in_stream {
                 write_latest(w, keys, &e, at)?;
             }
         }
         Ok(())
     }
+}
+
+/// The symbol of an entry, as the entry's own string.
+fn symbol_of(e: &Entry) -> Option<&RedisString> {
+    e.fields
+        .as_deref()
+        .and_then(|f| writer::field(f, b"symbol"))
 }
 
 /// Writes the latest hash and the latest_plan_id pointer of an entry's symbol.
@@ -229,9 +260,6 @@ pub fn write_latest(w: &Writer, keys: &Keys, e: &Entry, at_ms: u64) -> Result<()
     Ok(())
 }
 
-/// Most entries one pass reads to break ties of one millisecond.
-const MAX_TIE_READ: usize = 2_000;
-
 /// Most latest keys whose decision is remembered; past it the memory starts over (the
 /// expiry then orders decisions, as after a restart).
 const MAX_REMEMBERED: usize = 50_000;
@@ -257,9 +285,48 @@ fn remember_written(key: &[u8], id: EntryId, at_ms: u64) {
     }
 }
 
+/// Each stream's high-water mark: the newest entry this process knows latest may have been
+/// written from (the group cursor when first seen, then every entry projected or replayed).
+/// An entry after it is newer, in stream order, than every decision latest holds, so its
+/// latest keys are written without a comparison. Entries at or before it are compared: they
+/// come back only when the cursor was moved back (XGROUP SETID), from pending entries, or
+/// through REPLAY.
+///
+/// After a reset (below) the mark starts again at the group cursor, which assumes the
+/// cursor was not moved back before the reset. If it was, latest may step back while the
+/// catch-up re-projects the older entries; it is exact again once the catch-up reaches the
+/// stream's end, since each symbol's newest entry comes last.
+static HIGH_WATER: Mutex<BTreeMap<Vec<u8>, EntryId>> = Mutex::new(BTreeMap::new());
+
+fn high_waters() -> std::sync::MutexGuard<'static, BTreeMap<Vec<u8>, EntryId>> {
+    HIGH_WATER.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The high-water mark of `stream`, if this process has one since the last reset.
+pub fn high_water(stream: &[u8]) -> Option<EntryId> {
+    high_waters().get(stream).copied()
+}
+
+/// Raises the high-water mark of `stream` to `id` (never lowers it).
+pub fn raise_high_water(stream: &[u8], id: EntryId) {
+    let mut m = high_waters();
+    match m.get_mut(stream) {
+        Some(hw) => *hw = (*hw).max(id),
+        None => {
+            m.insert(stream.to_vec(), id);
+        }
+    }
+}
+
+/// Forgets the high-water mark of `stream` (its group was created anew).
+pub fn forget_high_water(stream: &[u8]) {
+    high_waters().remove(stream);
+}
+
 /// Forgets which decisions latest holds: at module load (the statics survive an unload), and
 /// whenever the data set may have been replaced under the keys (a load, a full resync, a
 /// role change, FLUSH*, SWAPDB, DEBUG, a change of the database or the streams). Until latest is written again, its expiry orders decisions.
 pub fn reset() {
     written().clear();
+    high_waters().clear();
 }

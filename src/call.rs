@@ -26,6 +26,12 @@ pub enum Kind {
     Write,
     /// A read: errors as replies, arguments as a vector.
     Read,
+    /// A read as the user the context carries (`C`): the server checks its ACL (command and
+    /// keys) for that user, as for the same command sent by it. No `E`: a refusal before the
+    /// command runs is a NULL reply with `errno` (EACCES for the ACL, ENOTSUP for a context
+    /// without a user) on every server, where `E`'s error texts differ between versions.
+    /// Only through [`read_as_user`].
+    ReadAsUser,
 }
 
 impl Kind {
@@ -33,6 +39,7 @@ impl Kind {
         match self {
             Kind::Write => c"!MEv",
             Kind::Read => c"Ev",
+            Kind::ReadAsUser => c"Cv",
         }
     }
 }
@@ -64,17 +71,47 @@ impl Reply {
     }
 
     fn text(&self) -> String {
-        let mut len = 0usize;
-        // SAFETY: as in `kind`; StringPtr returns a pointer into the reply (valid while the
-        // reply lives) and its length, or null.
-        unsafe {
-            let p = raw::RedisModule_CallReplyStringPtr
-                .map_or(std::ptr::null(), |f| f(self.0.as_ptr(), &mut len));
-            if p.is_null() {
-                return String::new();
-            }
-            String::from_utf8_lossy(std::slice::from_raw_parts(p.cast::<u8>(), len)).into_owned()
+        String::from_utf8_lossy(&bytes_of(self.0)).into_owned()
+    }
+
+    /// The string elements of an array reply (a RESP2 HGETALL: field, value, ...), in order;
+    /// elements of another type are left out. Empty for a reply that is not an array.
+    pub fn strings(&self) -> Vec<Vec<u8>> {
+        if self.kind() != raw::REDISMODULE_REPLY_ARRAY as i32 {
+            return Vec::new();
         }
+        // SAFETY: as in `kind`; the reply is an array.
+        let len = unsafe { raw::RedisModule_CallReplyLength.map_or(0, |f| f(self.0.as_ptr())) };
+        (0..len)
+            .filter_map(|i| {
+                // SAFETY: as in `kind`; `i` is below the array's length. The element is
+                // borrowed from the array (freed with it, never on its own) and is used only
+                // inside this closure, while `self` lives.
+                let e = unsafe {
+                    raw::RedisModule_CallReplyArrayElement
+                        .map_or(std::ptr::null_mut(), |f| f(self.0.as_ptr(), i))
+                };
+                let e = NonNull::new(e)?;
+                // SAFETY: `e` is a live element of the array (above).
+                let kind = unsafe { raw::RedisModule_CallReplyType.map_or(-1, |f| f(e.as_ptr())) };
+                (kind == raw::REDISMODULE_REPLY_STRING as i32).then(|| bytes_of(e))
+            })
+            .collect()
+    }
+}
+
+/// The bytes of a string or error reply (empty for another type).
+fn bytes_of(r: NonNull<raw::RedisModuleCallReply>) -> Vec<u8> {
+    let mut len = 0usize;
+    // SAFETY: `r` is a live reply (the caller's); StringPtr returns a pointer into it (valid
+    // while it lives, and copied at once) and its length, or null.
+    unsafe {
+        let p = raw::RedisModule_CallReplyStringPtr
+            .map_or(std::ptr::null(), |f| f(r.as_ptr(), &mut len));
+        if p.is_null() {
+            return Vec::new();
+        }
+        std::slice::from_raw_parts(p.cast::<u8>(), len).to_vec()
     }
 }
 
@@ -91,6 +128,61 @@ impl Drop for Reply {
 
 /// Calls `cmd` with `args`.
 pub fn call(ctx: &Context, cmd: &CStr, kind: Kind, args: &[&RedisString]) -> Result<Reply, String> {
+    let reply = invoke(ctx, cmd, kind, args).map_err(|errno| {
+        // RM_Call sets errno (ENOENT unknown command, EINVAL arity, ENOSPC OOM, EACCES ACL,
+        // EROFS read-only replica, ...).
+        format!(
+            "{} could not be called ({})",
+            cmd.to_string_lossy(),
+            std::io::Error::from_raw_os_error(errno)
+        )
+    })?;
+    if reply.kind() == raw::REDISMODULE_REPLY_ERROR as i32 {
+        return Err(reply.text());
+    }
+    Ok(reply)
+}
+
+/// Why [`read_as_user`] has no reply.
+#[derive(Debug)]
+pub enum Refused {
+    /// The server's ACL refused the user the command or one of its keys.
+    Acl,
+    /// Any other error, with the server's message.
+    Error(String),
+}
+
+/// Calls the read `cmd` with `args` as the user the context carries, so that the server
+/// gives it the verdict it gives the same command of that user: a client's own user, a
+/// script's caller (the script client runs as its caller), the user another module's
+/// `RM_Call` with `C` runs as. A context without a user (another module's `RM_Call` without
+/// `C`, a module's timer) is not checked, as the server checks nothing it calls there.
+pub fn read_as_user(ctx: &Context, cmd: &CStr, args: &[&RedisString]) -> Result<Reply, Refused> {
+    let reply = match invoke(ctx, cmd, Kind::ReadAsUser, args) {
+        Err(libc::ENOTSUP) => invoke(ctx, cmd, Kind::Read, args),
+        other => other,
+    };
+    match reply {
+        Ok(reply) if reply.kind() == raw::REDISMODULE_REPLY_ERROR as i32 => {
+            let text = reply.text();
+            Err(if text.starts_with("NOPERM") {
+                Refused::Acl
+            } else {
+                Refused::Error(text)
+            })
+        }
+        Ok(reply) => Ok(reply),
+        Err(libc::EACCES) => Err(Refused::Acl),
+        Err(errno) => Err(Refused::Error(format!(
+            "ERR {} could not be called ({})",
+            cmd.to_string_lossy(),
+            std::io::Error::from_raw_os_error(errno)
+        ))),
+    }
+}
+
+/// RM_Call: the reply, or the `errno` of a NULL reply.
+fn invoke(ctx: &Context, cmd: &CStr, kind: Kind, args: &[&RedisString]) -> Result<Reply, i32> {
     let flags = kind.format();
     let mut stack = [std::ptr::null_mut::<raw::RedisModuleString>(); STACK_ARGS];
     let mut heap = Vec::new();
@@ -108,7 +200,7 @@ pub fn call(ctx: &Context, cmd: &CStr, kind: Kind, args: &[&RedisString]) -> Res
     };
     // SAFETY: reading a function pointer that the module API set at load.
     let Some(rm_call) = (unsafe { raw::RedisModule_Call }) else {
-        return Err("RM_Call is not available".into());
+        return Err(libc::ENOSYS);
     };
     // SAFETY: `ctx.ctx` is the live context of the current callback. `cmd` and `flags` are
     // NUL-terminated and outlive the call. The format (from `Kind`) ends in `v` and has no
@@ -124,19 +216,10 @@ pub fn call(ctx: &Context, cmd: &CStr, kind: Kind, args: &[&RedisString]) -> Res
             argv.len(),
         )
     };
-    let Some(reply) = NonNull::new(reply).map(Reply) else {
-        // RM_Call sets errno (ENOENT unknown command, EINVAL arity, ENOSPC OOM, EACCES ACL,
-        // EROFS read-only replica, ...).
-        return Err(format!(
-            "{} could not be called ({})",
-            cmd.to_string_lossy(),
-            std::io::Error::last_os_error()
-        ));
-    };
-    if reply.kind() == raw::REDISMODULE_REPLY_ERROR as i32 {
-        return Err(reply.text());
-    }
-    Ok(reply)
+    // errno is read at once, before anything else can change it.
+    NonNull::new(reply)
+        .map(Reply)
+        .ok_or_else(|| std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
 }
 
 /// Whether this cluster node owns the slot of `key`. The server refuses a module's call on a

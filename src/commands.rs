@@ -3,11 +3,9 @@
 use std::collections::BTreeMap;
 
 use redis_module::redisvalue::RedisValueKey;
-use redis_module::{
-    raw, AclPermissions, CallOptionsBuilder, CallReply, CallResult, Context, ContextFlags,
-    RedisError, RedisResult, RedisString, RedisValue,
-};
+use redis_module::{Context, ContextFlags, RedisError, RedisResult, RedisString, RedisValue};
 
+use crate::call;
 use crate::config;
 use crate::decision::{EntryId, MAX_ID_LEN};
 use crate::projection::Keys;
@@ -151,13 +149,6 @@ fn read_lookup(
     let s = config::current();
     let t = projector::target_for(stream, &s.consumer).map_err(RedisError::String)?;
     let key = writer::rstr(ctx, &name(&t.keys, id));
-    if !may_read(ctx, &key) {
-        return Err(RedisError::String(format!(
-            "NOPERM this user has no permissions to access the '{}' key",
-            crate::logging::show_bytes(key.as_slice())
-        )));
-    }
-    let opts = CallOptionsBuilder::new().errors_as_replies().build();
     // The lookup keys live in heatbridge.db, whatever the caller selected.
     let Some(db) = server::Db::select(ctx, s.db) else {
         return Err(RedisError::String(format!(
@@ -165,88 +156,33 @@ fn read_lookup(
             server::no_such_db(s.db)
         )));
     };
-    let r: CallResult = ctx.call_ext("HGETALL", &opts, &[&key][..]);
+    // The key is derived from the argument, so the server has not checked it: the read runs
+    // as the user the context carries, and the server gives it the verdict it gives that
+    // user's HGETALL of the key.
+    let r = call::read_as_user(ctx, c"HGETALL", &[&key]);
     drop(db);
-    hash_reply(r)
-}
-
-/// An HGETALL reply as a map, or nil for a missing key.
-fn hash_reply(r: CallResult) -> RedisResult {
     match r {
-        Err(e) => Err(RedisError::String(
-            e.to_utf8_string()
-                .unwrap_or_else(|| "ERR HGETALL failed".into()),
-        )),
-        Ok(CallReply::Array(a)) => {
-            let flat: Vec<Vec<u8>> = a
-                .iter()
-                .filter_map(|v| match v {
-                    Ok(CallReply::String(s)) => Some(s.as_bytes().to_vec()),
-                    _ => None,
-                })
-                .collect();
-            if flat.is_empty() {
-                return Ok(RedisValue::Null);
-            }
-            let map: BTreeMap<RedisValueKey, RedisValue> = flat
-                .chunks(2)
-                .filter_map(|kv| match kv {
-                    [k, v] => Some((
-                        RedisValueKey::BulkString(k.clone()),
-                        RedisValue::StringBuffer(v.clone()),
-                    )),
-                    _ => None,
-                })
-                .collect();
-            Ok(RedisValue::OrderedMap(map))
-        }
-        Ok(CallReply::Map(m)) => {
-            let map: BTreeMap<RedisValueKey, RedisValue> = m
-                .iter()
-                .filter_map(|(k, v)| match (k, v) {
-                    (Ok(CallReply::String(k)), Ok(CallReply::String(v))) => Some((
-                        RedisValueKey::BulkString(k.as_bytes().to_vec()),
-                        RedisValue::StringBuffer(v.as_bytes().to_vec()),
-                    )),
-                    _ => None,
-                })
-                .collect();
-            if map.is_empty() {
-                Ok(RedisValue::Null)
-            } else {
-                Ok(RedisValue::OrderedMap(map))
-            }
-        }
-        Ok(_) => Ok(RedisValue::Null),
+        Ok(reply) => Ok(hash_reply(reply.strings())),
+        Err(call::Refused::Acl) => Err(RedisError::String(format!(
+            "NOPERM this user has no permissions to run 'hgetall' on the '{}' key",
+            crate::logging::show_bytes(key.as_slice())
+        ))),
+        Err(call::Refused::Error(e)) => Err(RedisError::String(e)),
     }
 }
 
-/// Whether the calling user may read `key`.
-///
-/// The user is looked up by client ID, never through `RM_GetCurrentUserName`: that one
-/// dereferences the client's user, and the clients of another module's `RM_Call` have none
-/// (they run as the root user, which the server checks no ACL for). A client the lookup does
-/// not find (a module's temporary client, a script's client) is not checked here either: the
-/// server has already checked the caller's right to run the command itself.
-fn may_read(ctx: &Context, key: &RedisString) -> bool {
-    // SAFETY: `ctx.ctx` is the live context of the command. GetClientUserNameById returns a
-    // new string (owned by the wrapper below, which frees it) or NULL, with errno set, for an
-    // unknown client or one without a user.
-    let name = unsafe {
-        match (
-            raw::RedisModule_GetClientId,
-            raw::RedisModule_GetClientUserNameById,
-        ) {
-            (Some(id), Some(name)) => name(ctx.ctx, id(ctx.ctx)),
-            _ => std::ptr::null_mut(),
-        }
-    };
-    if name.is_null() {
-        return true;
+/// The field/value list of an HGETALL reply as a map, or nil for a missing key.
+fn hash_reply(flat: Vec<Vec<u8>>) -> RedisValue {
+    let mut fields = flat.into_iter();
+    let mut map = BTreeMap::new();
+    while let (Some(k), Some(v)) = (fields.next(), fields.next()) {
+        map.insert(RedisValueKey::BulkString(k), RedisValue::StringBuffer(v));
     }
-    let user = RedisString::from_redis_module_string(std::ptr::null_mut(), name);
-    ctx.acl_check_key_permission(&user, key, &AclPermissions::ACCESS)
-        .is_ok()
+    if map.is_empty() {
+        RedisValue::Null
+    } else {
+        RedisValue::OrderedMap(map)
+    }
 }
 
 /// Parsed arguments of HEATBRIDGE.REPLAY.
@@ -339,6 +275,33 @@ mod tests {
         );
         let none: [&[u8]; 1] = [b"HEATBRIDGE.REPLAY"];
         assert_eq!(stream_position(&none, 1, 2), None);
+    }
+
+    #[test]
+    fn a_hash_reply_pairs_fields_with_values() {
+        let flat = |v: &[&str]| v.iter().map(|s| s.as_bytes().to_vec()).collect::<Vec<_>>();
+        assert_eq!(
+            hash_reply(Vec::new()),
+            RedisValue::Null,
+            "a missing key is nil"
+        );
+        let RedisValue::OrderedMap(m) = hash_reply(flat(&["b", "2", "a", "1", "odd"])) else {
+            panic!("a map");
+        };
+        let got: Vec<_> = m.into_iter().collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    RedisValueKey::BulkString(b"a".to_vec()),
+                    RedisValue::StringBuffer(b"1".to_vec())
+                ),
+                (
+                    RedisValueKey::BulkString(b"b".to_vec()),
+                    RedisValue::StringBuffer(b"2".to_vec())
+                ),
+            ]
+        );
     }
 
     #[test]

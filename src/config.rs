@@ -161,16 +161,18 @@ pub fn untagged_stream_error(name: &str) -> String {
     )
 }
 
-/// `heatbridge.stream-in`: one or more stream names separated by commas, each a valid name,
-/// none twice and no two with the same hash tag (or both without: they would write the same
-/// keys); at runtime on a cluster node, each with a hash tag. (A tagless name that
-/// arrives at load is kept, not projected, and reported by health.)
+/// `heatbridge.stream-in`: one or more stream names separated by commas, each a valid name
+/// outside the derived-key namespaces, none twice and no two with the same hash tag (or both
+/// without: they would write the same keys); at runtime on a cluster node, each with a hash
+/// tag. (A tagless name that arrives at load is kept, not projected, and reported by
+/// health.) Linear in the number of names: a long list is checked with sets.
 pub fn validate_streams(v: &str) -> Result<(), String> {
     if v.len() > MAX_NAME_LEN * 16 {
         return Err(format!("must be at most {} bytes", MAX_NAME_LEN * 16));
     }
-    let mut seen: Vec<&str> = Vec::new();
-    let tag = |n: &str| crate::projection::hash_tag(n.as_bytes()).map(<[u8]>::to_vec);
+    let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    // The first stream of each hash tag (`None`: untagged).
+    let mut tags: std::collections::HashMap<Option<&[u8]>, &str> = std::collections::HashMap::new();
     for name in stream_names(v) {
         validate_name(name).map_err(|e| {
             if name.is_empty() {
@@ -179,21 +181,28 @@ pub fn validate_streams(v: &str) -> Result<(), String> {
                 e
             }
         })?;
-        if seen.contains(&name) {
+        if let Some(prefix) = crate::projection::derived_namespace(name.as_bytes()) {
+            return Err(format!(
+                "{name} is inside the namespace of HeatBridge's own keys ({}...): its writes \
+                 would replace the stream",
+                String::from_utf8_lossy(prefix)
+            ));
+        }
+        if !seen.insert(name) {
             return Err(format!("{name} is listed twice"));
         }
         // Two streams with one tag (or none) would write the same lookup keys, and each
         // would move the other's latest.
-        if let Some(other) = seen.iter().find(|o| tag(o) == tag(name)) {
+        let tag = crate::projection::hash_tag(name.as_bytes());
+        if let Some(other) = tags.insert(tag, name) {
             return Err(format!(
                 "{other} and {name} would write the same lookup keys: give each stream a hash \
                  tag of its own, e.g. quantum:stream:{{a}}:harvest.heat.decision"
             ));
         }
-        if running() && cluster() && crate::projection::hash_tag(name.as_bytes()).is_none() {
+        if running() && cluster() && tag.is_none() {
             return Err(untagged_stream_error(name));
         }
-        seen.push(name);
     }
     Ok(())
 }
@@ -312,6 +321,38 @@ mod tests {
         assert!(validate_name("").is_err());
         assert!(validate_name("a\nb").is_err());
         assert!(validate_name(&"x".repeat(MAX_NAME_LEN + 1)).is_err());
+    }
+
+    #[test]
+    fn streams_inside_the_derived_namespaces_are_refused() {
+        for name in [
+            "quantum:harvest:heat:latest_plan_id:BTC",
+            "quantum:harvest:heat:latest:BTC",
+            "quantum:harvest:heat:by_plan:p1",
+            "quantum:dedupe:p27:{a}:p1",
+        ] {
+            let e = validate_streams(name).expect_err(name);
+            assert!(e.contains("namespace"), "{e}");
+            let listed = format!("quantum:stream:{{ok}}:x, {name}");
+            assert!(validate_streams(&listed).is_err(), "{listed}");
+        }
+        assert!(validate_streams("quantum:harvest:heat:x").is_ok());
+    }
+
+    #[test]
+    fn a_long_stream_list_is_checked_in_linear_time() {
+        let names: Vec<String> = (0..2500).map(|i| format!("s{{t{i}}}")).collect();
+        let list = names.join(",");
+        assert!(list.len() <= MAX_NAME_LEN * 16);
+        assert!(validate_streams(&list).is_ok());
+        let twice = format!("{list},s{{t7}}");
+        assert!(validate_streams(&twice)
+            .unwrap_err()
+            .contains("listed twice"));
+        let same_tag = format!("{list},x{{t7}}");
+        assert!(validate_streams(&same_tag)
+            .unwrap_err()
+            .contains("the same lookup keys"));
     }
 
     #[test]

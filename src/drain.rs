@@ -12,11 +12,12 @@
 //! Every write goes through a replicated call, so replicas and the AOF receive the writes
 //! after the XADD that caused them. Only a writable master that is not loading drains.
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use redis_module::{Context, RedisString};
 
-use crate::apply::{project, write_latest, Latest, Projected};
+use crate::apply::{self, project, Latest, Projected};
 use crate::capture;
 use crate::clock::now_ms;
 use crate::config::{self, Settings};
@@ -35,6 +36,22 @@ use crate::writer::Writer;
 /// Catch-up passes take `heatbridge.catchup-step-us` instead.
 pub const STEP_BUDGET: Duration = Duration::from_millis(5);
 
+/// Drain callbacks that ran a pass, and the passes they ran (INFO heatbridge): how many
+/// streams one callback visits on average.
+static CALLBACKS: AtomicU64 = AtomicU64::new(0);
+static PASSES: AtomicU64 = AtomicU64::new(0);
+
+/// The drain callbacks that ran at least one pass, and the passes run, since load.
+pub fn callback_counts() -> (u64, u64) {
+    (CALLBACKS.load(Relaxed), PASSES.load(Relaxed))
+}
+
+/// Module load: the counts start at zero (statics survive an unload).
+pub fn reset() {
+    CALLBACKS.store(0, Relaxed);
+    PASSES.store(0, Relaxed);
+}
+
 /// Outcome of one drain step.
 #[derive(Debug, PartialEq, Eq)]
 enum Step {
@@ -50,6 +67,13 @@ enum Step {
 /// those with something due (after an XADD, or to go on with a catch-up); see
 /// [`drain_stream`]. Returns whether entries remain (the caller schedules the next pass).
 /// Nothing is done on a replica, while loading, or while writes are paused.
+///
+/// One budget bounds the whole callback, however many streams are listed: [`STEP_BUDGET`]
+/// when it serves a live XADD, `heatbridge.catchup-step-us` otherwise, and never more than
+/// `catchup-step-us` for streams catching up. Streams with a live XADD go first; the
+/// streams catching up share the rest, each taking a fair slice of what is left, starting
+/// with the one that waited last time ([`projector::waited`]). Every stream visited gets at
+/// least one step.
 pub fn run(ctx: &Context, all: bool, live: bool) -> bool {
     server::publish_role(ctx);
     if !can_write(ctx) {
@@ -61,9 +85,43 @@ pub fn run(ctx: &Context, all: bool, live: bool) -> bool {
         // Reported by health (projector::refresh); nothing can be read or written.
         return false;
     };
+    let start = Instant::now();
+    let catchup = config::catchup_step();
+    let deadline = start + if live { STEP_BUDGET } else { catchup };
+    let (fresh, behind) = projector::pass_order(!all);
+    let mut ran = false;
+    let mut more = share(ctx, &settings, &fresh, !all, deadline, &mut ran);
+    let deadline = deadline.min(Instant::now() + catchup);
+    more |= share(ctx, &settings, &behind, !all, deadline, &mut ran);
+    if ran {
+        CALLBACKS.fetch_add(1, Relaxed);
+        // The latency monitor sees how long the callback held the event loop.
+        latency_sample(start.elapsed());
+    }
+    more
+}
+
+/// Drains `streams` in turn until `deadline`, each for a fair share of the time left;
+/// returns whether entries remain. Once the callback has run a pass (`ran`), a stream
+/// reached after the deadline waits, and the next callback starts with it.
+fn share(
+    ctx: &Context,
+    settings: &Settings,
+    streams: &[String],
+    only_due: bool,
+    deadline: Instant,
+    ran: &mut bool,
+) -> bool {
     let mut more = false;
-    for stream in projector::streams() {
-        more |= drain_stream(ctx, &settings, &stream, !all, live);
+    for (i, stream) in streams.iter().enumerate() {
+        let now = Instant::now();
+        if *ran && now >= deadline {
+            projector::waited(stream);
+            return true;
+        }
+        let left = u32::try_from(streams.len() - i).unwrap_or(u32::MAX).max(1);
+        let slice = deadline.saturating_duration_since(now) / left;
+        more |= drain_stream(ctx, settings, stream, only_due, now + slice, ran);
     }
     more
 }
@@ -81,8 +139,7 @@ impl Drop for PassGuard<'_> {
     }
 }
 
-/// Drains `stream` for at most [`STEP_BUDGET`] when the pass serves a live XADD, else (and
-/// during a catch-up) `heatbridge.catchup-step-us`; returns whether entries remain.
+/// Drains `stream` until `until` (at least one step); returns whether entries remain.
 ///
 /// One call is one *pass*: a series of steps of at most `heatbridge.batch` entries, run inside
 /// one callback. Nothing else runs between the steps of a pass, so no client, replica or AOF
@@ -94,20 +151,15 @@ fn drain_stream(
     settings: &Settings,
     stream: &str,
     only_due: bool,
-    live: bool,
+    until: Instant,
+    ran: &mut bool,
 ) -> bool {
-    let Some((trusted, target, behind)) =
-        projector::begin_pass(stream, &settings.consumer, only_due)
+    let Some((trusted, target)) = projector::begin_pass(stream, &settings.consumer, only_due)
     else {
         return false;
     };
-    // A live XADD's pass keeps the live budget, unless a catch-up is under way on the
-    // stream: then it is one more catch-up pass, and other clients keep their latency.
-    let budget = if live && !behind {
-        STEP_BUDGET
-    } else {
-        config::catchup_step()
-    };
+    *ran = true;
+    PASSES.fetch_add(1, Relaxed);
     if config::cluster() && !projector::owns(ctx, &target) {
         // Another master owns the stream's slot (or it moved away): not this node's to
         // project. Nothing was trusted from this pass; the projector forgets its state.
@@ -120,13 +172,12 @@ fn drain_stream(
         // A pass that panics counts as failed.
         outcome: Outcome::Failed,
     };
-    let start = Instant::now();
     let mut pass = Pass::new(ctx, target);
     pass.known = trusted.known;
     pass.commands = trusted.commands;
     let mut last = loop {
         match step(ctx, settings, &mut pass) {
-            Step::More if start.elapsed() < budget => {}
+            Step::More if Instant::now() < until => {}
             done => break done,
         }
     };
@@ -140,7 +191,6 @@ fn drain_stream(
         Step::Failed => Outcome::Failed,
         Step::CaughtUp => Outcome::Done,
     };
-    latency_sample(start.elapsed());
     last == Step::More
 }
 
@@ -178,10 +228,16 @@ struct Pass<'c> {
     len: Option<u64>,
     /// The arguments of the XADDs counted in `known`, when every one was kept.
     commands: Option<Vec<capture::Command>>,
+    /// The stream's high-water mark before this pass (see `apply::high_water`): the
+    /// group cursor when the first step finds none.
+    high_water: Option<EntryId>,
+    /// The newest entry this pass handled.
+    handled: Option<EntryId>,
 }
 
 impl<'c> Pass<'c> {
     fn new(ctx: &'c Context, t: Target) -> Pass<'c> {
+        let high_water = apply::high_water(t.stream.as_bytes());
         Pass {
             w: Writer::new(ctx),
             t,
@@ -194,6 +250,16 @@ impl<'c> Pass<'c> {
             end: None,
             len: None,
             commands: None,
+            high_water,
+            handled: None,
+        }
+    }
+
+    /// The group cursor is `cursor`: without a high-water mark (the first pass since a
+    /// reset), the mark starts there.
+    fn cursor_seen(&mut self, cursor: EntryId) {
+        if self.high_water.is_none() {
+            self.high_water = Some(cursor);
         }
     }
 
@@ -201,17 +267,28 @@ impl<'c> Pass<'c> {
     /// nothing of the pass is acknowledged: the retry rewrites it all (idempotent).
     /// Returns whether it all succeeded, and the group as the next pass may trust it.
     fn finish(self, ctx: &Context) -> (bool, Option<Known>) {
-        // A pass that reached the stream's end holds each symbol's newest entry; one that
-        // stopped before it (a catch-up, a rewound cursor) may hold an older one than latest.
+        // A pass that reached the stream's end holds each symbol's newest entry. One that
+        // stopped before it (a catch-up) holds entries newer than every decision latest was
+        // written from when they lie past the high-water mark; at or before it (the cursor
+        // was moved back) they are compared with what latest holds.
+        let keys = &self.t.keys;
         let written = if matches!(self.advance, Some((Cursor::End, _))) {
-            self.latest
-                .into_sorted()
-                .iter()
-                .try_for_each(|(e, at)| write_latest(&self.w, &self.t.keys, e, *at))
+            self.latest.write_all(&self.w, keys)
         } else {
-            self.latest
-                .write_if_newer(ctx, &self.w, &self.t.keys, &self.t.stream_key)
+            let (newer, rest) = self.latest.split_at(self.high_water);
+            newer
+                .write_all(&self.w, keys)
+                .and_then(|()| rest.write_if_newer(ctx, &self.w, keys, &self.t.stream_key))
         };
+        let stream = self.t.stream.as_bytes();
+        if let Some(hw) = self.high_water {
+            apply::raise_high_water(stream, hw);
+        }
+        if written.is_ok() {
+            if let Some(id) = self.handled {
+                apply::raise_high_water(stream, id);
+            }
+        }
         if let Err(msg) = written {
             METRICS.count_error(Stage::Write, now_ms());
             log_error_limited(&format!(
@@ -264,6 +341,7 @@ fn step(ctx: &Context, s: &Settings, pass: &mut Pass) -> Step {
         return Step::CaughtUp;
     }
     if let Some(k) = pass.known.take() {
+        pass.cursor_seen(k.last);
         let commands = pass.commands.take();
         if let Some((group, entries)) = trust_known(ctx, s.batch, &stream, len, &k, commands) {
             // The pass adds no entry, so the length stays what the next pass will check.
@@ -278,7 +356,13 @@ fn step(ctx: &Context, s: &Settings, pass: &mut Pass) -> Step {
             Ok(None) => match group::create_group(ctx, &pass.t)
                 .and_then(|()| group::read_group(ctx, &pass.t))
             {
-                Ok(g) => g.unwrap_or_default(),
+                Ok(g) => {
+                    // A new group (a new or recreated stream): latest was never written
+                    // from its entries, so the mark starts again at its cursor.
+                    apply::forget_high_water(pass.t.stream.as_bytes());
+                    pass.high_water = None;
+                    g.unwrap_or_default()
+                }
                 Err(e) => {
                     METRICS.count_error(Stage::Ack, now_ms());
                     log_error_limited(&format!("cannot create group {}: {e}", pass.t.group));
@@ -292,6 +376,7 @@ fn step(ctx: &Context, s: &Settings, pass: &mut Pass) -> Step {
             }
         },
     };
+    pass.cursor_seen(group.last_id);
 
     if group.pending > 0 && !pass.pending_checked {
         match finish_pending(ctx, s, &pass.t) {
@@ -415,6 +500,7 @@ fn project_step(
         }
     }
     if let Some(last) = done {
+        pass.handled = pass.handled.max(Some(last));
         let to = if !failed && read < s.batch {
             // Every entry after the cursor was read: with no deletion after the cursor (a
             // valid lag), the read counter moves by exactly the entries handled. At the end

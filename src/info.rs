@@ -105,6 +105,9 @@ pub fn add_info(ctx: &redis_module::InfoContext) -> redis_module::RedisResult<()
     for (code, v) in metrics::HTTP_CODES.iter().zip(snap.http.iter()) {
         fields.push((http_field(*code), v.to_string()));
     }
+    let (callbacks, passes) = crate::drain::callback_counts();
+    fields.push(("drain_callbacks_total", callbacks.to_string()));
+    fields.push(("drain_passes_total", passes.to_string()));
     fields.push(("lag_ms", metrics::fmt_value(snap.lag_ms)));
     fields.push((
         "last_ts_epoch",

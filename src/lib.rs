@@ -139,6 +139,7 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
         metrics::METRICS.reset();
         state::reset();
         schedule::reset();
+        drain::reset();
         projector::reset();
         apply::reset();
         capture::reset();
@@ -200,8 +201,9 @@ redis_module! {
     deinit: deinit,
     commands: [
         // ACL categories are optional (the last item): redis-module registers them where
-        // the server supports them (7.2+, Valkey 8) and skips them on Redis 7.0, where the
-        // admin flag still puts REPLAY in @admin and @dangerous.
+        // the server supports them (7.2+, Valkey 8) and skips them on Redis 7.0, which gives
+        // module commands no categories at all: there REPLAY is denied by name
+        // (docs/operations.md).
         ["heatbridge.health", cmd_health, "readonly allow-loading allow-stale", 0, 0, 0, "", "read"],
         ["heatbridge.metrics", cmd_metrics, "readonly allow-loading allow-stale", 0, 0, 0, "", "read"],
         ["heatbridge.get", cmd_get, "readonly allow-stale getkeys-api", 0, 0, 0, "", "read"],

@@ -17,6 +17,16 @@ pub const DEDUPE_PREFIX: &[u8] = b"quantum:dedupe:p27:";
 /// Field added to the latest hash, naming the plan it came from.
 pub const LAST_PLAN_ID_FIELD: &[u8] = b"last_plan_id";
 
+/// The four prefixes of the derived keys.
+pub const DERIVED_PREFIXES: [&[u8]; 4] =
+    [BY_PLAN_PREFIX, LATEST_PREFIX, POINTER_PREFIX, DEDUPE_PREFIX];
+
+/// The derived-key namespace `name` lies in, if any: a stream there could be replaced by the
+/// module's own writes.
+pub fn derived_namespace(name: &[u8]) -> Option<&'static [u8]> {
+    DERIVED_PREFIXES.into_iter().find(|p| name.starts_with(p))
+}
+
 /// Builds `prefix` + `id` as one binary-safe key name.
 pub fn key(prefix: &[u8], id: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(prefix.len() + id.len());

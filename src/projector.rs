@@ -11,6 +11,7 @@
 //! could call back into HeatBridge: a pass takes what it trusts at its start and gives back
 //! what it learned at its end.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard};
 
@@ -87,11 +88,31 @@ struct Registry {
     /// were built from them.
     built_from: Option<(String, String, bool)>,
     projectors: Vec<Projector>,
+    /// Each projector's position in `projectors`, by stream name: a list of thousands of
+    /// streams is not searched on every XADD.
+    index: Option<HashMap<String, usize>>,
+    /// Where the next callback starts among the streams catching up: the first one that
+    /// waited when the last callback ran out of time.
+    rotation: usize,
+}
+
+impl Registry {
+    fn position(&self, stream: &[u8]) -> Option<usize> {
+        let name = std::str::from_utf8(stream).ok()?;
+        self.index.as_ref()?.get(name).copied()
+    }
+
+    fn get_mut(&mut self, stream: &[u8]) -> Option<&mut Projector> {
+        let i = self.position(stream)?;
+        self.projectors.get_mut(i)
+    }
 }
 
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
     built_from: None,
     projectors: Vec::new(),
+    index: None,
+    rotation: 0,
 });
 
 fn registry() -> MutexGuard<'static, Registry> {
@@ -114,6 +135,8 @@ pub fn reset() {
     let mut r = registry();
     r.built_from = None;
     r.projectors.clear();
+    r.index = None;
+    r.rotation = 0;
 }
 
 /// Builds the projectors from `s` unless they were built from the same settings: one per
@@ -132,18 +155,51 @@ pub fn sync(s: &Settings) {
         .iter()
         .map(|name| Projector::new(name, &s.group, cluster))
         .collect();
+    r.index = Some(
+        r.projectors
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.stream.clone(), i))
+            .collect(),
+    );
+    r.rotation = 0;
     r.built_from = Some((s.stream.clone(), s.group.clone(), cluster));
 }
 
-/// The names of the listed streams that can be projected (a cluster node still checks that
-/// it owns each one before a pass).
-pub fn streams() -> Vec<String> {
-    registry()
-        .projectors
-        .iter()
-        .filter(|p| p.problem.is_none())
-        .map(|p| p.stream.clone())
-        .collect()
+/// The streams one drain pass should visit, in the order they share the callback's time:
+/// first those with a live XADD and no catch-up under way, in the order listed, then the
+/// streams catching up, from the first one that waited last time (see [`waited`]). With
+/// `only_due`, only streams with something due; otherwise every projectable stream.
+pub fn pass_order(only_due: bool) -> (Vec<String>, Vec<String>) {
+    let r = registry();
+    let n = r.projectors.len();
+    let start = if n == 0 { 0 } else { r.rotation % n };
+    let mut live = Vec::new();
+    let mut behind = Vec::new();
+    for i in (start..n).chain(0..start) {
+        let Some(p) = r.projectors.get(i) else {
+            continue;
+        };
+        if p.problem.is_some() || (only_due && !p.due) {
+            continue;
+        }
+        if p.behind {
+            behind.push(p.stream.clone());
+        } else {
+            live.push(p.stream.clone());
+        }
+    }
+    // Streams with a live XADD keep the order listed: the rotation is for catch-ups.
+    live.sort_by_key(|name| r.position(name.as_bytes()));
+    (live, behind)
+}
+
+/// The callback ran out of time before `stream`'s turn: the next one starts with it.
+pub fn waited(stream: &str) {
+    let mut r = registry();
+    if let Some(i) = r.position(stream.as_bytes()) {
+        r.rotation = i;
+    }
 }
 
 /// The stream a command names (`STREAM <stream>`, or none), as a target: the stream must be
@@ -154,9 +210,8 @@ pub fn target_for(name: Option<&[u8]>, consumer: &str) -> Result<Target, String>
     let r = registry();
     let p = match name {
         Some(name) => r
-            .projectors
-            .iter()
-            .find(|p| p.stream.as_bytes() == name)
+            .position(name)
+            .and_then(|i| r.projectors.get(i))
             .ok_or_else(|| {
                 format!(
                     "ERR HEATBRIDGE: {} is not in heatbridge.stream-in",
@@ -182,7 +237,7 @@ pub fn target_for(name: Option<&[u8]>, consumer: &str) -> Result<Target, String>
 /// syncs the registry: harmless, the pass drops it.)
 pub fn with_stream<R>(name: &[u8], f: impl FnOnce(&mut Projector) -> R) -> Option<R> {
     let mut r = registry();
-    if !r.projectors.iter().any(|p| p.stream.as_bytes() == name) {
+    if r.position(name).is_none() {
         // Not a stream the projectors were built for: one just listed by CONFIG SET syncs
         // them; any other key is not ours.
         drop(r);
@@ -192,10 +247,7 @@ pub fn with_stream<R>(name: &[u8], f: impl FnOnce(&mut Projector) -> R) -> Optio
         sync(&config::current());
         r = registry();
     }
-    r.projectors
-        .iter_mut()
-        .find(|p| p.stream.as_bytes() == name)
-        .map(f)
+    r.get_mut(name).map(f)
 }
 
 /// Forgets every projector's fast-path state: the next passes read the group and entries.
@@ -218,7 +270,7 @@ pub fn command_seen(xadd_key: Option<&[u8]>, keep: impl FnOnce() -> Option<Comma
     if !capture::enabled() || !config::fast_path() {
         return;
     }
-    let Some(p) = r.projectors.iter_mut().find(|p| p.stream.as_bytes() == key) else {
+    let Some(p) = r.get_mut(key) else {
         return;
     };
     match p.fast.wants_xadd(config::batch()) {
@@ -268,28 +320,22 @@ pub fn stream_changed(key: &[u8]) {
     });
 }
 
-/// A pass over stream `stream` begins: what it may trust, its target, and whether a catch-up
-/// is under way on it (the last pass left entries). `None` when the
+/// A pass over stream `stream` begins: what it may trust and its target. `None` when the
 /// stream is not projected, or when `only_due` and nothing is due on it (see
 /// [`Projector::due`]): a pass after one XADD looks at that XADD's stream only.
 pub fn begin_pass(
     stream: &str,
     consumer: &str,
     only_due: bool,
-) -> Option<(Trusted<Command>, Target, bool)> {
+) -> Option<(Trusted<Command>, Target)> {
     let trust = TRUST_KNOWN.load(Relaxed) && config::fast_path();
     let take_commands = trust && capture::enabled();
     let mut r = registry();
     let p = r
-        .projectors
-        .iter_mut()
-        .find(|p| p.stream == stream && p.problem.is_none() && (p.due || !only_due))?;
+        .get_mut(stream.as_bytes())
+        .filter(|p| p.problem.is_none() && (p.due || !only_due))?;
     p.due = false;
-    Some((
-        p.fast.begin_pass(trust, take_commands),
-        p.target(consumer),
-        p.behind,
-    ))
+    Some((p.fast.begin_pass(trust, take_commands), p.target(consumer)))
 }
 
 /// How a pass over a stream ended.
@@ -308,7 +354,7 @@ pub enum Outcome {
 pub fn end_pass(stream: &str, known: Option<Known>, outcome: Outcome) {
     let trust = TRUST_KNOWN.load(Relaxed) && config::fast_path();
     let mut r = registry();
-    if let Some(p) = r.projectors.iter_mut().find(|p| p.stream == stream) {
+    if let Some(p) = r.get_mut(stream.as_bytes()) {
         p.fast.end_pass(known.filter(|_| trust));
         p.due |= outcome == Outcome::More;
         p.behind = outcome == Outcome::More;

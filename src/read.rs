@@ -19,10 +19,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use redis_module::{raw, Context, RedisString};
 
 use crate::capture;
-use crate::decision::{self, EntryId};
+use crate::decision::EntryId;
 use crate::health::StreamState;
 
-impl decision::Bytes for RedisString {
+impl crate::decision::Bytes for RedisString {
     fn bytes(&self) -> &[u8] {
         self.as_slice()
     }
@@ -309,33 +309,30 @@ pub fn entries_from_commands(
     Some(entries)
 }
 
-/// The newest valid decision of each symbol in millisecond `ms` of the stream (an invalid
-/// entry never writes latest, so it does not count). `None` when more than `budget` entries
-/// would have to be read: then which is newest is not known. `budget` goes down by the
-/// entries read, so that one pass shares one budget over every millisecond it reads.
+/// The newest valid decision of each symbol among the entries of millisecond `from.ms`
+/// from `from` on (an invalid entry never writes latest, so it does not count). It reads
+/// newest first and only that part of the millisecond, however many entries it holds.
 pub fn newest_in_ms(
     ctx: &Context,
     stream: &RedisString,
-    ms: u64,
-    budget: &mut usize,
-) -> Option<std::collections::HashMap<Vec<u8>, EntryId>> {
-    let from = EntryId { ms, seq: 0 };
-    let to = EntryId { ms, seq: u64::MAX };
+    keys: &crate::projection::Keys,
+    from: EntryId,
+) -> std::collections::HashMap<Vec<u8>, EntryId> {
+    let to = EntryId {
+        ms: from.ms,
+        seq: u64::MAX,
+    };
     let mut newest = std::collections::HashMap::new();
     let Some(mut walk) = IdWalk::range(ctx, stream, Some(from), Some(to), false, true) else {
-        return Some(newest);
+        return newest;
     };
     while let Some((id, fields)) = walk.next_entry() {
-        if *budget == 0 {
-            return None;
-        }
-        *budget -= 1;
-        if let Ok(d) = decision::parse(id, &fields) {
+        if let Ok(d) = keys.parse(id, &fields) {
             // Read newest first: the first entry of a symbol is its newest.
             newest.entry(d.symbol.to_vec()).or_insert(id);
         }
     }
-    Some(newest)
+    newest
 }
 
 const OK: i32 = raw::REDISMODULE_OK as i32;

@@ -73,6 +73,11 @@ pub fn replay(
     // Latest goes to the newest entry re-projected for each symbol, unless the stream holds
     // a newer decision of that symbol: latest never moves back.
     latest.write_if_newer(ctx, &w, &t.keys, stream)?;
+    // Latest may now hold a decision past the group cursor: the catch-up that reaches it
+    // compares instead of writing over it.
+    if written > 0 {
+        crate::apply::raise_high_water(t.stream.as_bytes(), last);
+    }
     METRICS.count_replayed(written);
     Ok((written, last))
 }

@@ -140,14 +140,22 @@ impl<'c> Writer<'c> {
 
     /// `SET key value PXAT at`. (Doing this through the key API where the server has
     /// `RM_SetAbsExpire` measured about 1% per decision: not worth a second write path.)
+    /// SET would replace a key of any type, so a key that holds another type is left alone:
+    /// that is counted as a write error and skipped, as for the hashes. Returns whether the
+    /// string was written.
     pub fn set_string(
         &self,
         key: &RedisString,
         value: &RedisString,
         at_ms: u64,
-    ) -> Result<(), String> {
+    ) -> Result<bool, String> {
+        if !matches!(key_type(self.ctx, key), KeyKind::Missing | KeyKind::String) {
+            foreign_key(key, "non-string");
+            return Ok(false);
+        }
         let at = self.string(Digits::of(at_ms).as_bytes());
-        self.call(c"SET", &[key, value, self.pxat, &at]).map(drop)
+        self.call(c"SET", &[key, value, self.pxat, &at])
+            .map(|_| true)
     }
 
     /// Makes the hash hold exactly `fields` (plus `last_plan_id` when given), expiring at
@@ -175,14 +183,7 @@ impl<'c> Writer<'c> {
         let added = match self.call(c"HSET", &args) {
             Ok(added) => added.unwrap_or(0),
             Err(msg) if msg.starts_with("WRONGTYPE") => {
-                let now = now_ms();
-                METRICS.count_error(Stage::Write, now);
-                if FOREIGN_KEY_LOG.check(crate::clock::mono_ms()).is_some() {
-                    logging::error(&format!(
-                        "{} holds a non-hash value; decision not written there",
-                        logging::show_bytes(key.as_slice())
-                    ));
-                }
+                foreign_key(key, "non-hash");
                 return Ok(false);
             }
             Err(msg) => return Err(msg),
@@ -328,6 +329,54 @@ impl<'c> Writer<'c> {
     }
 }
 
+/// A derived key that holds a value of another type: counted as a write error and logged
+/// (at most once a second); the decision is not written there.
+fn foreign_key(key: &RedisString, what: &str) {
+    METRICS.count_error(Stage::Write, now_ms());
+    if FOREIGN_KEY_LOG.check(crate::clock::mono_ms()).is_some() {
+        logging::error(&format!(
+            "{} holds a {what} value; decision not written there",
+            logging::show_bytes(key.as_slice())
+        ));
+    }
+}
+
+/// The type of the value at a key, as far as the writes care.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyKind {
+    /// No such key.
+    Missing,
+    /// A string.
+    String,
+    /// A hash.
+    Hash,
+    /// A stream.
+    Stream,
+    /// Any other type.
+    Other,
+}
+
+/// The type of the value at `key`, from one open of the key (no command).
+pub fn key_type(ctx: &Context, key: &RedisString) -> KeyKind {
+    use redis_module::raw as r;
+    let inner = r::open_key(ctx.ctx, key.inner, r::KeyMode::READ);
+    if inner.is_null() {
+        return KeyKind::Missing;
+    }
+    // SAFETY: `inner` is a key opened just above on the live context and closed right after;
+    // KeyType only reads it.
+    let kind =
+        unsafe { r::RedisModule_KeyType.map_or(r::REDISMODULE_KEYTYPE_EMPTY as i32, |f| f(inner)) };
+    r::close_key(inner);
+    match kind {
+        k if k == r::REDISMODULE_KEYTYPE_EMPTY as i32 => KeyKind::Missing,
+        k if k == r::REDISMODULE_KEYTYPE_STRING as i32 => KeyKind::String,
+        k if k == r::REDISMODULE_KEYTYPE_HASH as i32 => KeyKind::Hash,
+        k if k == r::REDISMODULE_KEYTYPE_STREAM as i32 => KeyKind::Stream,
+        _ => KeyKind::Other,
+    }
+}
+
 /// The length of the value at `key` (fields of a hash, entries of a stream), 0 if none.
 pub fn value_len(ctx: &Context, key: &RedisString) -> usize {
     // `RedisKey` has no length accessor (and its `to_raw_parts` closes the key it returns),
@@ -348,20 +397,7 @@ pub fn value_len(ctx: &Context, key: &RedisString) -> usize {
 /// under other readers (and firing an unlink event to other modules). A key that does not
 /// exist, the common case, is told by opening it, without a command.
 pub fn read_string(ctx: &Context, key: &RedisString) -> Option<Vec<u8>> {
-    let inner = redis_module::raw::open_key(ctx.ctx, key.inner, redis_module::raw::KeyMode::READ);
-    if inner.is_null() {
-        return None;
-    }
-    // SAFETY: `inner` is a key opened just above on the live context and closed right after;
-    // KeyType only reads it.
-    let kind = unsafe {
-        redis_module::raw::RedisModule_KeyType
-            .map_or(redis_module::raw::REDISMODULE_KEYTYPE_EMPTY as i32, |f| {
-                f(inner)
-            })
-    };
-    redis_module::raw::close_key(inner);
-    if kind != redis_module::raw::REDISMODULE_KEYTYPE_STRING as i32 {
+    if key_type(ctx, key) != KeyKind::String {
         return None;
     }
     let r: CallResult = ctx.call_ext("GET", &read_opts(), &[key][..]);

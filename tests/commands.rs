@@ -746,8 +746,8 @@ fn has_acl_categories(c: &mut Connection) -> bool {
 }
 
 /// REPLAY is "admin and dangerous": where the server has module ACL categories it is in
-/// @dangerous, so `+@all -@dangerous` cannot run it. (On Redis 7.0 the crate skips the
-/// optional categories; the admin flag puts it in @admin and @dangerous there.)
+/// @dangerous, so `+@all -@dangerous` cannot run it. (Redis 7.0 gives module commands no
+/// categories; there an operator denies it by name, as tests/acl.rs does.)
 #[test]
 fn replay_is_in_the_dangerous_category_where_categories_exist() {
     for_each_flavor(|flavor| {

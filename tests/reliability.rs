@@ -88,33 +88,6 @@ fn claim_for_us(c: &mut Connection, id: &str) {
         .expect("XCLAIM");
 }
 
-/// Panics with the server's assertion or crash report unless it answers PING.
-fn assert_alive(s: &mut Server, when: &str) {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{}/", s.port)).expect("URL");
-    let pong = client
-        .get_connection_with_timeout(Duration::from_secs(2))
-        .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
-    if pong.is_ok() && s.alive() {
-        return;
-    }
-    // A crashing server writes its report before it exits.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while s.alive() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let log = s.log();
-    let report: Vec<&str> = log
-        .lines()
-        .filter(|l| {
-            l.contains("ASSERTION")
-                || l.contains("==>")
-                || l.contains("crashed by signal")
-                || l.contains("Accessing address")
-        })
-        .collect();
-    panic!("the server died {when}:\n{}", report.join("\n"));
-}
-
 /// A decision's fields as XADD arguments.
 fn fields(d: &[(String, String)]) -> Vec<String> {
     d.iter().flat_map(|(k, v)| [k.clone(), v.clone()]).collect()
@@ -224,24 +197,6 @@ fn a_refused_module_load_leaves_the_server_working() {
         });
         assert_alive(&mut s, "after the valid MODULE LOAD");
     });
-}
-
-/// Builds `tests/modules/caller.c` into `dir` and loads it.
-fn load_caller_module(s: &Server, c: &mut Connection) {
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/modules/caller.c");
-    let out = s.dir().join("caller.so");
-    let status = std::process::Command::new("cc")
-        .args(["-shared", "-fPIC", "-O1", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .status()
-        .expect("cc (the C compiler) runs");
-    assert!(status.success(), "cc failed on {}", src.display());
-    let _: () = redis::cmd("MODULE")
-        .arg("LOAD")
-        .arg(out.to_str().expect("a UTF-8 path"))
-        .query(c)
-        .expect("MODULE LOAD caller.so");
 }
 
 /// `CALLER.CALL`/`CALLER.CALLACL` `<cmd> args...` through RedisModule_Call.

@@ -298,3 +298,142 @@ fn a_cluster_node_refuses_a_non_zero_database() {
         assert!(config_set(&mut c, "heatbridge.db", "2").is_err());
     });
 }
+
+/// A stream named inside one of the four derived-key namespaces would be replaced by the
+/// module's own writes (a SET of the pointer or the dedupe key): it is refused by CONFIG SET
+/// and by MODULE LOAD, and the old value stays.
+#[test]
+fn a_stream_inside_the_derived_namespaces_is_refused() {
+    for_each_flavor(|flavor| {
+        let s = Options::new(flavor).without_exporter().start();
+        let mut c = s.conn();
+        for bad in [
+            "quantum:harvest:heat:latest_plan_id:BTC",
+            "quantum:harvest:heat:latest:BTC",
+            "quantum:harvest:heat:by_plan:p1",
+            "quantum:dedupe:p27:{a}:p1",
+        ] {
+            let e = config_set(&mut c, "heatbridge.stream-in", bad).unwrap_err();
+            assert!(e.contains("namespace"), "{bad}: {e}");
+            let listed = format!("{A},{bad}");
+            assert!(config_set(&mut c, "heatbridge.stream-in", &listed).is_err());
+        }
+        assert_eq!(config_get(&mut c, "heatbridge.stream-in"), STREAM);
+
+        let plain = Options::new(flavor).without_module().start();
+        let mut p = plain.conn();
+        let r: redis::RedisResult<()> = redis::cmd("MODULE")
+            .arg("LOAD")
+            .arg(module_path().display().to_string())
+            .arg("stream-in")
+            .arg("quantum:harvest:heat:latest_plan_id:BTC")
+            .arg("metrics-port")
+            .arg("0")
+            .arg("health-port")
+            .arg("0")
+            .query(&mut p);
+        assert!(r.is_err(), "the load is refused");
+        assert!(plain.log().contains("namespace"), "{}", plain.log());
+        let _: String = redis::cmd("PING").query(&mut p).expect("the server lives");
+    });
+}
+
+/// The module's string writes (the dedupe key and the latest_plan_id pointer) never replace
+/// a key of another type: a stream, a list or a hash at that name stays as it is, the write
+/// is counted as an error, and the rest of the decision is projected.
+#[test]
+fn string_writes_never_replace_a_key_of_another_type() {
+    for_each_flavor(|flavor| {
+        let s = Options::new(flavor).without_exporter().start();
+        let mut c = s.conn();
+        let pointer = "quantum:harvest:heat:latest_plan_id:BTC";
+        let dedupe = "quantum:dedupe:p27:p9";
+        let theirs = xadd(&mut c, pointer, "*", &decision("X", "theirs", &[]));
+        let _: i64 = redis::cmd("RPUSH")
+            .arg(dedupe)
+            .arg("a")
+            .query(&mut c)
+            .unwrap();
+        inject(&mut c, "BTC", "p1");
+        inject(&mut c, "ETH", "p9");
+        wait_drained(&mut c);
+        let kind =
+            |c: &mut Connection, k: &str| -> String { redis::cmd("TYPE").arg(k).query(c).unwrap() };
+        assert_eq!(
+            kind(&mut c, pointer),
+            "stream",
+            "the stream at the pointer's name stays"
+        );
+        let ids: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(pointer)
+            .arg("-")
+            .arg("+")
+            .query(&mut c)
+            .unwrap();
+        assert_eq!(ids.len(), 1);
+        assert_eq!(ids[0].0, theirs);
+        assert_eq!(
+            kind(&mut c, dedupe),
+            "list",
+            "the list at the dedupe name stays"
+        );
+        // The rest of both decisions is projected.
+        assert_eq!(
+            hget(&mut c, "quantum:harvest:heat:latest:BTC", "plan_id").as_deref(),
+            Some("p1")
+        );
+        assert!(exists(&mut c, "quantum:harvest:heat:by_plan:p9"));
+        assert_eq!(
+            get(&mut c, "quantum:harvest:heat:latest_plan_id:ETH").as_deref(),
+            Some("p9")
+        );
+        assert_eq!(metric(&mut c, "p27_errors_total{stage=\"write\"}"), 2.0);
+        // The stream at the pointer's name still takes entries.
+        xadd(&mut c, pointer, "*", &decision("X", "more", &[]));
+    });
+}
+
+/// An untagged stream and a tagged one never share a key: on the untagged stream a plan_id
+/// or symbol that starts like a tagged key (`{eu}:P1`) is invalid, so the `{eu}` stream's
+/// plan `P1` owns `by_plan:{eu}:P1`, its dedupe key and its latest, and is never taken for
+/// a duplicate.
+#[test]
+fn untagged_and_tagged_streams_never_share_keys() {
+    for_each_flavor(|flavor| {
+        let eu = "quantum:stream:{eu}:harvest.heat.decision";
+        let s = server(flavor, &format!("{STREAM},{eu}"));
+        let mut c = s.conn();
+        xadd(
+            &mut c,
+            STREAM,
+            "*",
+            &decision("BTC", "{eu}:P1", &[("heat_level", "untagged")]),
+        );
+        xadd(
+            &mut c,
+            STREAM,
+            "*",
+            &decision("{eu}:BTC", "P2", &[("heat_level", "untagged")]),
+        );
+        xadd(
+            &mut c,
+            eu,
+            "*",
+            &decision("BTC", "P1", &[("heat_level", "tagged")]),
+        );
+        wait_group_drained(&mut c, STREAM);
+        wait_group_drained(&mut c, eu);
+        assert_eq!(
+            hget(&mut c, "quantum:harvest:heat:by_plan:{eu}:P1", "heat_level").as_deref(),
+            Some("tagged")
+        );
+        assert_eq!(
+            hget(&mut c, "quantum:harvest:heat:latest:{eu}:BTC", "heat_level").as_deref(),
+            Some("tagged")
+        );
+        assert!(!exists(&mut c, "quantum:harvest:heat:by_plan:P2"));
+        assert!(!exists(&mut c, "quantum:harvest:heat:latest:BTC"));
+        assert_eq!(metric(&mut c, "p27_dedupe_skips_total"), 0.0);
+        assert_eq!(metric(&mut c, "p27_errors_total{stage=\"parse\"}"), 2.0);
+    });
+}

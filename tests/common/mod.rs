@@ -642,6 +642,52 @@ pub fn wait_drained(c: &mut Connection) {
     });
 }
 
+/// Panics with the server's assertion or crash report unless it answers PING.
+pub fn assert_alive(s: &mut Server, when: &str) {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{}/", s.port)).expect("URL");
+    let pong = client
+        .get_connection_with_timeout(Duration::from_secs(2))
+        .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+    if pong.is_ok() && s.alive() {
+        return;
+    }
+    // A crashing server writes its report before it exits.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.alive() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = s.log();
+    let report: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            l.contains("ASSERTION")
+                || l.contains("==>")
+                || l.contains("crashed by signal")
+                || l.contains("Accessing address")
+        })
+        .collect();
+    panic!("the server died {when}:\n{}", report.join("\n"));
+}
+
+/// Builds `tests/modules/caller.c` (a second module that calls commands through
+/// RedisModule_Call, see its header) into the server's directory and loads it.
+pub fn load_caller_module(s: &Server, c: &mut Connection) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/modules/caller.c");
+    let out = s.dir().join("caller.so");
+    let status = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O1", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .expect("cc (the C compiler) runs");
+    assert!(status.success(), "cc failed on {}", src.display());
+    let _: () = redis::cmd("MODULE")
+        .arg("LOAD")
+        .arg(out.to_str().expect("a UTF-8 path"))
+        .query(c)
+        .expect("MODULE LOAD caller.so");
+}
+
 /// A server started from a config file, `<server> <dir>/redis.conf`, as CONFIG REWRITE
 /// needs (the file holds the port, dir and log basics, then the caller's lines); killed on
 /// drop.
