@@ -43,12 +43,17 @@
 mod common;
 use common::*;
 
+/// The crate's pure core, as the module's own sources (an integration test cannot link the
+/// crate: its global allocator is Redis's). `core` gives them the paths they use.
 #[allow(dead_code)]
-#[path = "../src/decision.rs"]
+#[path = "../src/core/decision.rs"]
 mod decision;
 #[allow(dead_code)]
-#[path = "../src/projection.rs"]
+#[path = "../src/core/projection.rs"]
 mod projection;
+mod core {
+    pub(crate) use super::decision;
+}
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -79,11 +84,11 @@ const PREFIXES: [&[u8]; 4] = [
     projection::DEDUPE_PREFIX,
 ];
 /// Op kinds drawn but not run unless `MODEL_OPEN=1`: each finds a defect still open, so the
-/// gate stays green while it is fixed. Remove a kind once its defect is fixed.
-/// - `replay_rewind`: after a REPLAY made a later duplicate hold its plan's dedupe key, a
-///   rewound re-read skips the entry that was projected first, as a duplicate, and latest of
-///   its symbol goes back to an older decision (`latest_stays_after_replay_and_rewind`).
-const OPEN_DEFECTS: [&str; 1] = ["replay_rewind"];
+/// gate stays green while it is fixed. Remove a kind once its defect is fixed. None is open:
+/// `replay_rewind` found one (a REPLAY moved a plan's dedupe key to a later duplicate, so a
+/// rewound re-read skipped the entry projected first and latest stepped back), fixed in the
+/// module (`latest_stays_after_replay_and_rewind`).
+const OPEN_DEFECTS: [&str; 0] = [];
 /// Operations kept for a failure report.
 const LOG_OPS: usize = 60;
 /// A reply slower than this means the server hangs.
@@ -186,6 +191,8 @@ enum Op {
     StreamIn(Vec<usize>),
     /// CONFIG SET heatbridge.fast-path.
     FastPath(bool),
+    /// CONFIG SET heatbridge.project-at turn (`true`) or command (refused on Redis 7.0).
+    ProjectAt(bool),
     /// CONFIG SET heatbridge.batch.
     Batch(u64),
     /// CONFIG SET heatbridge.catchup-step-us.
@@ -232,6 +239,7 @@ impl Op {
             Op::Restart => "restart",
             Op::StreamIn(_) => "stream_in",
             Op::FastPath(_) => "fast_path",
+            Op::ProjectAt(_) => "project_at",
             Op::Batch(_) => "batch",
             Op::CatchupStep(_) => "catchup_step",
             Op::Db(_) => "db",
@@ -512,7 +520,7 @@ impl World {
     /// Draws the next op.
     fn pick(&mut self) -> Op {
         type Draw = fn(&mut World) -> Op;
-        let table: [(u64, Draw); 18] = [
+        let table: [(u64, Draw); 19] = [
             (400, |w| {
                 let s = w.stream();
                 Op::Xadd(s, w.entry(8))
@@ -564,6 +572,7 @@ impl World {
                 })
             }),
             (6, |w| Op::FastPath(w.rng.chance(50))),
+            (6, |w| Op::ProjectAt(w.rng.chance(50))),
             (8, |w| {
                 Op::Batch(match w.rng.below(5) {
                     0 => 1,
@@ -876,6 +885,10 @@ impl World {
                 "{:?}",
                 self.config("fast-path", if on { "yes" } else { "no" })
             ),
+            Op::ProjectAt(turn) => format!(
+                "{:?}",
+                self.config("project-at", if turn { "turn" } else { "command" })
+            ),
             Op::Batch(n) => format!("{:?}", self.config("batch", &n.to_string())),
             Op::CatchupStep(n) => format!("{:?}", self.config("catchup-step-us", &n.to_string())),
             Op::Db(db) => {
@@ -1025,6 +1038,9 @@ impl World {
             Who::Operator,
             &cmd(&["XGROUP", "SETID", stream, GROUP, &to.to_string()]),
         );
+        if r.is_ok() {
+            self.models[s].rewind(to);
+        }
         format!("{to} (cursor was {cursor}): {r:?}")
     }
 
@@ -1194,6 +1210,9 @@ impl World {
             Who::Operator,
             &cmd(&["XGROUP", "SETID", stream, GROUP, &to.to_string()]),
         );
+        if r.is_ok() {
+            self.models[s].rewind(to);
+        }
         let done = format!(
             "{start} .. {}; REPLAY FROM {middle} wrote {written}, last {last}; SETID {to}: {r:?}",
             ids.last().map_or("", |s| s)
@@ -1429,8 +1448,11 @@ struct Model {
     entries: Vec<Entry>,
     /// How many of `entries` the live rule has seen.
     fed: usize,
-    /// Per plan_id, the entry its dedupe key and by_plan hash hold (index into `entries`).
+    /// Per plan_id, the entry its dedupe key holds: the earliest projected (index into
+    /// `entries`).
     dedupe: HashMap<Vec<u8>, usize>,
+    /// Per plan_id, the entry its by_plan hash holds: the last one written.
+    by_plan: HashMap<Vec<u8>, usize>,
     /// Per symbol, the entry latest holds.
     latest: HashMap<Vec<u8>, usize>,
     /// The REPLAYs made, for failure reports.
@@ -1447,6 +1469,7 @@ impl Model {
             entries: Vec::new(),
             fed: 0,
             dedupe: HashMap::new(),
+            by_plan: HashMap::new(),
             latest: HashMap::new(),
             replays: Vec::new(),
             valid: 0,
@@ -1477,7 +1500,8 @@ impl Model {
         match self.dedupe.get(&plan) {
             Some(&j) if j != i => self.duplicates += 1,
             _ => {
-                self.dedupe.insert(plan, i);
+                self.dedupe.insert(plan.clone(), i);
+                self.by_plan.insert(plan, i);
                 self.newer_latest(sym, i);
             }
         }
@@ -1497,8 +1521,24 @@ impl Model {
         }
     }
 
-    /// HEATBRIDGE.REPLAY of (from, last]: every valid entry written again (dedupe, by_plan);
-    /// latest moves to the newest of each symbol if that is newer. Returns how many it wrote.
+    /// The group's cursor moved back to `to`: the module reads the entries after it again
+    /// with the live rule, which (the dedupe keys holding each plan's earliest projected
+    /// entry) projects again exactly the entries it projected before, so each one's by_plan
+    /// is written again; dedupe and latest stay.
+    fn rewind(&mut self, to: EntryId) {
+        let start = self.entries.partition_point(|e| e.id <= to);
+        for i in start..self.fed {
+            if let Some((plan, _)) = self.parse(i) {
+                if self.dedupe.get(&plan) == Some(&i) {
+                    self.by_plan.insert(plan, i);
+                }
+            }
+        }
+    }
+
+    /// HEATBRIDGE.REPLAY of (from, last]: every valid entry's by_plan written again, and its
+    /// dedupe key where no earlier entry holds it; latest moves to the newest of each symbol
+    /// if that is newer. Returns how many it wrote.
     fn replay(&mut self, from: EntryId, last: EntryId) -> u64 {
         let start = self.entries.partition_point(|e| e.id <= from);
         let mut written = 0;
@@ -1509,7 +1549,11 @@ impl Model {
             }
             if let Some((plan, sym)) = self.parse(i) {
                 written += 1;
-                self.dedupe.insert(plan, i);
+                // REPLAY writes by_plan ignoring dedupe, but leaves the dedupe key on the
+                // earliest projected entry of the plan.
+                let held = self.dedupe.entry(plan.clone()).or_insert(i);
+                *held = (*held).min(i);
+                self.by_plan.insert(plan, i);
                 newest.insert(sym, i);
             }
         }
@@ -1540,6 +1584,10 @@ impl Model {
                 (0, self.keys.dedupe(plan)),
                 (Val::Str(e.id.to_string().into_bytes()), expiry(p.dedupe_at)),
             );
+        }
+        for (plan, &i) in &self.by_plan {
+            let e = &self.entries[i];
+            let p = projection::plan(e.id.ms, ttls(), now);
             out.insert(
                 (0, self.keys.by_plan(plan)),
                 (Val::Hash(hash_of(&e.fields)), expiry(p.by_plan_at)),
@@ -2026,13 +2074,12 @@ fn projection_matches_the_model() {
     );
 }
 
-/// The smallest reproduction of the defect the `replay_rewind` op finds (open: see
-/// [`OPEN_DEFECTS`]). Plan Q is projected first for symbol S (entry 2, latest of S); a later
-/// entry of Q for symbol T is a duplicate. REPLAY of that entry alone makes Q's dedupe key
-/// hold it, and a rewind of the group to 0 re-reads the stream: entry 2 is now a duplicate,
-/// so the pass's newest entry of S is entry 1, and latest of S goes back to it.
+/// The smallest reproduction of the defect the `replay_rewind` op found. Plan Q is projected
+/// first for symbol S (entry 1, latest of S); a later entry of Q for symbol T is a duplicate.
+/// REPLAY of that entry alone used to make Q's dedupe key hold it, and a rewind of the group
+/// to 0 then re-read entry 1 as a duplicate, so the pass's newest entry of S was entry 0 and
+/// latest of S went back to it. REPLAY now leaves the dedupe key on the earliest entry.
 #[test]
-#[ignore = "open defect: a rewound re-read after a REPLAY moves latest back (remove from OPEN_DEFECTS when fixed)"]
 fn latest_stays_after_replay_and_rewind() {
     for_each_flavor(|flavor| {
         let s = Options::new(flavor).without_exporter().start();
@@ -2055,7 +2102,13 @@ fn latest_stays_after_replay_and_rewind() {
         assert_eq!((n, last.as_str()), (1, e2.as_str()));
         assert_eq!(
             get(&mut c, "quantum:dedupe:p27:Q").as_deref(),
-            Some(e2.as_str())
+            Some(e1.as_str()),
+            "REPLAY leaves the dedupe key on the earliest projected entry"
+        );
+        assert_eq!(
+            hget(&mut c, "quantum:harvest:heat:by_plan:Q", "symbol").as_deref(),
+            Some("T"),
+            "REPLAY writes by_plan ignoring dedupe"
         );
         let _: () = redis::cmd("XGROUP")
             .arg("SETID")

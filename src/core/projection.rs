@@ -324,8 +324,14 @@ mod tests {
         let id = |ms, seq| crate::core::decision::EntryId { ms, seq };
         assert!(dedupe_held_by_earlier(Some(b"5-0"), id(6, 0)));
         assert!(dedupe_held_by_earlier(Some(b"6-0"), id(6, 1)));
-        assert!(!dedupe_held_by_earlier(Some(b"6-1"), id(6, 1)), "its own ID");
-        assert!(!dedupe_held_by_earlier(Some(b"7-0"), id(6, 1)), "a later one");
+        assert!(
+            !dedupe_held_by_earlier(Some(b"6-1"), id(6, 1)),
+            "its own ID"
+        );
+        assert!(
+            !dedupe_held_by_earlier(Some(b"7-0"), id(6, 1)),
+            "a later one"
+        );
         assert!(!dedupe_held_by_earlier(None, id(6, 1)));
         assert!(!dedupe_held_by_earlier(Some(b"junk"), id(6, 1)));
     }
