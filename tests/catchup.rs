@@ -8,16 +8,6 @@ use common::*;
 
 use std::time::{Duration, Instant};
 
-fn info_field(c: &mut Connection, name: &str) -> String {
-    let text: String = redis::cmd("INFO").arg("heatbridge").query(c).expect("INFO");
-    text.lines()
-        .find_map(|l| {
-            let (k, v) = l.trim_end().split_once(':')?;
-            (k == name).then(|| v.to_string())
-        })
-        .unwrap_or_else(|| panic!("INFO heatbridge has no {name}: {text}"))
-}
-
 #[test]
 fn the_catch_up_step_is_a_validated_setting() {
     for_each_flavor(|flavor| {
@@ -62,8 +52,8 @@ fn catch_up_progress_shows_in_info_and_metrics() {
         let mut seen_remaining = false;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let remaining = info_field(&mut c, "heatbridge_catchup_remaining");
-            let rate: f64 = info_field(&mut c, "heatbridge_catchup_rate")
+            let remaining = heatbridge_info(&mut c, "heatbridge_catchup_remaining");
+            let rate: f64 = heatbridge_info(&mut c, "heatbridge_catchup_rate")
                 .parse()
                 .unwrap_or(0.0);
             let text = metrics_text(&mut c);
@@ -87,7 +77,7 @@ fn catch_up_progress_shows_in_info_and_metrics() {
         assert_eq!(metric(&mut c, "p27_in_messages_total"), n as f64);
         wait_for(10, "the rate back to 0", || {
             metric(&mut c, "p27_catchup_rate") == 0.0
-                && info_field(&mut c, "heatbridge_catchup_rate") == "0"
+                && heatbridge_info(&mut c, "heatbridge_catchup_rate") == "0"
         });
     });
 }
@@ -225,7 +215,7 @@ fn one_budget_bounds_a_callback_whatever_the_number_of_streams() {
             "heatbridge_drain_passes_total",
         ]
         .iter()
-        .map(|f| info_field(&mut c, f).parse().unwrap())
+        .map(|f| heatbridge_info(&mut c, f).parse().unwrap())
         .collect();
         config_set(&mut c, "heatbridge.stream-in", &streams.join(",")).unwrap();
         for st in &streams {
@@ -238,7 +228,7 @@ fn one_budget_bounds_a_callback_whatever_the_number_of_streams() {
             "heatbridge_drain_passes_total",
         ]
         .iter()
-        .map(|f| info_field(&mut c, f).parse().unwrap())
+        .map(|f| heatbridge_info(&mut c, f).parse().unwrap())
         .collect();
         let callbacks = after[0] - before[0];
         let passes = after[1] - before[1];
@@ -373,7 +363,7 @@ fn tie_reads_stop_once_every_symbol_is_seen() {
             .expect("MODULE LOAD");
         // The first pass after the load has seen the group at the stream's end.
         wait_for(10, "a pass after the load", || {
-            info_field(&mut c, "heatbridge_drain_passes_total") != "0"
+            heatbridge_info(&mut c, "heatbridge_drain_passes_total") != "0"
         });
         let _: () = redis::cmd("XGROUP")
             .arg("SETID")
@@ -387,10 +377,10 @@ fn tie_reads_stop_once_every_symbol_is_seen() {
         });
         wait_drained(&mut c);
         assert_latest_newest(&mut c, n, symbols, "t", "after the rewind");
-        let reads: u64 = info_field(&mut c, "heatbridge_tie_reads_total")
+        let reads: u64 = heatbridge_info(&mut c, "heatbridge_tie_reads_total")
             .parse()
             .unwrap();
-        let passes: u64 = info_field(&mut c, "heatbridge_drain_passes_total")
+        let passes: u64 = heatbridge_info(&mut c, "heatbridge_drain_passes_total")
             .parse()
             .unwrap();
         eprintln!("{flavor:?}: {reads} entries read for ties over {passes} passes");

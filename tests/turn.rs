@@ -9,16 +9,6 @@ use common::*;
 
 use std::time::Duration;
 
-fn info_field(c: &mut Connection, name: &str) -> String {
-    let text: String = redis::cmd("INFO").arg("heatbridge").query(c).expect("INFO");
-    text.lines()
-        .find_map(|l| {
-            let (k, v) = l.trim_end().split_once(':')?;
-            (k == name).then(|| v.to_string())
-        })
-        .unwrap_or_else(|| panic!("INFO heatbridge has no {name}: {text}"))
-}
-
 fn pointer(c: &mut Connection, symbol: &str) -> Option<String> {
     get(c, &format!("quantum:harvest:heat:latest_plan_id:{symbol}"))
 }
@@ -88,7 +78,7 @@ fn project_at_is_a_setting_each_server_answers_truthfully() {
             for (round, mode) in ["turn", "command", "turn"].into_iter().enumerate() {
                 config_set(&mut c, "heatbridge.project-at", mode).unwrap();
                 assert_eq!(config_get(&mut c, "heatbridge.project-at"), mode);
-                assert_eq!(info_field(&mut c, "heatbridge_project_at"), mode);
+                assert_eq!(heatbridge_info(&mut c, "heatbridge_project_at"), mode);
                 // New plan_ids each round: a repeated one would be a duplicate.
                 assert_visible_after_reply(&mut c, &format!("{mode}-switch-{round}"));
             }
@@ -97,7 +87,7 @@ fn project_at_is_a_setting_each_server_answers_truthfully() {
             let e = config_set(&mut c, "heatbridge.project-at", "command").unwrap_err();
             assert!(e.contains("only turn"), "{e}");
             config_set(&mut c, "heatbridge.project-at", "turn").unwrap();
-            assert_eq!(info_field(&mut c, "heatbridge_project_at"), "turn");
+            assert_eq!(heatbridge_info(&mut c, "heatbridge_project_at"), "turn");
             assert_visible_after_reply(&mut c, "fixed-turn");
         }
         wait_drained(&mut c);
@@ -184,7 +174,7 @@ fn under_io_threads_the_guarantee_holds() {
         } else {
             "turn"
         };
-        assert_eq!(info_field(&mut c, "heatbridge_project_at"), want);
+        assert_eq!(heatbridge_info(&mut c, "heatbridge_project_at"), want);
         assert_visible_after_reply(&mut c, "io");
         // Several clients at once, so that the I/O threads are busy.
         let handles: Vec<_> = (0..4)
