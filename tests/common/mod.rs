@@ -413,11 +413,17 @@ impl Server {
             "health-port".to_string(),
             self.health_port.to_string(),
         ];
-        if let Ok(v) = std::env::var("HEATBRIDGE_FAST_PATH") {
-            a.extend(["fast-path".to_string(), v]);
-        }
-        if let Ok(v) = std::env::var("HEATBRIDGE_PROJECT_AT") {
-            a.extend(["project-at".to_string(), v]);
+        // From the environment, unless the test gives the setting itself.
+        let given = |name: &str| self.opts.module_args.iter().step_by(2).any(|n| n == name);
+        for (name, var) in [
+            ("fast-path", "HEATBRIDGE_FAST_PATH"),
+            ("project-at", "HEATBRIDGE_PROJECT_AT"),
+        ] {
+            if let Ok(v) = std::env::var(var) {
+                if !given(name) {
+                    a.extend([name.to_string(), v]);
+                }
+            }
         }
         a.extend(self.opts.module_args.iter().cloned());
         a
