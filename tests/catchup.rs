@@ -8,16 +8,6 @@ use common::*;
 
 use std::time::{Duration, Instant};
 
-fn info_field(c: &mut Connection, name: &str) -> String {
-    let text: String = redis::cmd("INFO").arg("heatbridge").query(c).expect("INFO");
-    text.lines()
-        .find_map(|l| {
-            let (k, v) = l.trim_end().split_once(':')?;
-            (k == name).then(|| v.to_string())
-        })
-        .unwrap_or_else(|| panic!("INFO heatbridge has no {name}: {text}"))
-}
-
 #[test]
 fn the_catch_up_step_is_a_validated_setting() {
     for_each_flavor(|flavor| {
@@ -62,8 +52,8 @@ fn catch_up_progress_shows_in_info_and_metrics() {
         let mut seen_remaining = false;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let remaining = info_field(&mut c, "heatbridge_catchup_remaining");
-            let rate: f64 = info_field(&mut c, "heatbridge_catchup_rate")
+            let remaining = heatbridge_info(&mut c, "heatbridge_catchup_remaining");
+            let rate: f64 = heatbridge_info(&mut c, "heatbridge_catchup_rate")
                 .parse()
                 .unwrap_or(0.0);
             let text = metrics_text(&mut c);
@@ -87,7 +77,7 @@ fn catch_up_progress_shows_in_info_and_metrics() {
         assert_eq!(metric(&mut c, "p27_in_messages_total"), n as f64);
         wait_for(10, "the rate back to 0", || {
             metric(&mut c, "p27_catchup_rate") == 0.0
-                && info_field(&mut c, "heatbridge_catchup_rate") == "0"
+                && heatbridge_info(&mut c, "heatbridge_catchup_rate") == "0"
         });
     });
 }
@@ -225,7 +215,7 @@ fn one_budget_bounds_a_callback_whatever_the_number_of_streams() {
             "heatbridge_drain_passes_total",
         ]
         .iter()
-        .map(|f| info_field(&mut c, f).parse().unwrap())
+        .map(|f| heatbridge_info(&mut c, f).parse().unwrap())
         .collect();
         config_set(&mut c, "heatbridge.stream-in", &streams.join(",")).unwrap();
         for st in &streams {
@@ -238,7 +228,7 @@ fn one_budget_bounds_a_callback_whatever_the_number_of_streams() {
             "heatbridge_drain_passes_total",
         ]
         .iter()
-        .map(|f| info_field(&mut c, f).parse().unwrap())
+        .map(|f| heatbridge_info(&mut c, f).parse().unwrap())
         .collect();
         let callbacks = after[0] - before[0];
         let passes = after[1] - before[1];
@@ -279,5 +269,128 @@ fn a_long_stream_list_works() {
             exists(&mut c, "quantum:harvest:heat:by_plan:{2299}:far")
         });
         config_set(&mut c, "heatbridge.stream-in", STREAM).unwrap();
+    });
+}
+
+/// A group recreated over a stream already projected (XGROUP DESTROY, or CONFIG SET of
+/// heatbridge.group) reads every entry again from 0: latest never steps back to an older
+/// decision while that re-read runs (review, session 6: it went back for hundreds of ms).
+#[test]
+fn a_recreated_group_never_moves_latest_back() {
+    for_each_flavor(|flavor| {
+        let s = Options::new(flavor)
+            .without_exporter()
+            .module_arg("catchup-step-us", "100")
+            .start();
+        let mut c = s.conn();
+        let n = 6_000;
+        xadd_pipelined(&mut c, n, |i| format!("G{}", i % 3), |i| format!("g{i}"));
+        wait_drained(&mut c);
+        let newest = |k: usize| format!("g{}", (0..n).rev().find(|i| i % 3 == k).unwrap());
+        let check = |c: &mut Connection, what: &str| {
+            for k in 0..3 {
+                assert_eq!(
+                    get(c, &format!("quantum:harvest:heat:latest_plan_id:G{k}")),
+                    Some(newest(k)),
+                    "{what}: latest of G{k}"
+                );
+            }
+        };
+        check(&mut c, "projected");
+        for (what, trigger) in [
+            (
+                "XGROUP DESTROY",
+                vec!["XGROUP", "DESTROY", STREAM, "heat_bridge"],
+            ),
+            (
+                "CONFIG SET group",
+                vec!["CONFIG", "SET", "heatbridge.group", "second_group"],
+            ),
+        ] {
+            config_set(&mut c, "heatbridge.batch", "1").unwrap();
+            let mut cmd = redis::cmd(trigger[0]);
+            for a in &trigger[1..] {
+                cmd.arg(*a);
+            }
+            let _: redis::Value = cmd.query(&mut c).expect(what);
+            let group = if what == "XGROUP DESTROY" {
+                "heat_bridge"
+            } else {
+                "second_group"
+            };
+            // While the re-read runs, every read of latest finds the newest decision.
+            let deadline = std::time::Instant::now() + Duration::from_secs(120);
+            loop {
+                check(&mut c, what);
+                let lag = group_field(&mut c, STREAM, group, "lag");
+                if lag.as_deref() == Some("0") {
+                    break;
+                }
+                assert!(std::time::Instant::now() < deadline, "{what}: the re-read");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            check(&mut c, what);
+            config_set(&mut c, "heatbridge.batch", "10").unwrap();
+        }
+    });
+}
+
+/// A tie read walks newest first and stops once it has seen every symbol it was asked
+/// about: a rewound catch-up over 20,000 entries of one millisecond, after the module forgot
+/// what it wrote (an unload and a load), reads a handful of entries per pass, not the rest
+/// of the millisecond each time (review, session 6: passes of up to 98 ms). Counted, not
+/// timed: INFO heatbridge `tie_reads_total`.
+#[test]
+fn tie_reads_stop_once_every_symbol_is_seen() {
+    for_each_flavor(|flavor| {
+        let s = Options::new(flavor).without_exporter().start();
+        let mut c = s.conn();
+        let (n, symbols) = (20_000, 3);
+        let ms = server_now_ms(&mut c);
+        let _: i64 = one_ms_script(STREAM, ms, n, symbols, "t")
+            .query(&mut c)
+            .expect("the script");
+        wait_drained(&mut c);
+        let _: () = redis::cmd("MODULE")
+            .arg("UNLOAD")
+            .arg("heatbridge")
+            .query(&mut c)
+            .expect("MODULE UNLOAD");
+        let _: () = redis::cmd("MODULE")
+            .arg("LOAD")
+            .arg(s.module_load_args())
+            .query(&mut c)
+            .expect("MODULE LOAD");
+        // The first pass after the load has seen the group at the stream's end.
+        wait_for(10, "a pass after the load", || {
+            heatbridge_info(&mut c, "heatbridge_drain_passes_total") != "0"
+        });
+        let _: () = redis::cmd("XGROUP")
+            .arg("SETID")
+            .arg(STREAM)
+            .arg("heat_bridge")
+            .arg(format!("{ms}-0"))
+            .query(&mut c)
+            .unwrap();
+        wait_for(120, "the rewound catch-up", || {
+            group_field(&mut c, STREAM, "heat_bridge", "lag").as_deref() == Some("0")
+        });
+        wait_drained(&mut c);
+        assert_latest_newest(&mut c, n, symbols, "t", "after the rewind");
+        let reads: u64 = heatbridge_info(&mut c, "heatbridge_tie_reads_total")
+            .parse()
+            .unwrap();
+        let passes: u64 = heatbridge_info(&mut c, "heatbridge_drain_passes_total")
+            .parse()
+            .unwrap();
+        eprintln!("{flavor:?}: {reads} entries read for ties over {passes} passes");
+        assert!(
+            reads > 0,
+            "the rewound passes compared latest in its millisecond"
+        );
+        assert!(
+            reads <= 10 * passes.max(1),
+            "{reads} entries read for ties in {passes} passes"
+        );
     });
 }

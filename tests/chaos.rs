@@ -30,6 +30,7 @@
 //! invariant after the quiet period.
 
 mod common;
+use common::rng::Rng;
 use common::*;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -54,38 +55,6 @@ const BURST: usize = 200;
 const LOG_OPS: usize = 50;
 /// A command that takes longer than this means the server hangs.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// splitmix64: small, fast, and the same on every platform.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (n > 0).
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    /// Uniform in `lo..=hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.below(hi - lo + 1)
-    }
-
-    /// True `pct` percent of the time.
-    fn chance(&mut self, pct: u64) -> bool {
-        self.below(100) < pct
-    }
-
-    fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
-        &xs[self.below(xs.len() as u64) as usize]
-    }
-}
 
 /// The seed: `CHAOS_SEED` (decimal or 0x-hex), or one from the clock.
 fn seed() -> u64 {

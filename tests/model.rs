@@ -41,6 +41,7 @@
 //! with TTLs of two hours, nothing expires during a run.
 
 mod common;
+use common::rng::Rng;
 use common::*;
 
 /// The crate's pure core, as the module's own sources (an integration test cannot link the
@@ -97,34 +98,6 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 const QUIET_TIMEOUT: Duration = Duration::from_secs(120);
 /// Recent entry IDs kept per stream, for SETID and REPLAY FROM.
 const RECENT_IDS: usize = 400;
-
-/// splitmix64: small, fast, and the same on every platform.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (n > 0).
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    /// Uniform in `lo..=hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.below(hi - lo + 1)
-    }
-
-    /// True `pct` percent of the time.
-    fn chance(&mut self, pct: u64) -> bool {
-        self.below(100) < pct
-    }
-}
 
 /// The seed: `MODEL_SEED` (decimal, 0x-hex or `random`), else [`GATE_SEED`].
 fn seed() -> u64 {

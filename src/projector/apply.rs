@@ -2,7 +2,7 @@
 //! dedupe and by_plan keys; latest and its pointer are written once per symbol per pass,
 //! and never from an entry older than the decision they hold.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 
 use redis_module::{Context, ContextFlags, RedisString};
@@ -213,30 +213,40 @@ impl Latest {
                 LatestOrder::SameMillisecond => ties.push((e, at)),
             }
         }
-        // One read per millisecond, from its oldest candidate to its end.
-        let mut from: BTreeMap<u64, u64> = BTreeMap::new();
+        // One read per millisecond, newest first, down to its oldest candidate at most.
+        let mut from: BTreeMap<u64, (u64, HashSet<Vec<u8>>)> = BTreeMap::new();
         for (e, _) in &ties {
-            let seq = from.entry(e.id.ms).or_insert(e.id.seq);
+            let Some(sym) = symbol_of(e) else {
+                continue;
+            };
+            let (seq, wanted) = from
+                .entry(e.id.ms)
+                .or_insert_with(|| (e.id.seq, HashSet::new()));
             *seq = (*seq).min(e.id.seq);
+            wanted.insert(sym.as_slice().to_vec());
         }
-        let newest: HashMap<u64, HashMap<Vec<u8>, EntryId>> = from
+        let newest: HashMap<u64, (HashMap<Vec<u8>, EntryId>, bool)> = from
             .into_iter()
-            .map(|(ms, seq)| {
-                (
-                    ms,
-                    read::newest_in_ms(ctx, stream, keys, EntryId { ms, seq }),
-                )
+            .map(|(ms, (seq, wanted))| {
+                let found = read::newest_in_ms(ctx, stream, keys, EntryId { ms, seq }, &wanted);
+                (ms, found)
             })
             .collect();
         for (e, at) in ties {
             let Some(sym) = symbol_of(&e) else {
                 continue;
             };
-            let newer_in_stream = newest
-                .get(&e.id.ms)
-                .and_then(|m| m.get(sym.as_slice()))
-                .is_some_and(|newest| *newest > e.id);
-            if !newer_in_stream {
+            let write = match newest.get(&e.id.ms) {
+                Some((found, complete)) => match found.get(sym.as_slice()) {
+                    Some(newest) => *newest <= e.id,
+                    // The read reached the candidate without seeing its symbol: nothing newer.
+                    None => *complete,
+                },
+                None => true,
+            };
+            // Not known (more than MAX_TIE_SCAN newer entries in that millisecond): latest,
+            // which holds a decision of that very millisecond, is left as it is.
+            if write {
                 write_latest(w, keys, &e, at)?;
             }
         }
@@ -332,11 +342,6 @@ pub fn raise_high_water(stream: &[u8], id: EntryId) {
             m.insert(stream.to_vec(), id);
         }
     }
-}
-
-/// Forgets the high-water mark of `stream` (its group was created anew).
-pub fn forget_high_water(stream: &[u8]) {
-    high_waters().remove(stream);
 }
 
 /// Forgets which decisions latest holds: at module load (the statics survive an unload), and

@@ -26,7 +26,9 @@ use crate::projector::apply::{self, project, Latest, Projected};
 use crate::projector::capture;
 use crate::projector::group::{self, GroupInfo, Target};
 use crate::projector::host::{self, can_write, latency_sample, Db};
-use crate::projector::read::{entries_from_commands, read_after, read_one, stream_shape, Entry};
+use crate::projector::read::{
+    self, entries_from_commands, read_after, read_one, stream_shape, Entry,
+};
 use crate::projector::registry::{self, Outcome};
 use crate::projector::writer::Writer;
 use crate::settings::config::{self, Settings};
@@ -50,6 +52,7 @@ pub fn callback_counts() -> (u64, u64) {
 pub fn reset() {
     CALLBACKS.store(0, Relaxed);
     PASSES.store(0, Relaxed);
+    read::TIE_READS.store(0, Relaxed);
 }
 
 /// Outcome of one drain step.
@@ -352,10 +355,13 @@ fn step(ctx: &Context, s: &Settings, pass: &mut Pass) -> Step {
                 .and_then(|()| group::read_group(ctx, &pass.t))
             {
                 Ok(g) => {
-                    // A new group (a new or recreated stream): latest was never written
-                    // from its entries, so the mark starts again at its cursor.
-                    apply::forget_high_water(pass.t.stream.as_bytes());
-                    pass.high_water = None;
+                    // A new group over entries that may have been projected already (the
+                    // group destroyed, or renamed by CONFIG SET): they are read again from
+                    // 0, so the mark covers them all, and each one is compared with what
+                    // latest holds. Only the entries added after now are written as they
+                    // are (on a new stream that is every entry but the first).
+                    let last = read::last_id(ctx, &pass.t.stream_key);
+                    pass.high_water = pass.high_water.max(last);
                     g.unwrap_or_default()
                 }
                 Err(e) => {

@@ -109,14 +109,15 @@ pub fn post_notification_jobs() -> bool {
     add.is_some()
 }
 
-/// The server's `io-threads` (1 when it cannot be read). It cannot change at runtime.
-pub fn io_threads(ctx: &Context) -> i64 {
+/// The server's `io-threads` (`None` when it cannot be read, e.g. CONFIG renamed away). It
+/// cannot change at runtime.
+pub fn io_threads(ctx: &Context) -> Option<i64> {
     let r: redis_module::CallResult = ctx.call_ext(
         "CONFIG",
         &crate::projector::call::read_opts(),
         &["GET", "io-threads"][..],
     );
-    let mut threads = 1;
+    let mut threads = None;
     if let Ok(reply) = r {
         crate::projector::call::for_each_pair(&reply, |name, value| {
             if name == b"io-threads" {
@@ -124,7 +125,7 @@ pub fn io_threads(ctx: &Context) -> i64 {
                     .and_then(|v| std::str::from_utf8(v).ok())
                     .and_then(|v| v.parse().ok())
                 {
-                    threads = n;
+                    threads = Some(n);
                 }
             }
         });

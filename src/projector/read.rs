@@ -309,30 +309,57 @@ pub fn entries_from_commands(
     Some(entries)
 }
 
-/// The newest valid decision of each symbol among the entries of millisecond `from.ms`
-/// from `from` on (an invalid entry never writes latest, so it does not count). It reads
-/// newest first and only that part of the millisecond, however many entries it holds.
+/// The ID of the stream's newest entry, if it has one.
+pub fn last_id(ctx: &Context, stream: &RedisString) -> Option<EntryId> {
+    IdWalk::range(ctx, stream, None, None, false, true)?
+        .next_id()
+        .map(|(id, _)| id)
+}
+
+/// Entries walked by tie reads since load (INFO heatbridge `tie_reads_total`).
+pub static TIE_READS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Most entries one tie read walks: past it, a symbol not seen yet is not known.
+pub const MAX_TIE_SCAN: usize = 10_000;
+
+/// The newest valid decision of each of the `wanted` symbols among the entries of
+/// millisecond `from.ms` from `from` on (an invalid entry never writes latest, so it does
+/// not count). It walks newest first, so the first entry of a symbol is its newest, and it
+/// stops as soon as every wanted symbol was seen, or after [`MAX_TIE_SCAN`] entries; the
+/// second value says whether it reached `from` (then a wanted symbol not in the map has no
+/// valid entry there).
 pub fn newest_in_ms(
     ctx: &Context,
     stream: &RedisString,
     keys: &crate::core::projection::Keys,
     from: EntryId,
-) -> std::collections::HashMap<Vec<u8>, EntryId> {
+    wanted: &std::collections::HashSet<Vec<u8>>,
+) -> (std::collections::HashMap<Vec<u8>, EntryId>, bool) {
     let to = EntryId {
         ms: from.ms,
         seq: u64::MAX,
     };
     let mut newest = std::collections::HashMap::new();
     let Some(mut walk) = IdWalk::range(ctx, stream, Some(from), Some(to), false, true) else {
-        return newest;
+        return (newest, true);
     };
-    while let Some((id, fields)) = walk.next_entry() {
+    let mut walked = 0;
+    while newest.len() < wanted.len() {
+        if walked == MAX_TIE_SCAN {
+            return (newest, false);
+        }
+        let Some((id, fields)) = walk.next_entry() else {
+            break;
+        };
+        walked += 1;
+        TIE_READS.fetch_add(1, Relaxed);
         if let Ok(d) = keys.parse(id, &fields) {
-            // Read newest first: the first entry of a symbol is its newest.
-            newest.entry(d.symbol.to_vec()).or_insert(id);
+            if wanted.contains(d.symbol) && !newest.contains_key(d.symbol) {
+                newest.insert(d.symbol.to_vec(), id);
+            }
         }
     }
-    newest
+    (newest, true)
 }
 
 const OK: i32 = raw::REDISMODULE_OK as i32;

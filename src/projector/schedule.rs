@@ -39,10 +39,12 @@ static IO_THREADS_WRITE_EARLY: AtomicBool = AtomicBool::new(false);
 /// Records what the server offers, at load: post-notification jobs (Redis 7.2+, Valkey 8;
 /// without them `heatbridge.project-at` is fixed to `turn`), and whether I/O threads write
 /// replies before the turn ends.
-pub fn server_offers(post_jobs: bool, io_threads: i64) {
+pub fn server_offers(post_jobs: bool, io_threads: Option<i64>) {
     POST_JOBS.store(if post_jobs { 1 } else { 2 }, Relaxed);
     config::PROJECT_AT.fix((!post_jobs).then_some(true));
-    IO_THREADS_WRITE_EARLY.store(post_jobs && io_threads > 1, Relaxed);
+    // Not known (CONFIG renamed away): assumed on, so that `turn` never promises what
+    // I/O threads could break.
+    IO_THREADS_WRITE_EARLY.store(post_jobs && io_threads.is_none_or(|n| n > 1), Relaxed);
 }
 
 /// How XADDs are projected now.
@@ -85,9 +87,14 @@ pub fn wants_turn_hook() -> bool {
     mode() == Mode::Turn
 }
 
-/// The end-of-turn hook was subscribed (`true`) or unsubscribed.
-pub fn turn_hook_subscribed(on: bool) {
+/// The end-of-turn hook was subscribed (`true`) or unsubscribed. XADDs of this turn that
+/// waited for the hook are drained on the next event-loop turn instead.
+pub fn turn_hook_subscribed(ctx: &Context, on: bool) {
     TURN_HOOK.store(on, Relaxed);
+    if !on && TURN_PENDING.swap(false, Relaxed) {
+        TIMER_LIVE.store(true, Relaxed);
+        schedule(ctx);
+    }
 }
 
 /// Whether the end-of-turn hook is subscribed.

@@ -98,7 +98,7 @@ pub fn follow_project_at(ctx: &Context) {
     // function of this library, and a NULL callback unsubscribes. The server drops every
     // subscription at unload.
     let done = unsafe { server(ctx.ctx, event, callback) } == OK;
-    schedule::turn_hook_subscribed(if done { want } else { !want });
+    schedule::turn_hook_subscribed(ctx, if done { want } else { !want });
     if want && !done {
         logging::warning(
             "cannot subscribe to the event loop: projecting each XADD on its own instead",

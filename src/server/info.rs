@@ -115,6 +115,12 @@ pub fn add_info(ctx: &redis_module::InfoContext) -> redis_module::RedisResult<()
     let (callbacks, passes) = crate::projector::drain::callback_counts();
     fields.push(("drain_callbacks_total", callbacks.to_string()));
     fields.push(("drain_passes_total", passes.to_string()));
+    fields.push((
+        "tie_reads_total",
+        crate::projector::read::TIE_READS
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .to_string(),
+    ));
     fields.push(("lag_ms", metrics::fmt_value(snap.lag_ms)));
     fields.push((
         "last_ts_epoch",

@@ -824,6 +824,17 @@ pub fn create_consumer(c: &mut Connection, consumer: &str) {
         .expect("XGROUP CREATECONSUMER");
 }
 
+/// A field of `INFO heatbridge` (its full name, e.g. `heatbridge_project_at`).
+pub fn heatbridge_info(c: &mut Connection, name: &str) -> String {
+    let text: String = redis::cmd("INFO").arg("heatbridge").query(c).expect("INFO");
+    text.lines()
+        .find_map(|l| {
+            let (k, v) = l.trim_end().split_once(':')?;
+            (k == name).then(|| v.to_string())
+        })
+        .unwrap_or_else(|| panic!("INFO heatbridge has no {name}: {text}"))
+}
+
 /// Polls `f` until it returns true, for at most `secs` seconds.
 pub fn wait_for(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
@@ -907,4 +918,5 @@ impl ConfFileServer {
 }
 
 pub mod cluster;
+pub mod rng;
 pub mod watcher;
