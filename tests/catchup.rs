@@ -82,6 +82,13 @@ fn catch_up_progress_shows_in_info_and_metrics() {
     });
 }
 
+/// Waits (at most 120 s) until the module's group on the default stream has read every entry.
+fn wait_lag_zero(c: &mut Connection, what: &str) {
+    wait_for(120, what, || {
+        group_field(c, STREAM, "heat_bridge", "lag").as_deref() == Some("0")
+    });
+}
+
 /// A Lua script that adds `n` decisions over `symbols` symbols to `stream`, all in one
 /// millisecond (explicit IDs `<ms>-<i>`, so every server puts them in one millisecond),
 /// plan_id `<prefix><i>`, symbol `S<i % symbols>`.
@@ -144,9 +151,7 @@ fn latest_is_exact_when_many_entries_share_a_millisecond() {
             .arg("RELOAD")
             .ignore();
         p.query::<()>(&mut c).expect("script and DEBUG RELOAD");
-        wait_for(120, "the catch-up", || {
-            group_field(&mut c, STREAM, "heat_bridge", "lag").as_deref() == Some("0")
-        });
+        wait_lag_zero(&mut c, "the catch-up");
         wait_drained(&mut c);
         assert_latest_newest(&mut c, n, symbols, "p", "after DEBUG RELOAD");
 
@@ -159,9 +164,7 @@ fn latest_is_exact_when_many_entries_share_a_millisecond() {
             .query(&mut c)
             .unwrap();
         config_set(&mut c, "heatbridge.batch", "7").unwrap();
-        wait_for(120, "the catch-up after SETID", || {
-            group_field(&mut c, STREAM, "heat_bridge", "lag").as_deref() == Some("0")
-        });
+        wait_lag_zero(&mut c, "the catch-up after SETID");
         assert_latest_newest(&mut c, n, symbols, "p", "after XGROUP SETID back");
         // And once more after a reload with the cursor moved back: exact at the end.
         let mut p = redis::pipe();
@@ -175,9 +178,7 @@ fn latest_is_exact_when_many_entries_share_a_millisecond() {
             .arg("RELOAD")
             .ignore();
         p.query::<()>(&mut c).expect("SETID and DEBUG RELOAD");
-        wait_for(120, "the catch-up after SETID and RELOAD", || {
-            group_field(&mut c, STREAM, "heat_bridge", "lag").as_deref() == Some("0")
-        });
+        wait_lag_zero(&mut c, "the catch-up after SETID and RELOAD");
         wait_drained(&mut c);
         assert_latest_newest(&mut c, n, symbols, "p", "after SETID and DEBUG RELOAD");
     });
@@ -372,9 +373,7 @@ fn tie_reads_stop_once_every_symbol_is_seen() {
             .arg(format!("{ms}-0"))
             .query(&mut c)
             .unwrap();
-        wait_for(120, "the rewound catch-up", || {
-            group_field(&mut c, STREAM, "heat_bridge", "lag").as_deref() == Some("0")
-        });
+        wait_lag_zero(&mut c, "the rewound catch-up");
         wait_drained(&mut c);
         assert_latest_newest(&mut c, n, symbols, "t", "after the rewind");
         let reads: u64 = heatbridge_info(&mut c, "heatbridge_tie_reads_total")

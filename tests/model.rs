@@ -781,41 +781,8 @@ impl World {
                 self.remember(s, id.clone());
                 id
             }
-            Op::Burst(v) => {
-                let mut p = redis::pipe();
-                for (s, f) in &v {
-                    p.add_command(xadd_cmd(STREAMS[*s], f));
-                }
-                let ids: Vec<String> = self
-                    .qp(Who::Producer, &p)
-                    .unwrap_or_else(|e| self.fail(&format!("XADD pipeline refused: {e}")));
-                for ((s, _), id) in v.iter().zip(&ids) {
-                    self.remember(*s, id.clone());
-                }
-                format!(
-                    "{} .. {}",
-                    ids.first().map_or("", |s| s),
-                    ids.last().map_or("", |s| s)
-                )
-            }
-            Op::Multi(v) => {
-                let mut p = redis::pipe();
-                p.atomic();
-                for (s, f) in &v {
-                    p.add_command(xadd_cmd(STREAMS[*s], f));
-                }
-                let ids: Vec<String> = self
-                    .qp(Who::Producer, &p)
-                    .unwrap_or_else(|e| self.fail(&format!("MULTI/EXEC refused: {e}")));
-                for ((s, _), id) in v.iter().zip(&ids) {
-                    self.remember(*s, id.clone());
-                }
-                format!(
-                    "{} .. {}",
-                    ids.first().map_or("", |s| s),
-                    ids.last().map_or("", |s| s)
-                )
-            }
+            Op::Burst(v) => self.pipeline(&v, false),
+            Op::Multi(v) => self.pipeline(&v, true),
             Op::Lua(v) => {
                 let c = lua_cmd(&v);
                 let r = self
@@ -1193,6 +1160,33 @@ impl World {
         self.progress(&done);
         self.checkpoint(s);
         format!("{done}; latest as the model says")
+    }
+
+    /// XADDs of `v` (stream, fields) in one pipeline, or in MULTI/EXEC when `atomic`.
+    fn pipeline(&mut self, v: &[(usize, Fields)], atomic: bool) -> String {
+        let mut p = redis::pipe();
+        if atomic {
+            p.atomic();
+        }
+        for (s, f) in v {
+            p.add_command(xadd_cmd(STREAMS[*s], f));
+        }
+        let what = if atomic {
+            "MULTI/EXEC"
+        } else {
+            "XADD pipeline"
+        };
+        let ids: Vec<String> = self
+            .qp(Who::Producer, &p)
+            .unwrap_or_else(|e| self.fail(&format!("{what} refused: {e}")));
+        for ((s, _), id) in v.iter().zip(&ids) {
+            self.remember(*s, id.clone());
+        }
+        format!(
+            "{} .. {}",
+            ids.first().map_or("", |s| s),
+            ids.last().map_or("", |s| s)
+        )
     }
 
     /// Adds what an op did so far to its log line, for a failure in the middle of it.
