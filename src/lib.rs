@@ -182,6 +182,16 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
 /// Module unload: the exporter thread is stopped and joined, freeing both ports.
 fn deinit(_ctx: &Context) -> Status {
     guard::contain("module unload", Status::Ok, || {
+        // A post-notification job still queued (an XADD earlier in the same MULTI/EXEC or
+        // script) would run after the unload, into a module the server has let go: the
+        // unload is refused, and succeeds once the job has run.
+        if schedule::job_pending() {
+            logging::warning(
+                "MODULE UNLOAD refused: a projection is queued for the end of this command; \
+                 unload again",
+            );
+            return Status::Err;
+        }
         config::set_running(false);
         exporter_thread::stop();
         schedule::release_module_context();

@@ -885,3 +885,46 @@ fn latest_survives_a_change_of_its_ttl() {
         );
     });
 }
+
+/// MULTI, XADD, MODULE UNLOAD, EXEC: the XADD queued a post-notification job for the end of
+/// the EXEC, which would run after the unload, into a module the server has let go (fresh
+/// review, session 6). The unload is refused; the entry is projected; a later unload works.
+#[test]
+fn module_unload_is_refused_while_a_projection_is_queued() {
+    for_each_flavor(|flavor| {
+        if !flavor.projects_per_command() {
+            return; // No job: per turn, the unload drops the hook and the tick catches up.
+        }
+        let s = Options::new(flavor).without_exporter().start();
+        let mut c = s.conn();
+        inject(&mut c, "U", "before");
+        let mut xadd = redis::cmd("XADD");
+        xadd.arg(STREAM).arg("*");
+        for (k, v) in decision("U", "queued", &[]) {
+            xadd.arg(k).arg(v);
+        }
+        let mut p = redis::pipe();
+        p.atomic()
+            .add_command(xadd)
+            .cmd("MODULE")
+            .arg("UNLOAD")
+            .arg("heatbridge");
+        let r: redis::RedisResult<redis::Value> = p.query(&mut c);
+        eprintln!("{flavor:?}: EXEC answered {r:?}");
+        let modules: redis::Value = redis::cmd("MODULE").arg("LIST").query(&mut c).unwrap();
+        assert!(
+            format!("{modules:?}").contains("heatbridge"),
+            "the module is still loaded: {modules:?}"
+        );
+        assert!(s.log().contains("MODULE UNLOAD refused"), "{}", s.log());
+        assert_eq!(
+            get(&mut c, "quantum:harvest:heat:latest_plan_id:U").as_deref(),
+            Some("queued")
+        );
+        let _: () = redis::cmd("MODULE")
+            .arg("UNLOAD")
+            .arg("heatbridge")
+            .query(&mut c)
+            .expect("a later MODULE UNLOAD");
+    });
+}

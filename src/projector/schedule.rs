@@ -138,6 +138,11 @@ pub fn reset() {
     LAST_TICK_MS.store(NEVER, Relaxed);
 }
 
+/// Whether a post-notification job is queued and has not run yet.
+pub fn job_pending() -> bool {
+    JOB_PENDING.load(Relaxed)
+}
+
 /// Whether post-notification jobs are in use (known after the first XADD).
 pub fn post_jobs_in_use() -> Option<bool> {
     match POST_JOBS.load(Relaxed) {
@@ -166,6 +171,9 @@ pub fn after_xadd(ctx: &Context) {
         let added = ctx.add_post_notification_job(|ctx| {
             guard::contain("post-notification job", (), || {
                 JOB_PENDING.store(false, Relaxed);
+                if !config::running() {
+                    return;
+                }
                 guard::fault_point("job");
                 run(ctx, false, true);
             })
