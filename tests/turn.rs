@@ -249,3 +249,136 @@ fn switching_to_command_keeps_the_turn_that_waited() {
         }
     });
 }
+
+/// A transaction or script of thousands of XADDs (far more projection work than the 5 ms a
+/// live pass may otherwise keep the event loop): every one of its decisions is projected
+/// before its reply leaves, in both modes. The budget bounds catch-up, never the XADDs a
+/// pass serves (found in session 7: the rest waited for the next turn, after the reply).
+#[test]
+fn a_large_transaction_is_visible_after_its_reply() {
+    const N: usize = 3000;
+    for_each_flavor(|flavor| {
+        let modes: &[&str] = if flavor.has_post_jobs() {
+            &["command", "turn"]
+        } else {
+            &["turn"]
+        };
+        for mode in modes {
+            let s = Options::new(flavor)
+                .without_exporter()
+                .module_arg("project-at", mode)
+                .start();
+            let mut c = s.conn();
+            let plan = |how: &str, i: usize| format!("big-{mode}-{how}-{i}");
+            let mut p = redis::pipe();
+            p.atomic();
+            for i in 0..N {
+                let mut cmd = redis::cmd("XADD");
+                cmd.arg(STREAM).arg("*");
+                for (k, v) in decision(&format!("S{}", i % 50), &plan("multi", i), &[]) {
+                    cmd.arg(k).arg(v);
+                }
+                p.add_command(cmd).ignore();
+            }
+            p.query::<()>(&mut c).expect("MULTI/EXEC");
+            assert_all_projected(&mut c, N, |i| plan("multi", i), flavor, mode);
+            let script = "for i = 1, tonumber(ARGV[2]) do \
+                 redis.call('XADD', KEYS[1], '*', 'symbol', 'S' .. ((i - 1) % 50), \
+                 'plan_id', ARGV[1] .. (i - 1)) end return 1";
+            let _: i64 = redis::cmd("EVAL")
+                .arg(script)
+                .arg(1)
+                .arg(STREAM)
+                .arg(format!("big-{mode}-lua-"))
+                .arg(N)
+                .query(&mut c)
+                .expect("EVAL");
+            assert_all_projected(&mut c, N, |i| plan("lua", i), flavor, mode);
+        }
+    });
+}
+
+/// Right after the reply: the pointer of each of the 50 symbols names its last plan, and
+/// every plan's by_plan hash exists.
+fn assert_all_projected(
+    c: &mut Connection,
+    n: usize,
+    plan: impl Fn(usize) -> String,
+    flavor: Flavor,
+    mode: &str,
+) {
+    let mut p = redis::pipe();
+    for s in 0..50 {
+        p.cmd("GET")
+            .arg(format!("quantum:harvest:heat:latest_plan_id:S{s}"));
+    }
+    for i in 0..n {
+        p.cmd("EXISTS")
+            .arg(format!("quantum:harvest:heat:by_plan:{}", plan(i)));
+    }
+    let (pointers, found): (Vec<Option<String>>, Vec<i64>) = {
+        let v: Vec<redis::Value> = p.query(c).expect("reads");
+        let (a, b) = v.split_at(50);
+        (
+            a.iter()
+                .map(|v| redis::from_redis_value(v).expect("GET"))
+                .collect(),
+            b.iter()
+                .map(|v| redis::from_redis_value(v).expect("EXISTS"))
+                .collect(),
+        )
+    };
+    for (s, got) in pointers.iter().enumerate() {
+        let last = (0..n).rev().find(|i| i % 50 == s).map(&plan);
+        assert_eq!(got, &last, "{flavor:?} {mode}: pointer of S{s}");
+    }
+    let missing = found.iter().filter(|&&f| f == 0).count();
+    assert_eq!(
+        missing, 0,
+        "{flavor:?} {mode}: by_plan keys missing after the reply"
+    );
+}
+
+/// One transaction over two listed streams, the first one's part far over the live budget:
+/// the second stream's XADD does not wait for a later callback either.
+#[test]
+fn a_large_transaction_over_two_streams_is_visible_after_its_reply() {
+    const A: &str = "quantum:stream:{a}:harvest.heat.decision";
+    const B: &str = "quantum:stream:{b}:harvest.heat.decision";
+    for_each_flavor(|flavor| {
+        let s = Options::new(flavor)
+            .without_exporter()
+            .arg("--heatbridge.stream-in", &format!("{A},{B}"))
+            .start();
+        let mut c = s.conn();
+        for round in 0..3 {
+            let mut p = redis::pipe();
+            p.atomic();
+            for i in 0..2000 {
+                let mut cmd = redis::cmd("XADD");
+                cmd.arg(A).arg("*");
+                for (k, v) in decision("BIG", &format!("a-{round}-{i}"), &[]) {
+                    cmd.arg(k).arg(v);
+                }
+                p.add_command(cmd).ignore();
+            }
+            let mut cmd = redis::cmd("XADD");
+            cmd.arg(B).arg("*");
+            for (k, v) in decision("ONE", &format!("b-{round}"), &[]) {
+                cmd.arg(k).arg(v);
+            }
+            p.add_command(cmd).ignore();
+            p.query::<()>(&mut c).expect("MULTI/EXEC");
+            assert_eq!(
+                get(&mut c, "quantum:harvest:heat:latest_plan_id:{b}:ONE"),
+                Some(format!("b-{round}")),
+                "{flavor:?} round {round}"
+            );
+            assert_eq!(
+                get(&mut c, "quantum:harvest:heat:latest_plan_id:{a}:BIG"),
+                Some(format!("a-{round}-1999")),
+                "{flavor:?} round {round}"
+            );
+        }
+    });
+}

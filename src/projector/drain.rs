@@ -106,7 +106,9 @@ pub fn run(ctx: &Context, all: bool, live: bool) -> bool {
 
 /// Drains `streams` in turn until `deadline`, each for a fair share of the time left;
 /// returns whether entries remain. Once the callback has run a pass (`ran`), a stream
-/// reached after the deadline waits, and the next callback starts with it.
+/// reached after the deadline waits, and the next callback starts with the first one that
+/// waited; a stream with XADDs whose replies wait for its pass never waits (its pass then
+/// handles just their entries).
 fn share(
     ctx: &Context,
     settings: &Settings,
@@ -116,11 +118,16 @@ fn share(
     ran: &mut bool,
 ) -> bool {
     let mut more = false;
+    let mut waited = false;
     for (i, stream) in streams.iter().enumerate() {
         let now = Instant::now();
-        if *ran && now >= deadline {
-            registry::waited(stream);
-            return true;
+        if *ran && now >= deadline && !registry::owed(stream) {
+            if !waited {
+                registry::waited(stream);
+                waited = true;
+            }
+            more = true;
+            continue;
         }
         let left = u32::try_from(streams.len() - i).unwrap_or(u32::MAX).max(1);
         let slice = deadline.saturating_duration_since(now) / left;
@@ -157,7 +164,12 @@ fn drain_stream(
     until: Instant,
     ran: &mut bool,
 ) -> bool {
-    let Some((trusted, target)) = registry::begin_pass(stream, &settings.consumer, only_due) else {
+    let Some(registry::PassStart {
+        trusted,
+        target,
+        owed,
+    }) = registry::begin_pass(stream, &settings.consumer, only_due)
+    else {
         return false;
     };
     *ran = true;
@@ -177,9 +189,11 @@ fn drain_stream(
     let mut pass = Pass::new(ctx, target);
     pass.known = trusted.known;
     pass.commands = trusted.commands;
+    // The budget bounds catch-up, never the entries of the XADDs this pass serves: a
+    // transaction or a turn of thousands of XADDs is projected before any of their replies.
     let mut last = loop {
         match step(ctx, settings, &mut pass) {
-            Step::More if Instant::now() < until => {}
+            Step::More if Instant::now() < until || pass.served < owed => {}
             done => break done,
         }
     };
@@ -221,6 +235,8 @@ struct Pass<'c> {
     advance: Option<(Cursor, Option<u64>)>,
     /// Entries read by this pass's steps, counted once they are acknowledged.
     read: u64,
+    /// Entries this pass's steps handled, pending ones included.
+    served: u64,
     /// The group as the previous pass left it, until the first step checks it.
     known: Option<Known>,
     /// The newest entry and the read counter, when the pass reaches the end of the stream
@@ -248,6 +264,7 @@ impl<'c> Pass<'c> {
             latest: Latest::default(),
             advance: None,
             read: 0,
+            served: 0,
             known: None,
             end: None,
             len: None,
@@ -382,7 +399,8 @@ fn step(ctx: &Context, s: &Settings, pass: &mut Pass) -> Step {
     if group.pending > 0 && !pass.pending_checked {
         match finish_pending(ctx, s, &pass.t) {
             Ok(0) => pass.pending_checked = true,
-            Ok(_) => {
+            Ok(n) => {
+                pass.served += n as u64;
                 METRICS.count_loop(started.elapsed().as_secs_f64() * 1000.0);
                 return Step::More;
             }
@@ -494,6 +512,7 @@ fn project_step(
     // An entry whose write failed is read again on the retry; it is counted then.
     let handled = entries.iter().take_while(|e| Some(e.id) <= done).count() as u64;
     pass.read += handled;
+    pass.served += handled;
     let mut marks = latest.into_iter().peekable();
     for (i, e) in entries.into_iter().enumerate() {
         if let Some((_, at)) = marks.next_if(|(j, _)| *j == i) {

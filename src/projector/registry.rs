@@ -50,6 +50,10 @@ pub struct Projector {
     failing: u64,
     /// The last pass left entries: a catch-up is under way.
     behind: bool,
+    /// XADDs on the stream since its last pass began, on a server that may write. Their
+    /// replies wait for the next pass, which therefore handles at least this many entries
+    /// whatever its time budget (the budget bounds catch-up, not the work the XADDs did).
+    owed: u64,
 }
 
 impl Projector {
@@ -67,6 +71,7 @@ impl Projector {
             due: true,
             failing: 0,
             behind: false,
+            owed: 0,
         }
     }
 
@@ -316,6 +321,9 @@ pub fn xadd_event(ctx: &Context, key: &[u8]) -> bool {
     let in_exec = f.contains(ContextFlags::MULTI);
     with_stream(key, |p| {
         p.due = true;
+        if writable {
+            p.owed = p.owed.saturating_add(1);
+        }
         p.fast
             .xadd_event(writable, in_exec, |c| c.is_key_of_event(key))
     })
@@ -331,14 +339,20 @@ pub fn stream_changed(key: &[u8]) {
     });
 }
 
-/// A pass over stream `stream` begins: what it may trust and its target. `None` when the
-/// stream is not projected, or when `only_due` and nothing is due on it (see
-/// [`Projector::due`]): a pass after one XADD looks at that XADD's stream only.
-pub fn begin_pass(
-    stream: &str,
-    consumer: &str,
-    only_due: bool,
-) -> Option<(Trusted<Command>, Target)> {
+/// What a pass over one stream starts from; see [`begin_pass`].
+pub struct PassStart {
+    /// What the fast path lets the pass trust.
+    pub trusted: Trusted<Command>,
+    /// The stream and its group.
+    pub target: Target,
+    /// Entries the pass handles whatever its budget: one per XADD since the last pass.
+    pub owed: u64,
+}
+
+/// A pass over stream `stream` begins: what it may trust, its target and the XADDs it
+/// serves. `None` when the stream is not projected, or when `only_due` and nothing is due
+/// on it (see [`Projector::due`]): a pass after one XADD looks at that XADD's stream only.
+pub fn begin_pass(stream: &str, consumer: &str, only_due: bool) -> Option<PassStart> {
     let trust = TRUST_KNOWN.load(Relaxed) && config::fast_path();
     let take_commands = trust && capture::enabled();
     let mut r = registry();
@@ -346,7 +360,19 @@ pub fn begin_pass(
         .get_mut(stream.as_bytes())
         .filter(|p| p.problem.is_none() && (p.due || !only_due))?;
     p.due = false;
-    Some((p.fast.begin_pass(trust, take_commands), p.target(consumer)))
+    Some(PassStart {
+        trusted: p.fast.begin_pass(trust, take_commands),
+        target: p.target(consumer),
+        owed: std::mem::take(&mut p.owed),
+    })
+}
+
+/// Whether XADDs on `stream` wait for its next pass (then it never waits for a later
+/// callback: their replies would leave before their keys exist).
+pub fn owed(stream: &str) -> bool {
+    registry()
+        .get_mut(stream.as_bytes())
+        .is_some_and(|p| p.owed > 0 && p.problem.is_none())
 }
 
 /// How a pass over a stream ended.
