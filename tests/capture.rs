@@ -427,3 +427,47 @@ fn postponed_transaction_reading_the_group_is_seen() {
         );
     });
 }
+
+/// `project-at turn`: one pass serves every XADD of an event-loop turn, often more than one
+/// drain step's `batch` (10). They are taken from their commands all the same, and projected
+/// exactly as the stream holds them (session 7: before, a turn of more than `batch` XADDs was
+/// read back from the stream, and its pass read the group).
+#[test]
+fn a_turn_of_many_xadds_is_taken_from_its_commands() {
+    for_each_flavor(|flavor| {
+        let s = Options::new(flavor)
+            .without_exporter()
+            .module_arg("poll-ms", "60000")
+            .module_arg("project-at", "turn")
+            .start();
+        let mut c = s.conn();
+        warm_up(&mut c);
+        let before = taken(&mut c);
+        let mut ids = Vec::new();
+        for round in 0..10 {
+            let mut p = redis::pipe();
+            for i in 0..40 {
+                let mut cmd = redis::cmd("XADD");
+                cmd.arg(STREAM).arg("*");
+                for (k, v) in decision(&format!("T{}", i % 7), &format!("turn-{round}-{i}"), &[]) {
+                    cmd.arg(k).arg(v);
+                }
+                p.add_command(cmd);
+            }
+            let got: Vec<String> = p.query(&mut c).expect("XADD pipeline");
+            ids.extend(got);
+        }
+        let taken = taken(&mut c) - before;
+        assert!(
+            taken >= 360,
+            "{flavor:?}: {taken} of 400 entries taken from their commands"
+        );
+        for id in &ids {
+            assert_projected_as_stored(&mut c, id);
+        }
+        assert_eq!(
+            group_field(&mut c, STREAM, "heat_bridge", "lag").as_deref(),
+            Some("0")
+        );
+    });
+}

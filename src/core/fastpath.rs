@@ -21,6 +21,12 @@
 //! The state is generic over the kept command `C`, so every transition is tested here
 //! without a server; `capture::Command` is the real one.
 
+/// Most XADDs one pass takes from the kept commands (and trusts the known group for): a
+/// `project-at turn` pass serves every XADD of an event-loop turn, often more than one drain
+/// step's `heatbridge.batch`. It bounds the argument strings kept alive between a turn's
+/// XADDs and its pass; past it the pass reads the group and the entries back.
+pub const MAX_TAKEN: usize = 1000;
+
 /// The group as the last clean pass left it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Known {

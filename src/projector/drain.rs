@@ -19,7 +19,7 @@ use redis_module::{Context, RedisString};
 
 use crate::core::clock::now_ms;
 use crate::core::decision::EntryId;
-use crate::core::fastpath::Known;
+use crate::core::fastpath::{Known, MAX_TAKEN};
 use crate::core::health::StreamState;
 use crate::core::metrics::{Stage, METRICS};
 use crate::projector::apply::{self, project, Latest, Projected};
@@ -358,10 +358,11 @@ fn step(ctx: &Context, s: &Settings, pass: &mut Pass) -> Step {
     if let Some(k) = pass.known.take() {
         pass.cursor_seen(k.last);
         let commands = pass.commands.take();
-        if let Some((group, entries)) = trust_known(ctx, s.batch, &stream, len, &k, commands) {
+        if let Some((group, entries)) = trust_known(ctx, &stream, len, &k, commands) {
             // The pass adds no entry, so the length stays what the next pass will check.
             pass.len = Some(len);
-            return project_step(ctx, s, pass, group, entries, started);
+            // Exactly the entries the counted XADDs added follow the cursor: all were read.
+            return project_step(ctx, s, pass, group, entries, true, started);
         }
     }
     let group = match pass.group.take() {
@@ -428,27 +429,27 @@ fn step(ctx: &Context, s: &Settings, pass: &mut Pass) -> Step {
         },
         _ => group,
     };
-    project_step(ctx, s, pass, group, entries, started)
+    let all_read = entries.len() < s.batch;
+    project_step(ctx, s, pass, group, entries, all_read, started)
 }
 
 /// The group as `k` knows it and the entries added since, if the stream passes the checks
 /// of [`Known`]; else `None`, and the step reads the group.
 fn trust_known(
     ctx: &Context,
-    batch: usize,
     stream: &RedisString,
     len: u64,
     k: &Known,
     commands: Option<Vec<capture::Command>>,
 ) -> Option<(GroupInfo, Vec<Entry>)> {
     let added = usize::try_from(k.xadds).ok()?;
-    if added == 0 || added > batch || len != k.len + k.xadds {
+    if added == 0 || added > MAX_TAKEN || len != k.len + k.xadds {
         return None;
     }
     let entries = commands
         .filter(|c| c.len() == added)
         .and_then(|c| entries_from_commands(ctx, stream, k.last, c))
-        .or_else(|| read_after(ctx, stream, k.last, batch, true).ok())?;
+        .or_else(|| read_after(ctx, stream, k.last, added, true).ok())?;
     if entries.len() != added {
         return None;
     }
@@ -461,14 +462,15 @@ fn trust_known(
     Some((group, entries))
 }
 
-/// The rest of a drain step: project `entries` (read after `group`'s cursor) and record in
-/// `pass` where the cursor goes.
+/// The rest of a drain step: project `entries` (read after `group`'s cursor; `all_read`:
+/// every entry after it) and record in `pass` where the cursor goes.
 fn project_step(
     ctx: &Context,
     s: &Settings,
     pass: &mut Pass,
     group: GroupInfo,
     entries: Vec<Entry>,
+    all_read: bool,
     started: Instant,
 ) -> Step {
     if entries.is_empty() {
@@ -508,7 +510,6 @@ fn project_step(
             }
         }
     }
-    let read = entries.len();
     // An entry whose write failed is read again on the retry; it is counted then.
     let handled = entries.iter().take_while(|e| Some(e.id) <= done).count() as u64;
     pass.read += handled;
@@ -521,7 +522,7 @@ fn project_step(
     }
     if let Some(last) = done {
         pass.handled = pass.handled.max(Some(last));
-        let to = if !failed && read < s.batch {
+        let to = if !failed && all_read {
             // Every entry after the cursor was read: with no deletion after the cursor (a
             // valid lag), the read counter moves by exactly the entries handled. At the end
             // of the stream the cursor goes to `$`, the stream's last ID, which keeps the lag
@@ -547,7 +548,7 @@ fn project_step(
     METRICS.count_loop(started.elapsed().as_secs_f64() * 1000.0);
     if failed {
         Step::Failed
-    } else if read >= s.batch {
+    } else if !all_read {
         Step::More
     } else {
         Step::CaughtUp

@@ -289,7 +289,7 @@ pub fn command_seen(xadd_key: Option<&[u8]>, keep: impl FnOnce() -> Option<Comma
     let Some(p) = r.get_mut(key) else {
         return;
     };
-    match p.fast.wants_xadd(config::batch()) {
+    match p.fast.wants_xadd(crate::core::fastpath::MAX_TAKEN) {
         Wanted::Yes => {
             if let Some(c) = keep() {
                 p.fast.xadd_kept(c);
