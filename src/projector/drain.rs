@@ -488,15 +488,16 @@ fn project_step(
     let now = now_ms();
     let mut done: Option<EntryId> = None;
     let mut failed = false;
-    // Entries whose latest keys are still to be written (index, expiry).
-    let mut latest: Vec<(usize, u64)> = Vec::new();
-    for (i, e) in entries.iter().enumerate() {
-        match project(ctx, &pass.w, &pass.t.keys, s, e, now, true) {
+    // An entry whose write failed is read again on the retry; it is counted then.
+    let mut handled = 0u64;
+    for e in entries {
+        match project(ctx, &pass.w, &pass.t.keys, s, &e, now, true) {
             Ok(Projected::Written {
                 latest_at: Some(at),
+                named,
             }) => {
-                latest.push((i, at));
                 done = Some(e.id);
+                pass.latest.keep(e, at, named);
             }
             Ok(_) => done = Some(e.id),
             Err(msg) => {
@@ -509,17 +510,10 @@ fn project_step(
                 break;
             }
         }
+        handled += 1;
     }
-    // An entry whose write failed is read again on the retry; it is counted then.
-    let handled = entries.iter().take_while(|e| Some(e.id) <= done).count() as u64;
     pass.read += handled;
     pass.served += handled;
-    let mut marks = latest.into_iter().peekable();
-    for (i, e) in entries.into_iter().enumerate() {
-        if let Some((_, at)) = marks.next_if(|(j, _)| *j == i) {
-            pass.latest.keep(e, at);
-        }
-    }
     if let Some(last) = done {
         pass.handled = pass.handled.max(Some(last));
         let to = if !failed && all_read {
@@ -577,7 +571,8 @@ fn finish_pending(ctx: &Context, s: &Settings, t: &Target) -> Result<usize, ()> 
         match project(ctx, &w, &t.keys, s, &e, now, true) {
             Ok(Projected::Written {
                 latest_at: Some(at),
-            }) => latest.keep(e, at),
+                named,
+            }) => latest.keep(e, at, named),
             Ok(_) => {}
             Err(msg) => {
                 METRICS.count_error(Stage::Write, now_ms());

@@ -102,11 +102,12 @@ impl Digits {
 
 /// The last value of field `name` in an entry, as the entry's own string.
 pub fn field<'a>(fields: &'a [(RedisString, RedisString)], name: &[u8]) -> Option<&'a RedisString> {
-    fields
-        .iter()
-        .rev()
-        .find(|(k, _)| k.as_slice() == name)
-        .map(|(_, v)| v)
+    fields.get(position(fields, name)?).map(|(_, v)| v)
+}
+
+/// Where the last field `name` of an entry is.
+pub fn position(fields: &[(RedisString, RedisString)], name: &[u8]) -> Option<usize> {
+    fields.iter().rposition(|(k, _)| k.as_slice() == name)
 }
 
 /// Writes the keys of decisions, holding the strings every write reuses.
