@@ -104,7 +104,7 @@ pub fn project(
     if ctx.get_flags().contains(ContextFlags::OOM) {
         return Err("OOM: used memory is over maxmemory".into());
     }
-    let dedupe_key = w.string(&keys.dedupe(d.plan_id));
+    let dedupe_key = w.key(keys.parts(projection::DEDUPE_PREFIX, d.plan_id));
     // The dedupe key's type, once read here, serves its write below.
     let mut dedupe_kind = None;
     // An earlier entry of the plan holds the dedupe key: REPLAY leaves it there.
@@ -133,7 +133,7 @@ pub fn project(
         };
     }
     if let Some(at) = plan.by_plan_at {
-        let key = w.string(&keys.by_plan(d.plan_id));
+        let key = w.key(keys.parts(projection::BY_PLAN_PREFIX, d.plan_id));
         if w.replace_hash(&key, d.fields, None, at)? {
             METRICS.count_by_plan();
         }
@@ -361,16 +361,15 @@ fn write_latest_named(
         return Ok(());
     };
     let symbol = symbol.as_slice();
-    let name = keys.latest(symbol);
-    let key = w.string(&name);
+    let key = w.key(keys.parts(projection::LATEST_PREFIX, symbol));
     // A latest key of another type is left alone, and so is the pointer, which would
     // otherwise name a plan whose latest hash was never written.
     if !w.replace_hash(&key, fields, Some(plan), at_ms)? {
         return Ok(());
     }
     // The hash holds this decision now, whatever happens to the pointer.
-    remember_written(&name, e.id, at_ms);
-    let ptr = w.string(&keys.pointer(symbol));
+    remember_written(key.as_slice(), e.id, at_ms);
+    let ptr = w.key(keys.parts(projection::POINTER_PREFIX, symbol));
     w.set_string(&ptr, plan, at_ms)?;
     METRICS.count_latest();
     Ok(())

@@ -100,6 +100,24 @@ impl Digits {
     }
 }
 
+/// Key names up to this long are joined on the stack (a prefix, a hash tag and a plan_id or
+/// symbol of up to 256 bytes fit, unless the tag is long).
+const NAME_ON_STACK: usize = 384;
+
+/// Calls `f` with `parts` joined: on the stack when they fit, else in a new Vec.
+fn joined<R>(parts: [&[u8]; 3], f: impl FnOnce(&[u8]) -> R) -> R {
+    let mut buf = [0u8; NAME_ON_STACK];
+    let mut len = 0;
+    for p in parts {
+        let Some(slot) = buf.get_mut(len..len + p.len()) else {
+            return f(&parts.concat());
+        };
+        slot.copy_from_slice(p);
+        len += p.len();
+    }
+    f(buf.get(..len).unwrap_or_default())
+}
+
 /// The last value of field `name` in an entry, as the entry's own string.
 pub fn field<'a>(fields: &'a [(RedisString, RedisString)], name: &[u8]) -> Option<&'a RedisString> {
     fields.get(position(fields, name)?).map(|(_, v)| v)
@@ -137,6 +155,11 @@ impl<'c> Writer<'c> {
     /// A Redis string for `bytes`.
     pub fn string(&self, bytes: &[u8]) -> RedisString {
         rstr(self.ctx, bytes)
+    }
+
+    /// A Redis string for the key name `parts` make (see `Keys::parts`), joined on the stack.
+    pub fn key(&self, parts: [&[u8]; 3]) -> RedisString {
+        joined(parts, |name| self.string(name))
     }
 
     /// `SET key value PXAT at`. (Doing this through the key API where the server has
