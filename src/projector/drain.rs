@@ -30,7 +30,7 @@ use crate::projector::read::{
     self, entries_from_commands, read_after, read_one, stream_shape, Entry,
 };
 use crate::projector::registry::{self, Outcome};
-use crate::projector::writer::Writer;
+use crate::projector::writer::{self, Digits, Writer};
 use crate::settings::config::{self, Settings};
 use crate::support::logging::error_limited as log_error_limited;
 
@@ -316,11 +316,15 @@ impl<'c> Pass<'c> {
             METRICS.count_in(self.read);
             return (true, None);
         };
+        let digits;
         let id = match to {
-            Cursor::End => "$".to_string(),
-            Cursor::At(id) => id.to_string(),
+            Cursor::End => group::LAST_ID,
+            Cursor::At(id) => {
+                digits = Digits::id(id);
+                digits.as_bytes()
+            }
         };
-        match group::advance(ctx, &self.t, &id, entries_read) {
+        match group::advance(ctx, &self.t, id, entries_read) {
             Ok(()) => {
                 // Counted once acknowledged: a failed move re-reads (and counts) them.
                 METRICS.count_in(self.read);
@@ -349,7 +353,8 @@ impl<'c> Pass<'c> {
 /// One drain step of a pass; see the module documentation.
 fn step(ctx: &Context, s: &Settings, pass: &mut Pass) -> Step {
     let started = Instant::now();
-    let stream = pass.t.stream_key.clone();
+    // Another reference to the pass's string (no copy), so `pass` can be lent on.
+    let stream = writer::retain(&pass.t.stream_key);
     let (st, len) = stream_shape(ctx, &stream);
     registry::publish_stream_state(st, &pass.t.stream);
     if st != StreamState::Stream {

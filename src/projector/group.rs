@@ -111,18 +111,21 @@ pub fn create_group(ctx: &Context, s: &Target) -> Result<(), String> {
     }
 }
 
-/// Moves the group cursor to `id` (an entry ID or `$`), replicated. With `entries_read`
-/// the group's read counter stays valid, so XINFO GROUPS (and the backlog) know the lag
-/// even while the cursor is in the middle of the stream.
+/// The ID that moves a group cursor to the stream's last entry.
+pub const LAST_ID: &[u8] = b"$";
+
+/// Moves the group cursor to `id` (an entry ID or [`LAST_ID`]), replicated. With
+/// `entries_read` the group's read counter stays valid, so XINFO GROUPS (and the backlog)
+/// know the lag even while the cursor is in the middle of the stream.
 pub fn advance(
     ctx: &Context,
     s: &Target,
-    id: &str,
+    id: &[u8],
     entries_read: Option<u64>,
 ) -> Result<(), String> {
     static SETID: OnceLock<writer::Kept> = OnceLock::new();
     static ENTRIESREAD: OnceLock<writer::Kept> = OnceLock::new();
-    let id = rstr(ctx, id.as_bytes());
+    let id = rstr(ctx, id);
     let setid = writer::kept(&SETID, b"SETID");
     let (stream, group) = (&s.stream_key, &s.group_key);
     match entries_read {

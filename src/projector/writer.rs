@@ -41,9 +41,15 @@ impl Kept {
 
     /// A reference of the caller's own to the kept string (no copy), released on drop.
     pub fn retained(&self) -> RedisString {
-        raw::string_retain_string(std::ptr::null_mut(), self.0.inner);
-        RedisString::from_redis_module_string(std::ptr::null_mut(), self.0.inner)
+        retain(&self.0)
     }
+}
+
+/// Another reference to the string `s` (no copy, unlike `RedisString::clone`), released on
+/// drop. The server never changes a string that more than one owner holds in place.
+pub fn retain(s: &RedisString) -> RedisString {
+    raw::string_retain_string(std::ptr::null_mut(), s.inner);
+    RedisString::from_redis_module_string(std::ptr::null_mut(), s.inner)
 }
 
 /// The string for `bytes`, created on first use and kept in `cell`.
