@@ -13,6 +13,7 @@
 //! after the XADD that caused them. Only a writable master that is not loading drains.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis_module::{Context, RedisString};
@@ -112,7 +113,7 @@ pub fn run(ctx: &Context, all: bool, live: bool) -> bool {
 fn share(
     ctx: &Context,
     settings: &Settings,
-    streams: &[String],
+    streams: &[Arc<str>],
     only_due: bool,
     deadline: Instant,
     ran: &mut bool,
