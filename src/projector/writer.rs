@@ -212,17 +212,30 @@ impl<'c> Writer<'c> {
         last_plan_id: Option<&RedisString>,
         at_ms: u64,
     ) -> Result<bool, String> {
-        let mut args: Vec<&RedisString> = Vec::with_capacity(3 + 2 * fields.len());
-        args.push(key);
-        for (k, v) in fields {
-            args.push(k);
-            args.push(v);
+        // HSET key field value ... [last_plan_id plan], on the stack unless the entry has
+        // more fields than a seed decision's many times over.
+        let argc = 1 + 2 * fields.len() + if last_plan_id.is_some() { 2 } else { 0 };
+        let mut stack = [key; HSET_ON_STACK];
+        let mut heap;
+        let args: &mut [&RedisString] = match stack.get_mut(..argc) {
+            Some(args) => args,
+            None => {
+                heap = vec![key; argc];
+                &mut heap
+            }
+        };
+        let rest = args.get_mut(1..).unwrap_or_default();
+        if let Some((pairs, tail)) = rest.split_at_mut_checked(2 * fields.len()) {
+            for (slot, (k, v)) in pairs.chunks_exact_mut(2).zip(fields) {
+                if let [name, value] = slot {
+                    (*name, *value) = (k, v);
+                }
+            }
+            if let (Some(plan), [name, value]) = (last_plan_id, tail) {
+                (*name, *value) = (self.last_plan_id, plan);
+            }
         }
-        if let Some(plan) = last_plan_id {
-            args.push(self.last_plan_id);
-            args.push(plan);
-        }
-        let added = match self.call(c"HSET", &args) {
+        let added = match self.call(c"HSET", args) {
             Ok(added) => added.unwrap_or(0),
             Err(msg) if msg.starts_with("WRONGTYPE") => {
                 foreign_key(key, "non-hash");
@@ -464,6 +477,9 @@ pub fn expire_time(ctx: &Context, key: &RedisString) -> i64 {
         _ => -2,
     }
 }
+
+/// Arguments of an HSET passed from the stack (a seed decision's latest hash takes 29).
+const HSET_ON_STACK: usize = 48;
 
 /// Number of distinct field names among `fields` and `extra`.
 fn distinct_fields(fields: &[(RedisString, RedisString)], extra: Option<&[u8]>) -> usize {
