@@ -259,7 +259,7 @@ impl Plan {
 /// else, so when no entry of a millisecond newer than a candidate matches it, the decision it
 /// holds is older than the candidate.
 pub fn latest_holds<B: Bytes>(held: &[Vec<u8>], fields: &[(B, B)], plan_id: &[u8]) -> bool {
-    if held.len() % 2 != 0 {
+    if !held.len().is_multiple_of(2) {
         return false;
     }
     let mut want: std::collections::BTreeMap<&[u8], &[u8]> =

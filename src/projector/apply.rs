@@ -216,7 +216,7 @@ impl Latest {
         }
         // One read per millisecond, newest first, down to its oldest candidate at most, for
         // the entry whose decision each symbol's latest hash holds.
-        let mut from: BTreeMap<u64, (u64, HashMap<Vec<u8>, Vec<Vec<u8>>>)> = BTreeMap::new();
+        let mut from: BTreeMap<u64, (u64, read::Held)> = BTreeMap::new();
         for (e, _) in &ties {
             let Some(sym) = symbol_of(e) else {
                 continue;

@@ -322,6 +322,9 @@ pub static TIE_READS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU6
 /// Most entries one tie read walks: past it, a symbol not seen yet is not known.
 pub const MAX_TIE_SCAN: usize = 10_000;
 
+/// The content of each symbol's latest hash, as HGETALL lists it, by symbol.
+pub type Held = std::collections::HashMap<Vec<u8>, Vec<Vec<u8>>>;
+
 /// For each symbol of `held` (the content of its latest hash, as HGETALL lists it), the
 /// newest entry of millisecond `from.ms`, from `from` on, whose decision that latest hash holds
 /// ([`projection::latest_holds`]). It walks newest first, so the first match of a symbol is its
@@ -340,7 +343,7 @@ pub fn newest_in_ms(
     stream: &RedisString,
     keys: &crate::core::projection::Keys,
     from: EntryId,
-    held: &std::collections::HashMap<Vec<u8>, Vec<Vec<u8>>>,
+    held: &Held,
 ) -> (std::collections::HashMap<Vec<u8>, EntryId>, bool) {
     let to = EntryId {
         ms: from.ms,
