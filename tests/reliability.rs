@@ -405,6 +405,79 @@ fn finishing_an_older_pending_entry_keeps_latest_on_the_newest() {
     });
 }
 
+/// Three decisions of one symbol in one millisecond: P1, P2, then P1 again (a duplicate with
+/// other content, skipped by dedupe). P1 is projected alone; the module then forgets what it
+/// wrote (DEBUG RELOAD), and P2 and the duplicate come back as pending entries of the
+/// module's consumer. Latest must name P2, the newest projected decision: the tie read that
+/// orders decisions of one millisecond must not count the skipped duplicate as newer
+/// (review finding F2, session 6; reproduced and fixed in session 7).
+#[test]
+fn a_skipped_duplicate_does_not_hold_latest_back_in_a_tie() {
+    for_each_flavor(|flavor| {
+        let s = Options::new(flavor)
+            .without_exporter()
+            .module_arg("poll-ms", "100")
+            .start();
+        let mut c = s.conn();
+        inject(&mut c, "W", "warm");
+        wait_drained(&mut c);
+        let (secs, micros): (String, String) = redis::cmd("TIME").query(&mut c).expect("TIME");
+        // A millisecond after the warm-up entry and already past (an entry time in the future
+        // would expire later when projected later, which orders the decisions without a tie).
+        let ms = secs.parse::<u64>().unwrap() * 1000 + micros.parse::<u64>().unwrap() / 1000 + 1;
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        xadd(
+            &mut c,
+            STREAM,
+            &format!("{ms}-1"),
+            &decision("TIE", "p1", &[]),
+        );
+        wait_drained(&mut c);
+        assert_eq!(get(&mut c, &format!("{POINTER}TIE")).as_deref(), Some("p1"));
+        let _: () = redis::cmd("DEBUG")
+            .arg("RELOAD")
+            .query(&mut c)
+            .expect("DEBUG RELOAD");
+        let _: redis::Value = redis::pipe()
+            .atomic()
+            .cmd("XADD")
+            .arg(STREAM)
+            .arg(format!("{ms}-2"))
+            .arg(fields(&decision("TIE", "p2", &[])))
+            .cmd("XADD")
+            .arg(STREAM)
+            .arg(format!("{ms}-3"))
+            .arg(fields(&decision("TIE", "p1", &[("heat_score", "0.75")])))
+            .cmd("XREADGROUP")
+            .arg(
+                &[
+                    "GROUP",
+                    "heat_bridge",
+                    "heat_bridge_1",
+                    "COUNT",
+                    "2",
+                    "STREAMS",
+                    STREAM,
+                    ">",
+                ][..],
+            )
+            .query(&mut c)
+            .expect("MULTI");
+        wait_drained(&mut c);
+        assert_eq!(metric(&mut c, "p27_dedupe_skips_total"), 1.0, "{flavor:?}");
+        assert_eq!(
+            get(&mut c, &format!("{POINTER}TIE")).as_deref(),
+            Some("p2"),
+            "{flavor:?}"
+        );
+        assert_eq!(
+            hget(&mut c, &format!("{LATEST}TIE"), "plan_id").as_deref(),
+            Some("p2"),
+            "{flavor:?}"
+        );
+    });
+}
+
 /// An explicit `heatbridge.*` setting (command line or redis.conf) wins over a loadmodule
 /// argument.
 #[test]

@@ -15,10 +15,15 @@ one run. BENCH_N sets the load (50000). Every server is killed at exit.
 The measure ends when the pipe is done, and so is the projection: a post-notification job
 (Redis 8.2 and Valkey 8.1, `project-at command`) or the end of the event-loop turn (Redis
 7.0, and `project-at turn`) runs before the XADD's reply leaves.
+
+CPU_SEQUENTIAL=1 sends the XADDs one at a time instead, each after the previous reply (a
+producer that waits for every reply; HeatBridge rows only, CPU_SEQUENTIAL_N of them, 20000):
+server CPU per XADD and XADDs per second, for comparing the modes under that producer.
 """
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -26,9 +31,12 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("BENCH_N", "50000")
-from load import KINDS, free_port, gen_lua, gen_pipeline, gen_xadd, server_binary  # noqa: E402
+from load import (KINDS, STREAM, fields, free_port, gen_lua, gen_pipeline, gen_xadd,  # noqa: E402
+                  plan_id, resp, server_binary)
 
 N = int(os.environ["BENCH_N"])
+SEQUENTIAL = os.environ.get("CPU_SEQUENTIAL") == "1"
+SEQUENTIAL_N = int(os.environ.get("CPU_SEQUENTIAL_N", "20000"))
 ROUNDS = max(1, int(os.environ.get("CPU_ROUNDS", "3")))
 LUA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "heatbench.lua")
 
@@ -43,6 +51,19 @@ def cpu_seconds(pid):
 def cli(port, *args, stdin=None):
     return subprocess.run(["redis-cli", "-p", str(port), *args], stdin=stdin,
                           capture_output=True, check=False).stdout.strip()
+
+
+def send_one_at_a_time(port, n):
+    """XADDs `n` decisions on one connection, each after the previous reply."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        f = sock.makefile("rb")
+        for i in range(n):
+            sock.sendall(resp([b"XADD", STREAM, b"*"] + fields(i, plan_id(i))))
+            head = f.readline()
+            if head.startswith(b"$"):
+                f.read(int(head[1:]) + 2)
+            elif not head.startswith(b"+"):
+                sys.exit(f"XADD refused: {head!r}")
 
 
 def run(kind, row, tmp):
@@ -69,11 +90,15 @@ def run(kind, row, tmp):
             with open(LUA, "rb") as f:
                 cli(port, "-x", "FUNCTION", "LOAD", "REPLACE", stdin=f)
         before, start = cpu_seconds(server.pid), time.time()
-        with open(load, "rb") as f:
-            subprocess.run(["redis-cli", "-p", str(port), "--pipe"], stdin=f,
-                           capture_output=True, check=False)
+        if SEQUENTIAL:
+            send_one_at_a_time(port, SEQUENTIAL_N)
+        else:
+            with open(load, "rb") as f:
+                subprocess.run(["redis-cli", "-p", str(port), "--pipe"], stdin=f,
+                               capture_output=True, check=False)
         wall, cpu = time.time() - start, cpu_seconds(server.pid) - before
-        return cpu * 1e6 / N, N / wall, cli(port, "DBSIZE").decode()
+        n = SEQUENTIAL_N if SEQUENTIAL else N
+        return cpu * 1e6 / n, n / wall, cli(port, "DBSIZE").decode()
     finally:
         server.kill()
         server.wait()
@@ -85,13 +110,16 @@ def main():
     # SIGTERM unwinds like an exception, so the server and the temp dir go too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     kind, rows = sys.argv[1], sys.argv[2:]
+    if SEQUENTIAL and any(r in ("pipeline", "lua") for r in rows):
+        sys.exit("CPU_SEQUENTIAL=1 compares HeatBridge rows only")
     with tempfile.TemporaryDirectory(prefix="heatcpu-") as tmp:
         for r in range(ROUNDS):
             for row in rows:
                 us, rate, size = run(kind, row, tmp)
                 name = ",".join([os.path.basename(row.split(",")[0])] + row.split(",")[1:])
+                unit = "XADD" if SEQUENTIAL else "decision"
                 print(f"{kind} round {r + 1} {name:<34} server CPU "
-                      f"{us:6.2f} us/decision  {rate:9,.0f}/s  DBSIZE {size}", flush=True)
+                      f"{us:6.2f} us/{unit}  {rate:9,.0f}/s  DBSIZE {size}", flush=True)
 
 
 if __name__ == "__main__":

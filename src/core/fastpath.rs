@@ -24,7 +24,9 @@
 /// Most XADDs one pass takes from the kept commands (and trusts the known group for): a
 /// `project-at turn` pass serves every XADD of an event-loop turn, often more than one drain
 /// step's `heatbridge.batch`. It bounds the argument strings kept alive between a turn's
-/// XADDs and its pass; past it the pass reads the group and the entries back.
+/// XADDs and its pass (the stream holds a copy of each anyway, so they add at most what those
+/// XADDs added to the stream, until the turn ends); past it the pass reads the group and the
+/// entries back.
 pub const MAX_TAKEN: usize = 1000;
 
 /// The group as the last clean pass left it.

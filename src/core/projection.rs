@@ -255,6 +255,28 @@ impl Plan {
     }
 }
 
+/// Whether a latest hash whose fields and values are `held` (as HGETALL lists them) holds the
+/// decision of an entry with `fields` and `plan_id`: exactly the entry's fields (a later field
+/// of the same name wins, as in the hash) plus `last_plan_id`. A latest hash holds nothing
+/// else, so when no entry of a millisecond newer than a candidate matches it, the decision it
+/// holds is older than the candidate.
+pub fn latest_holds<B: Bytes>(held: &[Vec<u8>], fields: &[(B, B)], plan_id: &[u8]) -> bool {
+    if !held.len().is_multiple_of(2) {
+        return false;
+    }
+    let mut want: std::collections::BTreeMap<&[u8], &[u8]> =
+        fields.iter().map(|(k, v)| (k.bytes(), v.bytes())).collect();
+    want.insert(LAST_PLAN_ID_FIELD, plan_id);
+    let got: std::collections::BTreeMap<&[u8], &[u8]> = held
+        .chunks_exact(2)
+        .filter_map(|kv| match kv {
+            [k, v] => Some((k.as_slice(), v.as_slice())),
+            _ => None,
+        })
+        .collect();
+    got == want
+}
+
 /// Plans the writes for an entry written at `entry_ms`.
 pub fn plan(entry_ms: u64, ttls: Ttls, now_ms: u64) -> Plan {
     let by_plan_at = expire_at(entry_ms, ttls.plan_ms, now_ms);
@@ -273,6 +295,39 @@ pub fn plan(entry_ms: u64, ttls: Ttls, now_ms: u64) -> Plan {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn latest_holds_exactly_one_decision() {
+        let b = |s: &str| s.as_bytes().to_vec();
+        let entry = vec![
+            (b("symbol"), b("BTC")),
+            (b("plan_id"), b("P1")),
+            (b("score"), b("1")),
+            (b("score"), b("2")),
+        ];
+        // A latest hash as HGETALL lists it, from "field=value ...".
+        let held = |pairs: &str| -> Vec<Vec<u8>> {
+            pairs
+                .split(' ')
+                .filter(|p| !p.is_empty())
+                .flat_map(|p| p.splitn(2, '=').map(b).collect::<Vec<_>>())
+                .collect()
+        };
+        let exact = held("symbol=BTC plan_id=P1 score=2 last_plan_id=P1");
+        assert!(latest_holds(&exact, &entry, b"P1"));
+        // A duplicate of the plan with other content is another decision.
+        let other = held("symbol=BTC plan_id=P1 score=3 last_plan_id=P1");
+        assert!(!latest_holds(&other, &entry, b"P1"));
+        // A field more, the earlier value of a repeated field, no pointer field.
+        let more = held("symbol=BTC plan_id=P1 score=2 last_plan_id=P1 x=y");
+        assert!(!latest_holds(&more, &entry, b"P1"));
+        let first = held("symbol=BTC plan_id=P1 score=1 last_plan_id=P1");
+        assert!(!latest_holds(&first, &entry, b"P1"));
+        let bare = held("symbol=BTC plan_id=P1 score=2");
+        assert!(!latest_holds(&bare, &entry, b"P1"));
+        assert!(!latest_holds(&exact[..7], &entry, b"P1"), "odd length");
+        assert!(!latest_holds(&held(""), &entry, b"P1"), "no latest key");
+    }
+
     #[test]
     fn latest_is_ordered_by_its_expiry() {
         assert_eq!(latest_order(10, -2), LatestOrder::Newer, "no latest key");

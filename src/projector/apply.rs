@@ -2,7 +2,7 @@
 //! dedupe and by_plan keys; latest and its pointer are written once per symbol per pass,
 //! and never from an entry older than the decision they hold.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use redis_module::{Context, ContextFlags, RedisString};
@@ -10,6 +10,7 @@ use redis_module::{Context, ContextFlags, RedisString};
 use crate::core::decision::{EntryId, Invalid};
 use crate::core::metrics::{Stage, METRICS};
 use crate::core::projection::{self, Dedupe, Keys, LatestOrder};
+use crate::projector::call;
 use crate::projector::read::{self, Entry};
 use crate::projector::writer::{self, Writer};
 use crate::settings::config::Settings;
@@ -284,22 +285,29 @@ impl Latest {
                 LatestOrder::SameMillisecond => ties.push((e, at)),
             }
         }
-        // One read per millisecond, newest first, down to its oldest candidate at most.
-        let mut from: BTreeMap<u64, (u64, HashSet<Vec<u8>>)> = BTreeMap::new();
+        // One read per millisecond, newest first, down to its oldest candidate at most, for
+        // the entry whose decision each symbol's latest hash holds.
+        let mut from: BTreeMap<u64, (u64, read::Held)> = BTreeMap::new();
         for (e, _) in &ties {
             let Some(sym) = symbol_of(e) else {
                 continue;
             };
-            let (seq, wanted) = from
+            let (seq, held) = from
                 .entry(e.id.ms)
-                .or_insert_with(|| (e.id.seq, HashSet::new()));
+                .or_insert_with(|| (e.id.seq, HashMap::new()));
             *seq = (*seq).min(e.id.seq);
-            wanted.insert(sym.as_slice().to_vec());
+            if !held.contains_key(sym.as_slice()) {
+                let key = w.string(&keys.latest(sym.as_slice()));
+                let content = call::call(ctx, c"HGETALL", call::READ, &[&key])
+                    .map(|r| r.strings())
+                    .unwrap_or_default();
+                held.insert(sym.as_slice().to_vec(), content);
+            }
         }
         let newest: HashMap<u64, (HashMap<Vec<u8>, EntryId>, bool)> = from
             .into_iter()
-            .map(|(ms, (seq, wanted))| {
-                let found = read::newest_in_ms(ctx, stream, keys, EntryId { ms, seq }, &wanted);
+            .map(|(ms, (seq, held))| {
+                let found = read::newest_in_ms(ctx, stream, keys, EntryId { ms, seq }, &held);
                 (ms, found)
             })
             .collect();
@@ -309,8 +317,9 @@ impl Latest {
             };
             let write = match newest.get(&e.id.ms) {
                 Some((found, complete)) => match found.get(sym.as_slice()) {
-                    Some(newest) => *newest <= e.id,
-                    // The read reached the candidate without seeing its symbol: nothing newer.
+                    Some(holder) => *holder <= e.id,
+                    // The read reached the candidate and no entry of that millisecond holds
+                    // latest's decision: it is older.
                     None => *complete,
                 },
                 None => true,

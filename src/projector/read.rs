@@ -337,18 +337,28 @@ pub static TIE_READS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU6
 /// Most entries one tie read walks: past it, a symbol not seen yet is not known.
 pub const MAX_TIE_SCAN: usize = 10_000;
 
-/// The newest valid decision of each of the `wanted` symbols among the entries of
-/// millisecond `from.ms` from `from` on (an invalid entry never writes latest, so it does
-/// not count). It walks newest first, so the first entry of a symbol is its newest, and it
-/// stops as soon as every wanted symbol was seen, or after [`MAX_TIE_SCAN`] entries; the
-/// second value says whether it reached `from` (then a wanted symbol not in the map has no
-/// valid entry there).
+/// The content of each symbol's latest hash, as HGETALL lists it, by symbol.
+pub type Held = std::collections::HashMap<Vec<u8>, Vec<Vec<u8>>>;
+
+/// For each symbol of `held` (the content of its latest hash, as HGETALL lists it), the
+/// newest entry of millisecond `from.ms`, from `from` on, whose decision that latest hash holds
+/// ([`projection::latest_holds`]). It walks newest first, so the first match of a symbol is its
+/// newest, and it stops as soon as every symbol was matched, or after [`MAX_TIE_SCAN`] entries;
+/// the second value says whether it reached `from` (then a symbol not in the map is held by
+/// no entry there: its latest hash holds an older decision).
+///
+/// Only content counts, not validity alone: an entry that dedupe skipped never wrote latest,
+/// so it must not count as the newer decision latest holds (review finding F2, session 6).
+/// A skipped duplicate with the very content of the decision latest holds cannot be told
+/// from a REPLAY that wrote latest from it, and counts.
+///
+/// [`projection::latest_holds`]: crate::core::projection::latest_holds
 pub fn newest_in_ms(
     ctx: &Context,
     stream: &RedisString,
     keys: &crate::core::projection::Keys,
     from: EntryId,
-    wanted: &std::collections::HashSet<Vec<u8>>,
+    held: &Held,
 ) -> (std::collections::HashMap<Vec<u8>, EntryId>, bool) {
     let to = EntryId {
         ms: from.ms,
@@ -359,7 +369,7 @@ pub fn newest_in_ms(
         return (newest, true);
     };
     let mut walked = 0;
-    while newest.len() < wanted.len() {
+    while newest.len() < held.len() {
         if walked == MAX_TIE_SCAN {
             return (newest, false);
         }
@@ -369,7 +379,10 @@ pub fn newest_in_ms(
         walked += 1;
         TIE_READS.fetch_add(1, Relaxed);
         if let Ok(d) = keys.parse(id, &fields) {
-            if wanted.contains(d.symbol) && !newest.contains_key(d.symbol) {
+            let holds = held.get(d.symbol).is_some_and(|content| {
+                crate::core::projection::latest_holds(content, &fields, d.plan_id)
+            });
+            if holds && !newest.contains_key(d.symbol) {
                 newest.insert(d.symbol.to_vec(), id);
             }
         }
