@@ -131,6 +131,10 @@ fn check_parse(id: EntryId, f: &Fields) -> Result<(), TestCaseError> {
             prop_assert_eq!(d.symbol, symbol.as_slice());
             prop_assert_eq!(d.ts_epoch.map(f64::to_bits), ts.map(f64::to_bits));
             prop_assert_eq!(d.fields.len(), f.len(), "every field is kept");
+            // The positions name the last plan_id and symbol fields.
+            let last_at = |name: &[u8]| f.iter().rposition(|(k, _)| k.as_slice() == name);
+            prop_assert_eq!(Some(d.plan_at), last_at(b"plan_id"));
+            prop_assert_eq!(Some(d.symbol_at), last_at(b"symbol"));
         }
         (Err(e), Err(want)) => prop_assert_eq!(e, want),
         (got, want) => prop_assert!(false, "parse gave {:?}, expected {:?}", got, want),

@@ -117,8 +117,12 @@ pub struct Decision<'a, F: Bytes> {
     pub id: EntryId,
     /// The plan_id field.
     pub plan_id: &'a [u8],
+    /// The position of the plan_id field (its last one) in `fields`.
+    pub plan_at: usize,
     /// The symbol field.
     pub symbol: &'a [u8],
+    /// The position of the symbol field (its last one) in `fields`.
+    pub symbol_at: usize,
     /// `ts_epoch` when it is a number; the entry is valid either way.
     pub ts_epoch: Option<f64>,
     /// Every field of the entry, in entry order.
@@ -126,47 +130,59 @@ pub struct Decision<'a, F: Bytes> {
 }
 
 /// Validates an entry. Fields of any type that can be viewed as bytes are accepted.
+///
+/// Each field name and value is viewed once (for a Redis string that is a call into the
+/// server), in one walk that sums the sizes and finds the last plan_id, symbol and
+/// ts_epoch.
 pub fn parse<F: Bytes>(id: EntryId, fields: &[(F, F)]) -> Result<Decision<'_, F>, Invalid> {
     if fields.len() > MAX_FIELDS {
         return Err(Invalid::TooManyFields(fields.len()));
     }
-    let total: usize = fields
-        .iter()
-        .map(|(k, v)| k.bytes().len() + v.bytes().len())
-        .sum();
+    let mut total = 0usize;
+    let (mut plan, mut symbol, mut ts) = (None, None, None);
+    for (i, (k, v)) in fields.iter().enumerate() {
+        let (k, v) = (k.bytes(), v.bytes());
+        total += k.len() + v.len();
+        match k {
+            b"plan_id" => plan = Some((i, v)),
+            b"symbol" => symbol = Some((i, v)),
+            b"ts_epoch" => ts = Some(v),
+            _ => {}
+        }
+    }
     if total > MAX_ENTRY_BYTES {
         return Err(Invalid::TooLarge(total));
     }
-    let find = |name: &str| {
-        fields
-            .iter()
-            .rev()
-            .find(|(k, _)| k.bytes() == name.as_bytes())
-            .map(|(_, v)| v.bytes())
-    };
-    let required = |name: &'static str| -> Result<&[u8], Invalid> {
-        let v = find(name).ok_or(Invalid::Missing(name))?;
-        if v.is_empty() {
-            return Err(Invalid::Empty(name));
-        }
-        if v.len() > MAX_ID_LEN {
-            return Err(Invalid::TooLong(name, v.len()));
-        }
-        Ok(v)
-    };
-    let plan_id = required("plan_id")?;
-    let symbol = required("symbol")?;
-    let ts_epoch = find("ts_epoch")
+    let (plan_at, plan_id) = required(plan, "plan_id")?;
+    let (symbol_at, symbol) = required(symbol, "symbol")?;
+    let ts_epoch = ts
         .and_then(|v| std::str::from_utf8(v).ok())
         .and_then(|s| s.trim().parse::<f64>().ok())
         .filter(|t| t.is_finite());
     Ok(Decision {
         id,
         plan_id,
+        plan_at,
         symbol,
+        symbol_at,
         ts_epoch,
         fields,
     })
+}
+
+/// A required field as found (its position and value): present, non-empty, not too long.
+fn required<'a>(
+    found: Option<(usize, &'a [u8])>,
+    name: &'static str,
+) -> Result<(usize, &'a [u8]), Invalid> {
+    let (at, v) = found.ok_or(Invalid::Missing(name))?;
+    if v.is_empty() {
+        return Err(Invalid::Empty(name));
+    }
+    if v.len() > MAX_ID_LEN {
+        return Err(Invalid::TooLong(name, v.len()));
+    }
+    Ok((at, v))
 }
 
 #[cfg(test)]
@@ -275,7 +291,9 @@ mod tests {
     #[test]
     fn last_duplicate_field_wins() {
         let f = entry(&[("plan_id", "a"), ("symbol", "S"), ("plan_id", "b")]);
-        assert_eq!(parse(ID, &f).unwrap().plan_id, b"b");
+        let d = parse(ID, &f).unwrap();
+        assert_eq!(d.plan_id, b"b");
+        assert_eq!((d.plan_at, d.symbol_at), (2, 1));
     }
 
     #[test]

@@ -120,12 +120,14 @@ impl Keys {
         Ok(d)
     }
 
+    /// The name of the key with `prefix` (one of [`DERIVED_PREFIXES`]) for `id`, in parts:
+    /// joined, they are the name. For a caller that joins them where it likes (on the stack).
+    pub fn parts<'a>(&'a self, prefix: &'a [u8], id: &'a [u8]) -> [&'a [u8]; 3] {
+        [prefix, &self.infix, id]
+    }
+
     fn name(&self, prefix: &[u8], id: &[u8]) -> Vec<u8> {
-        let mut k = Vec::with_capacity(prefix.len() + self.infix.len() + id.len());
-        k.extend_from_slice(prefix);
-        k.extend_from_slice(&self.infix);
-        k.extend_from_slice(id);
-        k
+        self.parts(prefix, id).concat()
     }
 
     /// `quantum:harvest:heat:by_plan:[{T}:]<plan_id>`.

@@ -27,6 +27,8 @@ pub enum Projected {
     Written {
         /// Expiry of the latest hash and pointer, if they are to be written.
         latest_at: Option<u64>,
+        /// Where the entry's plan_id and symbol are.
+        named: Named,
     },
     /// Invalid; acknowledged without writing.
     Invalid,
@@ -34,6 +36,30 @@ pub enum Projected {
     Duplicate,
     /// Too old for every TTL.
     Expired,
+}
+
+/// Where a valid entry's plan_id and symbol are among its fields (their last occurrence, as
+/// `decision::parse` found them), so that its writes need not search the fields again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Named {
+    plan: usize,
+    symbol: usize,
+}
+
+impl Named {
+    /// The positions of the plan_id and symbol fields, if the entry has both.
+    fn find(fields: &[(RedisString, RedisString)]) -> Option<Named> {
+        Some(Named {
+            plan: writer::position(fields, b"plan_id")?,
+            symbol: writer::position(fields, b"symbol")?,
+        })
+    }
+
+    /// The plan_id and symbol strings of `fields`.
+    fn of(self, fields: &[(RedisString, RedisString)]) -> Option<(&RedisString, &RedisString)> {
+        let value = |at: usize| fields.get(at).map(|(_, v)| v);
+        Some((value(self.plan)?, value(self.symbol)?))
+    }
 }
 
 /// Projects one entry's dedupe and by_plan keys; the caller writes latest (once per symbol
@@ -79,7 +105,7 @@ pub fn project(
     if ctx.get_flags().contains(ContextFlags::OOM) {
         return Err("OOM: used memory is over maxmemory".into());
     }
-    let dedupe_key = w.string(&keys.dedupe(d.plan_id));
+    let dedupe_key = w.key(keys.parts(projection::DEDUPE_PREFIX, d.plan_id));
     // The dedupe key's type, once read here, serves its write below.
     let mut dedupe_kind = None;
     // An earlier entry of the plan holds the dedupe key: REPLAY leaves it there.
@@ -100,12 +126,6 @@ pub fn project(
         }
         dedupe_kind = Some(kind);
     }
-    let Some(fields) = &e.fields else {
-        return Ok(Projected::Invalid);
-    };
-    let Some(plan_id) = writer::field(fields, b"plan_id") else {
-        return Ok(Projected::Invalid);
-    };
     if let Some(at) = plan.dedupe_at.filter(|_| !earlier_holds_dedupe) {
         let id = w.string(writer::Digits::id(d.id).as_bytes());
         match dedupe_kind {
@@ -114,8 +134,8 @@ pub fn project(
         };
     }
     if let Some(at) = plan.by_plan_at {
-        let key = w.string(&keys.by_plan(plan_id.as_slice()));
-        if w.replace_hash(&key, fields, None, at)? {
+        let key = w.key(keys.parts(projection::BY_PLAN_PREFIX, d.plan_id));
+        if w.replace_hash(&key, d.fields, None, at)? {
             METRICS.count_by_plan();
         }
     }
@@ -123,52 +143,103 @@ pub fn project(
     METRICS.record_projected(lag, d.ts_epoch);
     Ok(Projected::Written {
         latest_at: plan.latest_at,
+        named: Named {
+            plan: d.plan_at,
+            symbol: d.symbol_at,
+        },
     })
 }
 
 /// The newest projected entry of each symbol, whose latest keys are still to be written,
 /// with their expiry.
+///
+/// A pass after one XADD keeps one entry: a list searched by symbol does that without an
+/// allocation per symbol. Past [`LATEST_INDEX_FROM`] symbols an index by symbol finds them.
 #[derive(Default)]
-pub struct Latest(HashMap<Vec<u8>, (Entry, u64)>);
+pub struct Latest {
+    /// The kept entries, each with its expiry and where its plan_id and symbol are.
+    kept: Vec<(Entry, u64, Named)>,
+    /// The position in `kept` of each symbol's entry: empty while `kept` is short (it is
+    /// searched), complete once built.
+    index: HashMap<Vec<u8>, usize>,
+}
+
+/// Symbols kept before [`Latest`] indexes them.
+const LATEST_INDEX_FROM: usize = 8;
 
 impl Latest {
-    /// Keeps `e` as its symbol's latest entry when it is newer than the one kept.
-    pub fn keep(&mut self, e: Entry, at: u64) {
-        let Some(sym) = symbol_of(&e) else {
+    /// Keeps `e` (projected, with its fields `named`) as its symbol's latest entry when it is
+    /// newer than the one kept.
+    pub fn keep(&mut self, e: Entry, at: u64, named: Named) {
+        let Some((_, sym)) = e.fields.as_deref().and_then(|f| named.of(f)) else {
             return;
         };
-        match self.0.get_mut(sym.as_slice()) {
+        let sym = sym.as_slice();
+        let found = if self.index.is_empty() {
+            self.kept
+                .iter()
+                .position(|(k, _, n)| kept_symbol(k, *n) == Some(sym))
+        } else {
+            self.index.get(sym).copied()
+        };
+        match found.and_then(|i| self.kept.get_mut(i)) {
             Some(slot) if slot.0.id >= e.id => {}
-            Some(slot) => *slot = (e, at),
+            Some(slot) => *slot = (e, at, named),
             None => {
-                let key = sym.as_slice().to_vec();
-                self.0.insert(key, (e, at));
+                if !self.index.is_empty() {
+                    self.index.insert(sym.to_vec(), self.kept.len());
+                }
+                self.kept.push((e, at, named));
+                if self.index.is_empty() && self.kept.len() > LATEST_INDEX_FROM {
+                    self.index = self
+                        .kept
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, (k, _, n))| Some((kept_symbol(k, *n)?.to_vec(), i)))
+                        .collect();
+                }
             }
         }
     }
 
     /// The kept entries, oldest first.
     pub fn into_sorted(self) -> Vec<(Entry, u64)> {
-        let mut latest: Vec<(Entry, u64)> = self.0.into_values().collect();
-        latest.sort_by_key(|(e, _)| e.id);
-        latest
+        self.sorted()
+            .into_iter()
+            .map(|(e, at, _)| (e, at))
+            .collect()
+    }
+
+    /// The kept entries with where their fields are, oldest first.
+    fn sorted(mut self) -> Vec<(Entry, u64, Named)> {
+        self.kept.sort_unstable_by_key(|(e, _, _)| e.id);
+        self.kept
     }
 
     /// Splits the kept entries at `high_water`: those newer than it, whose latest keys are
     /// written as they are, and the rest, which must be compared ([`Latest::write_if_newer`]).
     pub fn split_at(self, high_water: Option<EntryId>) -> (Latest, Latest) {
-        let (newer, rest): (HashMap<_, _>, HashMap<_, _>) = self
-            .0
-            .into_iter()
-            .partition(|(_, (e, _))| high_water.is_some_and(|hw| e.id > hw));
-        (Latest(newer), Latest(rest))
+        let newer = |e: &Entry| high_water.is_some_and(|hw| e.id > hw);
+        // Usually every entry is newer (or none is): nothing is moved then.
+        if self.kept.iter().all(|(e, _, _)| newer(e)) {
+            return (self, Latest::default());
+        }
+        if !self.kept.iter().any(|(e, _, _)| newer(e)) {
+            return (Latest::default(), self);
+        }
+        let (newer, rest): (Vec<_>, Vec<_>) = self.kept.into_iter().partition(|(e, _, _)| newer(e));
+        let whole = |kept| Latest {
+            kept,
+            index: HashMap::new(),
+        };
+        (whole(newer), whole(rest))
     }
 
     /// Writes the latest keys of every kept entry, oldest first.
     pub fn write_all(self, w: &Writer, keys: &Keys) -> Result<(), String> {
-        self.into_sorted()
+        self.sorted()
             .iter()
-            .try_for_each(|(e, at)| write_latest(w, keys, e, *at))
+            .try_for_each(|(e, at, named)| write_latest_named(w, keys, e, *named, *at))
     }
 
     /// Writes the latest keys of each kept entry unless the symbol's latest already holds a
@@ -270,18 +341,36 @@ fn symbol_of(e: &Entry) -> Option<&RedisString> {
         .and_then(|f| writer::field(f, b"symbol"))
 }
 
+/// The symbol of a kept entry, as bytes.
+fn kept_symbol(e: &Entry, named: Named) -> Option<&[u8]> {
+    let (_, sym) = named.of(e.fields.as_deref()?)?;
+    Some(sym.as_slice())
+}
+
 /// Writes the latest hash and the latest_plan_id pointer of an entry's symbol.
 pub fn write_latest(w: &Writer, keys: &Keys, e: &Entry, at_ms: u64) -> Result<(), String> {
+    match e.fields.as_deref().and_then(Named::find) {
+        Some(named) => write_latest_named(w, keys, e, named, at_ms),
+        None => Ok(()),
+    }
+}
+
+/// [`write_latest`] for an entry whose plan_id and symbol are where `named` says.
+fn write_latest_named(
+    w: &Writer,
+    keys: &Keys,
+    e: &Entry,
+    named: Named,
+    at_ms: u64,
+) -> Result<(), String> {
     let Some(fields) = &e.fields else {
         return Ok(());
     };
-    let (Some(plan), Some(symbol)) = (
-        writer::field(fields, b"plan_id"),
-        writer::field(fields, b"symbol"),
-    ) else {
+    let Some((plan, symbol)) = named.of(fields) else {
         return Ok(());
     };
-    let key = w.string(&keys.latest(symbol.as_slice()));
+    let symbol = symbol.as_slice();
+    let key = w.key(keys.parts(projection::LATEST_PREFIX, symbol));
     // A latest key of another type is left alone, and so is the pointer, which would
     // otherwise name a plan whose latest hash was never written.
     if !w.replace_hash(&key, fields, Some(plan), at_ms)? {
@@ -289,7 +378,7 @@ pub fn write_latest(w: &Writer, keys: &Keys, e: &Entry, at_ms: u64) -> Result<()
     }
     // The hash holds this decision now, whatever happens to the pointer.
     remember_written(key.as_slice(), e.id, at_ms);
-    let ptr = w.string(&keys.pointer(symbol.as_slice()));
+    let ptr = w.key(keys.parts(projection::POINTER_PREFIX, symbol));
     w.set_string(&ptr, plan, at_ms)?;
     METRICS.count_latest();
     Ok(())

@@ -13,6 +13,7 @@
 //! after the XADD that caused them. Only a writable master that is not loading drains.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis_module::{Context, RedisString};
@@ -30,7 +31,7 @@ use crate::projector::read::{
     self, entries_from_commands, read_after, read_one, stream_shape, Entry,
 };
 use crate::projector::registry::{self, Outcome};
-use crate::projector::writer::Writer;
+use crate::projector::writer::{self, Digits, Writer};
 use crate::settings::config::{self, Settings};
 use crate::support::logging::error_limited as log_error_limited;
 
@@ -112,7 +113,7 @@ pub fn run(ctx: &Context, all: bool, live: bool) -> bool {
 fn share(
     ctx: &Context,
     settings: &Settings,
-    streams: &[String],
+    streams: &[Arc<str>],
     only_due: bool,
     deadline: Instant,
     ran: &mut bool,
@@ -316,11 +317,15 @@ impl<'c> Pass<'c> {
             METRICS.count_in(self.read);
             return (true, None);
         };
+        let digits;
         let id = match to {
-            Cursor::End => "$".to_string(),
-            Cursor::At(id) => id.to_string(),
+            Cursor::End => group::LAST_ID,
+            Cursor::At(id) => {
+                digits = Digits::id(id);
+                digits.as_bytes()
+            }
         };
-        match group::advance(ctx, &self.t, &id, entries_read) {
+        match group::advance(ctx, &self.t, id, entries_read) {
             Ok(()) => {
                 // Counted once acknowledged: a failed move re-reads (and counts) them.
                 METRICS.count_in(self.read);
@@ -349,7 +354,8 @@ impl<'c> Pass<'c> {
 /// One drain step of a pass; see the module documentation.
 fn step(ctx: &Context, s: &Settings, pass: &mut Pass) -> Step {
     let started = Instant::now();
-    let stream = pass.t.stream_key.clone();
+    // Another reference to the pass's string (no copy), so `pass` can be lent on.
+    let stream = writer::retain(&pass.t.stream_key);
     let (st, len) = stream_shape(ctx, &stream);
     registry::publish_stream_state(st, &pass.t.stream);
     if st != StreamState::Stream {
@@ -488,15 +494,16 @@ fn project_step(
     let now = now_ms();
     let mut done: Option<EntryId> = None;
     let mut failed = false;
-    // Entries whose latest keys are still to be written (index, expiry).
-    let mut latest: Vec<(usize, u64)> = Vec::new();
-    for (i, e) in entries.iter().enumerate() {
-        match project(ctx, &pass.w, &pass.t.keys, s, e, now, true) {
+    // An entry whose write failed is read again on the retry; it is counted then.
+    let mut handled = 0u64;
+    for e in entries {
+        match project(ctx, &pass.w, &pass.t.keys, s, &e, now, true) {
             Ok(Projected::Written {
                 latest_at: Some(at),
+                named,
             }) => {
-                latest.push((i, at));
                 done = Some(e.id);
+                pass.latest.keep(e, at, named);
             }
             Ok(_) => done = Some(e.id),
             Err(msg) => {
@@ -509,17 +516,10 @@ fn project_step(
                 break;
             }
         }
+        handled += 1;
     }
-    // An entry whose write failed is read again on the retry; it is counted then.
-    let handled = entries.iter().take_while(|e| Some(e.id) <= done).count() as u64;
     pass.read += handled;
     pass.served += handled;
-    let mut marks = latest.into_iter().peekable();
-    for (i, e) in entries.into_iter().enumerate() {
-        if let Some((_, at)) = marks.next_if(|(j, _)| *j == i) {
-            pass.latest.keep(e, at);
-        }
-    }
     if let Some(last) = done {
         pass.handled = pass.handled.max(Some(last));
         let to = if !failed && all_read {
@@ -577,7 +577,8 @@ fn finish_pending(ctx: &Context, s: &Settings, t: &Target) -> Result<usize, ()> 
         match project(ctx, &w, &t.keys, s, &e, now, true) {
             Ok(Projected::Written {
                 latest_at: Some(at),
-            }) => latest.keep(e, at),
+                named,
+            }) => latest.keep(e, at, named),
             Ok(_) => {}
             Err(msg) => {
                 METRICS.count_error(Stage::Write, now_ms());

@@ -1,7 +1,7 @@
 //! Group I/O: the consumer group of one stream, read (XINFO GROUPS, XPENDING), created
 //! (XGROUP CREATE), moved (XGROUP SETID) and acknowledged (XACK). Every write is replicated.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use redis_module::{CallReply, CallResult, Context, RedisString};
 
@@ -17,11 +17,11 @@ use crate::support::logging;
 /// its projector keeps), for the length of one pass or command.
 pub struct Target {
     /// The stream's name.
-    pub stream: String,
+    pub stream: Arc<str>,
     /// The group's name (`heatbridge.group`).
-    pub group: String,
+    pub group: Arc<str>,
     /// The consumer whose pending entries are finished first (`heatbridge.consumer`).
-    pub consumer: String,
+    pub consumer: Arc<str>,
     /// The stream's name as a Redis string.
     pub stream_key: RedisString,
     /// The group's name as a Redis string.
@@ -59,7 +59,7 @@ impl GroupInfo {
 
 /// Reads the group's cursor, pending count and lag. `Ok(None)` when there is no such group.
 pub fn read_group(ctx: &Context, s: &Target) -> Result<Option<GroupInfo>, String> {
-    let r: CallResult = ctx.call_ext("XINFO", &read_opts(), &["GROUPS", s.stream.as_str()][..]);
+    let r: CallResult = ctx.call_ext("XINFO", &read_opts(), &["GROUPS", &*s.stream][..]);
     let reply = r.map_err(|e| e.to_utf8_string().unwrap_or_else(|| "XINFO failed".into()))?;
     let CallReply::Array(groups) = reply else {
         return Err("unexpected XINFO GROUPS reply".into());
@@ -92,14 +92,7 @@ pub fn create_group(ctx: &Context, s: &Target) -> Result<(), String> {
     let r: CallResult = ctx.call_ext(
         "XGROUP",
         &write_opts(),
-        &[
-            "CREATE",
-            s.stream.as_str(),
-            s.group.as_str(),
-            "0",
-            "ENTRIESREAD",
-            "0",
-        ][..],
+        &["CREATE", &*s.stream, &*s.group, "0", "ENTRIESREAD", "0"][..],
     );
     match reply_error(&r) {
         None => {
@@ -111,18 +104,21 @@ pub fn create_group(ctx: &Context, s: &Target) -> Result<(), String> {
     }
 }
 
-/// Moves the group cursor to `id` (an entry ID or `$`), replicated. With `entries_read`
-/// the group's read counter stays valid, so XINFO GROUPS (and the backlog) know the lag
-/// even while the cursor is in the middle of the stream.
+/// The ID that moves a group cursor to the stream's last entry.
+pub const LAST_ID: &[u8] = b"$";
+
+/// Moves the group cursor to `id` (an entry ID or [`LAST_ID`]), replicated. With
+/// `entries_read` the group's read counter stays valid, so XINFO GROUPS (and the backlog)
+/// know the lag even while the cursor is in the middle of the stream.
 pub fn advance(
     ctx: &Context,
     s: &Target,
-    id: &str,
+    id: &[u8],
     entries_read: Option<u64>,
 ) -> Result<(), String> {
     static SETID: OnceLock<writer::Kept> = OnceLock::new();
     static ENTRIESREAD: OnceLock<writer::Kept> = OnceLock::new();
-    let id = rstr(ctx, id.as_bytes());
+    let id = rstr(ctx, id);
     let setid = writer::kept(&SETID, b"SETID");
     let (stream, group) = (&s.stream_key, &s.group_key);
     match entries_read {
@@ -144,7 +140,7 @@ pub fn stream_entries_added(ctx: &Context, s: &Target, group: &GroupInfo) -> Opt
     if let Some(n) = group.entries_added() {
         return Some(n);
     }
-    let r: CallResult = ctx.call_ext("XINFO", &read_opts(), &["STREAM", s.stream.as_str()][..]);
+    let r: CallResult = ctx.call_ext("XINFO", &read_opts(), &["STREAM", &*s.stream][..]);
     let Ok(reply) = r else {
         return None;
     };
@@ -159,7 +155,7 @@ pub fn stream_entries_added(ctx: &Context, s: &Target, group: &GroupInfo) -> Opt
 
 /// XLEN of the stream (0 when it cannot be read).
 pub fn stream_len(ctx: &Context, s: &Target) -> u64 {
-    let r: CallResult = ctx.call_ext("XLEN", &read_opts(), &[s.stream.as_str()][..]);
+    let r: CallResult = ctx.call_ext("XLEN", &read_opts(), &[&*s.stream][..]);
     match r {
         Ok(CallReply::I64(n)) => n.to_i64().max(0) as u64,
         _ => 0,
@@ -176,12 +172,12 @@ pub fn pending_ids(ctx: &Context, s: &Target, count: usize) -> Result<Vec<EntryI
         "XPENDING",
         &read_opts(),
         &[
-            s.stream.as_str(),
-            s.group.as_str(),
+            &*s.stream,
+            &*s.group,
             "-",
             "+",
             count.as_str(),
-            s.consumer.as_str(),
+            &*s.consumer,
         ][..],
     );
     match r {
@@ -202,7 +198,7 @@ pub fn pending_ids(ctx: &Context, s: &Target, count: usize) -> Result<Vec<EntryI
 
 /// Acknowledges `ids` in the group, replicated.
 pub fn ack(ctx: &Context, s: &Target, ids: &[String]) -> Result<(), String> {
-    let mut args: Vec<&str> = vec![s.stream.as_str(), s.group.as_str()];
+    let mut args: Vec<&str> = vec![&*s.stream, &*s.group];
     args.extend(ids.iter().map(String::as_str));
     let r: CallResult = ctx.call_ext("XACK", &write_opts(), args.as_slice());
     reply_error(&r).map_or(Ok(()), Err)

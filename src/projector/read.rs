@@ -281,17 +281,32 @@ pub fn entries_from_commands(
     commands: Vec<capture::Command>,
 ) -> Option<Vec<Entry>> {
     let mut walk = IdWalk::after(ctx, stream, after, true)?;
-    let mut ids = Vec::with_capacity(commands.len() + 1);
-    while ids.len() <= commands.len() {
+    // Newest first, one more than the commands (to tell that no other entry follows); a
+    // few (a pass after one XADD reads two) on the stack.
+    const ON_STACK: usize = 8;
+    let wanted = commands.len() + 1;
+    let mut stack = [(EntryId::ZERO, 0u64); ON_STACK];
+    let mut heap;
+    let slots: &mut [(EntryId, u64)] = match stack.get_mut(..wanted) {
+        Some(slots) => slots,
+        None => {
+            heap = vec![(EntryId::ZERO, 0u64); wanted];
+            &mut heap
+        }
+    };
+    let mut read = 0;
+    for slot in slots.iter_mut() {
         let Some(id) = walk.next_id() else { break };
-        ids.push(id);
+        *slot = id;
+        read += 1;
     }
     drop(walk);
-    if ids.len() != commands.len() {
+    if read != commands.len() {
         return None;
     }
+    let ids = slots.get(..read)?;
     let mut entries = Vec::with_capacity(ids.len());
-    for ((id, numfields), c) in ids.into_iter().rev().zip(commands) {
+    for (&(id, numfields), c) in ids.iter().rev().zip(commands) {
         let Some(fields) = c.into_entry(id, numfields) else {
             capture::MISMATCHED.fetch_add(1, Relaxed);
             crate::support::logging::error_limited(&format!(

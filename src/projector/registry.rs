@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use redis_module::{Context, ContextFlags};
 
@@ -33,9 +33,9 @@ use crate::support::logging;
 /// One stream's projector.
 pub struct Projector {
     /// The stream's name.
-    pub stream: String,
+    pub stream: Arc<str>,
     /// The group's name.
-    pub group: String,
+    pub group: Arc<str>,
     stream_key: Kept,
     group_key: Kept,
     keys: Keys,
@@ -57,13 +57,13 @@ pub struct Projector {
 }
 
 impl Projector {
-    fn new(stream: &str, group: &str, cluster: bool) -> Projector {
+    fn new(stream: &str, group: &Arc<str>, cluster: bool) -> Projector {
         let untagged = cluster && crate::core::projection::hash_tag(stream.as_bytes()).is_none();
         Projector {
             problem: untagged
                 .then(|| format!("{}: not projected", config::untagged_stream_error(stream))),
-            stream: stream.to_string(),
-            group: group.to_string(),
+            stream: Arc::from(stream),
+            group: Arc::clone(group),
             stream_key: Kept::new(stream.as_bytes()),
             group_key: Kept::new(group.as_bytes()),
             keys: Keys::of_stream(stream.as_bytes()),
@@ -75,12 +75,12 @@ impl Projector {
         }
     }
 
-    /// The stream and group, for one pass or command.
-    pub fn target(&self, consumer: &str) -> Target {
+    /// The stream and group, for one pass or command (the names are shared, not copied).
+    pub fn target(&self, consumer: &Arc<str>) -> Target {
         Target {
-            stream: self.stream.clone(),
-            group: self.group.clone(),
-            consumer: consumer.to_string(),
+            stream: Arc::clone(&self.stream),
+            group: Arc::clone(&self.group),
+            consumer: Arc::clone(consumer),
             stream_key: self.stream_key.retained(),
             group_key: self.group_key.retained(),
             keys: self.keys.clone(),
@@ -91,7 +91,7 @@ impl Projector {
 struct Registry {
     /// `heatbridge.stream-in`, `heatbridge.group` and the cluster mode as the projectors
     /// were built from them.
-    built_from: Option<(String, String, bool)>,
+    built_from: Option<(Arc<str>, Arc<str>, bool)>,
     projectors: Vec<Projector>,
     /// Each projector's position in `projectors`, by stream name: a list of thousands of
     /// streams is not searched on every XADD.
@@ -175,7 +175,7 @@ pub fn sync(s: &Settings) {
         r.projectors
             .iter()
             .enumerate()
-            .map(|(i, p)| (p.stream.clone(), i))
+            .map(|(i, p)| (p.stream.to_string(), i))
             .collect(),
     );
     r.rotation = 0;
@@ -186,7 +186,7 @@ pub fn sync(s: &Settings) {
 /// first those with a live XADD and no catch-up under way, in the order listed, then the
 /// streams catching up, from the first one that waited last time (see [`waited`]). With
 /// `only_due`, only streams with something due; otherwise every projectable stream.
-pub fn pass_order(only_due: bool) -> (Vec<String>, Vec<String>) {
+pub fn pass_order(only_due: bool) -> (Vec<Arc<str>>, Vec<Arc<str>>) {
     let r = registry();
     let n = r.projectors.len();
     let start = if n == 0 { 0 } else { r.rotation % n };
@@ -200,9 +200,9 @@ pub fn pass_order(only_due: bool) -> (Vec<String>, Vec<String>) {
             continue;
         }
         if p.behind {
-            behind.push(p.stream.clone());
+            behind.push(Arc::clone(&p.stream));
         } else {
-            live.push(p.stream.clone());
+            live.push(Arc::clone(&p.stream));
         }
     }
     // Streams with a live XADD keep the order listed: the rotation is for catch-ups.
@@ -221,7 +221,7 @@ pub fn waited(stream: &str) {
 /// The stream a command names (`STREAM <stream>`, or none), as a target: the stream must be
 /// listed; without one, a standalone server takes the first listed stream and a cluster node
 /// refuses (the stream decides the node).
-pub fn target_for(name: Option<&[u8]>, consumer: &str) -> Result<Target, String> {
+pub fn target_for(name: Option<&[u8]>, consumer: &Arc<str>) -> Result<Target, String> {
     sync(&config::current());
     let r = registry();
     let p = match name {
@@ -352,7 +352,7 @@ pub struct PassStart {
 /// A pass over stream `stream` begins: what it may trust, its target and the XADDs it
 /// serves. `None` when the stream is not projected, or when `only_due` and nothing is due
 /// on it (see [`Projector::due`]): a pass after one XADD looks at that XADD's stream only.
-pub fn begin_pass(stream: &str, consumer: &str, only_due: bool) -> Option<PassStart> {
+pub fn begin_pass(stream: &str, consumer: &Arc<str>, only_due: bool) -> Option<PassStart> {
     let trust = TRUST_KNOWN.load(Relaxed) && config::fast_path();
     let take_commands = trust && capture::enabled();
     let mut r = registry();
@@ -454,7 +454,7 @@ pub fn refresh(ctx: &Context) {
             total = total.zip(backlog).map(|(a, b)| a + b);
         }
         streams.push(StreamHealth {
-            name: t.stream.clone(),
+            name: t.stream.to_string(),
             state: st,
             backlog,
             owned,
@@ -462,10 +462,7 @@ pub fn refresh(ctx: &Context) {
         });
     }
     let first = streams.first().map_or(StreamState::Unknown, |st| st.state);
-    publish_stream_state(
-        first,
-        targets.first().map_or("", |(t, _)| t.stream.as_str()),
-    );
+    publish_stream_state(first, targets.first().map_or("", |(t, _)| &*t.stream));
     let acknowledged = crate::core::metrics::METRICS.snapshot().in_messages;
     let now = now_ms();
     let mut p = state::published();

@@ -58,11 +58,12 @@ pub fn replay(
                     .map(|(k, v)| k.as_slice().len() + v.as_slice().len())
                     .sum()
             });
-            if let Projected::Written { latest_at } = project(ctx, &w, &t.keys, &s, &e, now, false)?
+            if let Projected::Written { latest_at, named } =
+                project(ctx, &w, &t.keys, &s, &e, now, false)?
             {
                 written += 1;
                 if let Some(at) = latest_at {
-                    latest.keep(e, at);
+                    latest.keep(e, at, named);
                 }
             }
             if bytes >= REPLAY_MAX_BYTES {

@@ -168,18 +168,22 @@ pub fn after_xadd(ctx: &Context) {
         return;
     }
     if POST_JOBS.load(Relaxed) != 2 {
-        let added = ctx.add_post_notification_job(|ctx| {
-            guard::contain("post-notification job", (), || {
-                JOB_PENDING.store(false, Relaxed);
-                if !config::running() {
-                    return;
-                }
-                guard::fault_point("job");
-                run(ctx, false, true);
-            })
+        // SAFETY: reading (copying) a function pointer that the module API set at load.
+        let add = unsafe { raw::RedisModule_AddPostNotificationJob };
+        // SAFETY: `ctx.ctx` is the live context of the current (keyspace event) callback. The
+        // job is a plain function of this library that takes no data (NULL), and its free
+        // callback does nothing, so there is nothing to allocate or free per job (the crate's
+        // wrapper boxes a closure every time). MODULE UNLOAD is refused while a job is queued.
+        let added = add.map(|add| unsafe {
+            add(
+                ctx.ctx,
+                Some(on_post_job),
+                ptr::null_mut(),
+                Some(free_nothing),
+            )
         });
         match added {
-            Ok(redis_module::Status::Ok) => {
+            Some(rc) if rc == raw::REDISMODULE_OK as i32 => {
                 POST_JOBS.store(1, Relaxed);
                 JOB_PENDING.store(true, Relaxed);
                 return;
@@ -196,6 +200,22 @@ pub fn after_xadd(ctx: &Context) {
     TIMER_LIVE.store(true, Relaxed);
     schedule(ctx);
 }
+
+/// The post-notification job that [`after_xadd`] adds: one drain pass over the streams
+/// with XADDs due.
+unsafe extern "C" fn on_post_job(ctx: *mut raw::RedisModuleCtx, _data: *mut c_void) {
+    guard::contain("post-notification job", (), || {
+        JOB_PENDING.store(false, Relaxed);
+        if ctx.is_null() || !config::running() {
+            return;
+        }
+        guard::fault_point("job");
+        run(&Context::new(ctx), false, true);
+    })
+}
+
+/// The free callback of a post-notification job: the job has no data.
+unsafe extern "C" fn free_nothing(_data: *mut c_void) {}
 
 /// Runs a drain pass over the streams with something due (all of them for the tick), and
 /// schedules the next one when entries remain. A `live` pass serves an XADD (and keeps the

@@ -41,9 +41,15 @@ impl Kept {
 
     /// A reference of the caller's own to the kept string (no copy), released on drop.
     pub fn retained(&self) -> RedisString {
-        raw::string_retain_string(std::ptr::null_mut(), self.0.inner);
-        RedisString::from_redis_module_string(std::ptr::null_mut(), self.0.inner)
+        retain(&self.0)
     }
+}
+
+/// Another reference to the string `s` (no copy, unlike `RedisString::clone`), released on
+/// drop. The server never changes a string that more than one owner holds in place.
+pub fn retain(s: &RedisString) -> RedisString {
+    raw::string_retain_string(std::ptr::null_mut(), s.inner);
+    RedisString::from_redis_module_string(std::ptr::null_mut(), s.inner)
 }
 
 /// The string for `bytes`, created on first use and kept in `cell`.
@@ -100,13 +106,32 @@ impl Digits {
     }
 }
 
+/// Key names up to this long are joined on the stack (a prefix, a hash tag and a plan_id or
+/// symbol of up to 256 bytes fit, unless the tag is long).
+const NAME_ON_STACK: usize = 384;
+
+/// Calls `f` with `parts` joined: on the stack when they fit, else in a new Vec.
+fn joined<R>(parts: [&[u8]; 3], f: impl FnOnce(&[u8]) -> R) -> R {
+    let mut buf = [0u8; NAME_ON_STACK];
+    let mut len = 0;
+    for p in parts {
+        let Some(slot) = buf.get_mut(len..len + p.len()) else {
+            return f(&parts.concat());
+        };
+        slot.copy_from_slice(p);
+        len += p.len();
+    }
+    f(buf.get(..len).unwrap_or_default())
+}
+
 /// The last value of field `name` in an entry, as the entry's own string.
 pub fn field<'a>(fields: &'a [(RedisString, RedisString)], name: &[u8]) -> Option<&'a RedisString> {
-    fields
-        .iter()
-        .rev()
-        .find(|(k, _)| k.as_slice() == name)
-        .map(|(_, v)| v)
+    fields.get(position(fields, name)?).map(|(_, v)| v)
+}
+
+/// Where the last field `name` of an entry is.
+pub fn position(fields: &[(RedisString, RedisString)], name: &[u8]) -> Option<usize> {
+    fields.iter().rposition(|(k, _)| k.as_slice() == name)
 }
 
 /// Writes the keys of decisions, holding the strings every write reuses.
@@ -136,6 +161,11 @@ impl<'c> Writer<'c> {
     /// A Redis string for `bytes`.
     pub fn string(&self, bytes: &[u8]) -> RedisString {
         rstr(self.ctx, bytes)
+    }
+
+    /// A Redis string for the key name `parts` make (see `Keys::parts`), joined on the stack.
+    pub fn key(&self, parts: [&[u8]; 3]) -> RedisString {
+        joined(parts, |name| self.string(name))
     }
 
     /// `SET key value PXAT at`. (Doing this through the key API where the server has
@@ -182,17 +212,30 @@ impl<'c> Writer<'c> {
         last_plan_id: Option<&RedisString>,
         at_ms: u64,
     ) -> Result<bool, String> {
-        let mut args: Vec<&RedisString> = Vec::with_capacity(3 + 2 * fields.len());
-        args.push(key);
-        for (k, v) in fields {
-            args.push(k);
-            args.push(v);
+        // HSET key field value ... [last_plan_id plan], on the stack unless the entry has
+        // more fields than a seed decision's many times over.
+        let argc = 1 + 2 * fields.len() + if last_plan_id.is_some() { 2 } else { 0 };
+        let mut stack = [key; HSET_ON_STACK];
+        let mut heap;
+        let args: &mut [&RedisString] = match stack.get_mut(..argc) {
+            Some(args) => args,
+            None => {
+                heap = vec![key; argc];
+                &mut heap
+            }
+        };
+        let rest = args.get_mut(1..).unwrap_or_default();
+        if let Some((pairs, tail)) = rest.split_at_mut_checked(2 * fields.len()) {
+            for (slot, (k, v)) in pairs.chunks_exact_mut(2).zip(fields) {
+                if let [name, value] = slot {
+                    (*name, *value) = (k, v);
+                }
+            }
+            if let (Some(plan), [name, value]) = (last_plan_id, tail) {
+                (*name, *value) = (self.last_plan_id, plan);
+            }
         }
-        if let Some(plan) = last_plan_id {
-            args.push(self.last_plan_id);
-            args.push(plan);
-        }
-        let added = match self.call(c"HSET", &args) {
+        let added = match self.call(c"HSET", args) {
             Ok(added) => added.unwrap_or(0),
             Err(msg) if msg.starts_with("WRONGTYPE") => {
                 foreign_key(key, "non-hash");
@@ -434,6 +477,9 @@ pub fn expire_time(ctx: &Context, key: &RedisString) -> i64 {
         _ => -2,
     }
 }
+
+/// Arguments of an HSET passed from the stack (a seed decision's latest hash takes 29).
+const HSET_ON_STACK: usize = 48;
 
 /// Number of distinct field names among `fields` and `extra`.
 fn distinct_fields(fields: &[(RedisString, RedisString)], extra: Option<&[u8]>) -> usize {

@@ -23,6 +23,7 @@
 //! value is a config line, and a restart comes back with exactly the running values.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::Relaxed};
+use std::sync::Arc;
 
 pub use crate::settings::setting::{
     check_port_pair, running, set_running, stream_names, LevelSetting, LevelValue, LogLevel,
@@ -243,13 +244,13 @@ pub fn validate_bind(v: &str) -> Result<(), String> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
     /// `heatbridge.stream-in` as given (see [`Settings::streams`]).
-    pub stream: String,
+    pub stream: Arc<str>,
     /// The database that holds the streams and keys.
     pub db: i64,
     /// Consumer group.
-    pub group: String,
+    pub group: Arc<str>,
     /// Consumer whose pending entries are finished first.
-    pub consumer: String,
+    pub consumer: Arc<str>,
     /// Entries per drain step.
     pub batch: usize,
     /// Key lifetimes.
@@ -267,10 +268,10 @@ impl Settings {
 pub fn current() -> Settings {
     let secs = |a: &AtomicI64| a.load(Relaxed).max(0) as u64;
     Settings {
-        stream: STREAM_IN.get(),
+        stream: STREAM_IN.shared(),
         db: DB.load(Relaxed).max(0),
-        group: GROUP.get(),
-        consumer: CONSUMER.get(),
+        group: GROUP.shared(),
+        consumer: CONSUMER.shared(),
         batch: batch(),
         ttls: crate::core::projection::Ttls::from_secs(
             secs(&TTL_PLAN_SEC),

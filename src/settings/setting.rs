@@ -6,7 +6,7 @@
 
 use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use redis_module::configuration::ConfigurationContext;
 use redis_module::{enum_configuration, ConfigurationValue, RedisError, RedisString};
@@ -277,6 +277,8 @@ impl ConfigurationValue<LevelValue> for LevelSetting {
 pub struct StringSetting {
     value: Mutex<Slot>,
     default: &'static str,
+    /// The default as a shared string, made on first use.
+    shared_default: OnceLock<Arc<str>>,
     check: Check,
 }
 
@@ -287,7 +289,7 @@ pub(crate) enum Slot {
     /// Its default, and the load gave it no config line.
     Unset,
     /// A value that was set.
-    Value(String),
+    Value(Arc<str>),
 }
 
 impl StringSetting {
@@ -295,6 +297,7 @@ impl StringSetting {
         StringSetting {
             value: Mutex::new(Slot::Default),
             default,
+            shared_default: OnceLock::new(),
             check,
         }
     }
@@ -306,8 +309,18 @@ impl StringSetting {
     /// The current value.
     pub fn get(&self) -> String {
         match &*self.slot() {
-            Slot::Value(v) => v.clone(),
+            Slot::Value(v) => v.to_string(),
             Slot::Default | Slot::Unset => self.default.to_string(),
+        }
+    }
+
+    /// The current value, shared: no copy (for what reads it on every drain pass).
+    pub fn shared(&self) -> Arc<str> {
+        match &*self.slot() {
+            Slot::Value(v) => Arc::clone(v),
+            Slot::Default | Slot::Unset => {
+                Arc::clone(self.shared_default.get_or_init(|| Arc::from(self.default)))
+            }
         }
     }
 
@@ -333,7 +346,7 @@ impl StringSetting {
     /// Validates and stores `v`; on error the old value stays.
     pub fn try_set(&self, v: &str) -> Result<(), String> {
         (self.check)(v)?;
-        *self.slot() = Slot::Value(v.to_string());
+        *self.slot() = Slot::Value(Arc::from(v));
         Ok(())
     }
 
