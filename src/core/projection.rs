@@ -277,6 +277,43 @@ pub fn latest_holds<B: Bytes>(held: &[Vec<u8>], fields: &[(B, B)], plan_id: &[u8
     got == want
 }
 
+/// What a tie read saw of one symbol in one millisecond of the stream, newest first.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TieSeen {
+    /// The newest entry whose decision the latest hash holds ([`latest_holds`]), among those
+    /// dedupe did not skip.
+    pub holder: Option<EntryId>,
+    /// The newest entry whose decision the latest hash holds, among those dedupe skipped (a
+    /// resend of the very content).
+    pub skipped_holder: Option<EntryId>,
+    /// The newest valid entry of the symbol.
+    pub newest: Option<EntryId>,
+}
+
+/// Whether a candidate of a millisecond writes latest, which holds a decision of that same
+/// millisecond, from what a tie read saw of its symbol (`complete`: it read the whole
+/// millisecond, else it stopped at its cap):
+/// - the newest entry holding latest's content that dedupe did not skip is the decision
+///   latest holds: write if it is not newer than the candidate;
+/// - only skipped resends hold that content (their first entry is gone, or dedupe expired):
+///   the newest of them;
+/// - no entry holds it (the hash was edited): the newest valid decision of the millisecond,
+///   as if the content were its own;
+/// - past the cap with no holder seen: not known, latest is left as it is.
+///
+/// A REPLAY that wrote latest from a skipped resend of the very content leaves the same
+/// stored state as the live path, which skipped it; this rule takes the live path's view.
+pub fn tie_writes(candidate: EntryId, seen: TieSeen, complete: bool) -> bool {
+    match (seen.holder, complete) {
+        (Some(holder), _) => holder <= candidate,
+        (None, false) => false,
+        (None, true) => seen
+            .skipped_holder
+            .or(seen.newest)
+            .is_none_or(|h| h <= candidate),
+    }
+}
+
 /// Plans the writes for an entry written at `entry_ms`.
 pub fn plan(entry_ms: u64, ttls: Ttls, now_ms: u64) -> Plan {
     let by_plan_at = expire_at(entry_ms, ttls.plan_ms, now_ms);
@@ -326,6 +363,39 @@ mod tests {
         assert!(!latest_holds(&bare, &entry, b"P1"));
         assert!(!latest_holds(&exact[..7], &entry, b"P1"), "odd length");
         assert!(!latest_holds(&held(""), &entry, b"P1"), "no latest key");
+    }
+
+    #[test]
+    fn a_tie_is_settled_by_the_decision_latest_holds() {
+        let id = |seq| EntryId { ms: 7, seq };
+        let c = id(2);
+        let seen = |holder, skipped_holder, newest| TieSeen {
+            holder,
+            skipped_holder,
+            newest,
+        };
+        // Latest holds an older decision (F2: P1, candidate P2, a skipped P1 of other content).
+        assert!(tie_writes(c, seen(Some(id(1)), None, Some(id(3))), true));
+        // A skipped resend of the very content is not the holder (F3).
+        assert!(tie_writes(
+            c,
+            seen(Some(id(1)), Some(id(3)), Some(id(3))),
+            true
+        ));
+        // Latest holds a newer decision.
+        assert!(!tie_writes(c, seen(Some(id(3)), None, Some(id(3))), true));
+        assert!(!tie_writes(c, seen(Some(id(3)), None, Some(id(3))), false));
+        // The candidate's own content.
+        assert!(tie_writes(c, seen(Some(c), None, Some(c)), true));
+        // Only skipped resends hold it: the newest of them.
+        assert!(!tie_writes(c, seen(None, Some(id(3)), Some(id(3))), true));
+        assert!(tie_writes(c, seen(None, Some(id(1)), Some(c)), true));
+        // An edited hash: the newest valid decision of the millisecond.
+        assert!(!tie_writes(c, seen(None, None, Some(id(3))), true));
+        assert!(tie_writes(c, seen(None, None, Some(c)), true));
+        // Past the cap, no holder seen: left as it is.
+        assert!(!tie_writes(c, seen(None, Some(id(1)), Some(c)), false));
+        assert!(!tie_writes(c, seen(None, None, None), false));
     }
 
     #[test]

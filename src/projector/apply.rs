@@ -3,17 +3,18 @@
 //! and never from an entry older than the decision they hold.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Mutex;
 
 use redis_module::{Context, ContextFlags, RedisString};
 
 use crate::core::decision::{EntryId, Invalid};
 use crate::core::metrics::{Stage, METRICS};
-use crate::core::projection::{self, Dedupe, Keys, LatestOrder};
+use crate::core::projection::{self, Dedupe, Keys, LatestOrder, TieSeen};
 use crate::projector::call;
 use crate::projector::read::{self, Entry};
 use crate::projector::writer::{self, Writer};
-use crate::settings::config::Settings;
+use crate::settings::config::{self, Settings};
 use crate::support::guard;
 use crate::support::logging::{self, RateLimit};
 
@@ -251,9 +252,9 @@ impl Latest {
     /// expiry is still the one written ([`LATEST_WRITTEN`]). Otherwise (after a restart, a
     /// failover or an unload) latest's absolute expiry (PEXPIRETIME), its entry's time plus
     /// `ttl-symbol-sec`, orders it against a candidate that would expire at `at`; two
-    /// decisions of one millisecond are ordered by reading that millisecond of the stream
-    /// from the candidate on, however many entries it holds. (That fallback assumes
-    /// `ttl-symbol-sec` did not change since latest was written.)
+    /// decisions of one millisecond are ordered by reading that millisecond of the stream for
+    /// the entry whose decision latest holds (`read::tie_read`, `projection::tie_writes`).
+    /// (That fallback assumes `ttl-symbol-sec` did not change since latest was written.)
     pub fn write_if_newer(
         self,
         ctx: &Context,
@@ -285,17 +286,14 @@ impl Latest {
                 LatestOrder::SameMillisecond => ties.push((e, at)),
             }
         }
-        // One read per millisecond, newest first, down to its oldest candidate at most, for
-        // the entry whose decision each symbol's latest hash holds.
-        let mut from: BTreeMap<u64, (u64, read::Held)> = BTreeMap::new();
+        // One read per millisecond, newest first, for the entry whose decision each tied
+        // symbol's latest hash holds.
+        let mut held_in: BTreeMap<u64, read::Held> = BTreeMap::new();
         for (e, _) in &ties {
             let Some(sym) = symbol_of(e) else {
                 continue;
             };
-            let (seq, held) = from
-                .entry(e.id.ms)
-                .or_insert_with(|| (e.id.seq, HashMap::new()));
-            *seq = (*seq).min(e.id.seq);
+            let held = held_in.entry(e.id.ms).or_default();
             if !held.contains_key(sym.as_slice()) {
                 let key = w.string(&keys.latest(sym.as_slice()));
                 let content = call::call(ctx, c"HGETALL", call::READ, &[&key])
@@ -304,28 +302,23 @@ impl Latest {
                 held.insert(sym.as_slice().to_vec(), content);
             }
         }
-        let newest: HashMap<u64, (HashMap<Vec<u8>, EntryId>, bool)> = from
+        let dedupe = config::DEDUPE_TTL_SEC.load(Relaxed) > 0;
+        let seen: HashMap<u64, (HashMap<Vec<u8>, TieSeen>, bool)> = held_in
             .into_iter()
-            .map(|(ms, (seq, held))| {
-                let found = read::newest_in_ms(ctx, stream, keys, EntryId { ms, seq }, &held);
-                (ms, found)
-            })
+            .map(|(ms, held)| (ms, read::tie_read(ctx, stream, keys, ms, &held, dedupe)))
             .collect();
         for (e, at) in ties {
             let Some(sym) = symbol_of(&e) else {
                 continue;
             };
-            let write = match newest.get(&e.id.ms) {
-                Some((found, complete)) => match found.get(sym.as_slice()) {
-                    Some(holder) => *holder <= e.id,
-                    // The read reached the candidate and no entry of that millisecond holds
-                    // latest's decision: it is older.
-                    None => *complete,
-                },
+            let write = match seen.get(&e.id.ms) {
+                Some((symbols, complete)) => projection::tie_writes(
+                    e.id,
+                    symbols.get(sym.as_slice()).copied().unwrap_or_default(),
+                    *complete,
+                ),
                 None => true,
             };
-            // Not known (more than MAX_TIE_SCAN newer entries in that millisecond): latest,
-            // which holds a decision of that very millisecond, is left as it is.
             if write {
                 write_latest(w, keys, &e, at)?;
             }

@@ -20,6 +20,7 @@ use redis_module::{raw, Context, RedisString};
 
 use crate::core::decision::EntryId;
 use crate::core::health::StreamState;
+use crate::core::projection::TieSeen;
 use crate::projector::capture;
 
 impl crate::core::decision::Bytes for RedisString {
@@ -340,54 +341,76 @@ pub const MAX_TIE_SCAN: usize = 10_000;
 /// The content of each symbol's latest hash, as HGETALL lists it, by symbol.
 pub type Held = std::collections::HashMap<Vec<u8>, Vec<Vec<u8>>>;
 
-/// For each symbol of `held` (the content of its latest hash, as HGETALL lists it), the
-/// newest entry of millisecond `from.ms`, from `from` on, whose decision that latest hash holds
-/// ([`projection::latest_holds`]). It walks newest first, so the first match of a symbol is its
-/// newest, and it stops as soon as every symbol was matched, or after [`MAX_TIE_SCAN`] entries;
-/// the second value says whether it reached `from` (then a symbol not in the map is held by
-/// no entry there: its latest hash holds an older decision).
+/// What each symbol of `held` (the content of its latest hash, as HGETALL lists it) has in
+/// millisecond `ms` of the stream ([`TieSeen`]), read newest first; the second value says
+/// whether the read covered the whole millisecond. It stops as soon as every symbol's holder
+/// was found (the first one is the newest), or after [`MAX_TIE_SCAN`] entries.
 ///
-/// Only content counts, not validity alone: an entry that dedupe skipped never wrote latest,
-/// so it must not count as the newer decision latest holds (review finding F2, session 6).
-/// A skipped duplicate with the very content of the decision latest holds cannot be told
-/// from a REPLAY that wrote latest from it, and counts.
+/// Content counts, not validity alone: a duplicate that dedupe skipped never wrote latest
+/// (review finding F2, session 6), and a resend of the very content that dedupe skipped is
+/// told apart by its plan's dedupe key naming another entry (`dedupe`: dedupe is on).
 ///
-/// [`projection::latest_holds`]: crate::core::projection::latest_holds
-pub fn newest_in_ms(
+/// [`TieSeen`]: crate::core::projection::TieSeen
+pub fn tie_read(
     ctx: &Context,
     stream: &RedisString,
     keys: &crate::core::projection::Keys,
-    from: EntryId,
+    ms: u64,
     held: &Held,
-) -> (std::collections::HashMap<Vec<u8>, EntryId>, bool) {
-    let to = EntryId {
-        ms: from.ms,
-        seq: u64::MAX,
-    };
-    let mut newest = std::collections::HashMap::new();
+    dedupe: bool,
+) -> (std::collections::HashMap<Vec<u8>, TieSeen>, bool) {
+    let from = EntryId { ms, seq: 0 };
+    let to = EntryId { ms, seq: u64::MAX };
+    let mut seen: std::collections::HashMap<Vec<u8>, TieSeen> = std::collections::HashMap::new();
     let Some(mut walk) = IdWalk::range(ctx, stream, Some(from), Some(to), false, true) else {
-        return (newest, true);
+        return (seen, true);
     };
+    let mut found = 0;
     let mut walked = 0;
-    while newest.len() < held.len() {
+    while found < held.len() {
         if walked == MAX_TIE_SCAN {
-            return (newest, false);
+            return (seen, false);
         }
         let Some((id, fields)) = walk.next_entry() else {
             break;
         };
         walked += 1;
         TIE_READS.fetch_add(1, Relaxed);
-        if let Ok(d) = keys.parse(id, &fields) {
-            let holds = held.get(d.symbol).is_some_and(|content| {
-                crate::core::projection::latest_holds(content, &fields, d.plan_id)
-            });
-            if holds && !newest.contains_key(d.symbol) {
-                newest.insert(d.symbol.to_vec(), id);
-            }
+        let Ok(d) = keys.parse(id, &fields) else {
+            continue;
+        };
+        let Some(content) = held.get(d.symbol) else {
+            continue;
+        };
+        let s = seen.entry(d.symbol.to_vec()).or_default();
+        if s.holder.is_some() {
+            continue;
+        }
+        s.newest.get_or_insert(id);
+        if !crate::core::projection::latest_holds(content, &fields, d.plan_id) {
+            continue;
+        }
+        if dedupe && skipped_by_dedupe(ctx, keys, d.plan_id, id) {
+            s.skipped_holder.get_or_insert(id);
+        } else {
+            s.holder = Some(id);
+            found += 1;
         }
     }
-    (newest, true)
+    (seen, true)
+}
+
+/// Whether dedupe skipped entry `id` of plan `plan_id`: the plan's dedupe key names another
+/// entry.
+fn skipped_by_dedupe(
+    ctx: &Context,
+    keys: &crate::core::projection::Keys,
+    plan_id: &[u8],
+    id: EntryId,
+) -> bool {
+    let key = crate::projector::writer::rstr(ctx, &keys.dedupe(plan_id));
+    let (_, value) = crate::projector::writer::read_string(ctx, &key);
+    value.is_some_and(|v| EntryId::parse(&v) != Some(id))
 }
 
 const OK: i32 = raw::REDISMODULE_OK as i32;

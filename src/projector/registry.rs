@@ -274,6 +274,15 @@ pub fn forget_all() {
     }
 }
 
+/// Drops the XADDs counted for the next passes (a load or a role change: the XADDs of a
+/// replica or of a server that was loading are not served, and a pass after a promotion must
+/// not take them for XADDs waiting for their replies).
+pub fn forget_owed() {
+    for p in registry().projectors.iter_mut() {
+        p.owed = 0;
+    }
+}
+
 /// The command filter saw a command, `xadd_key` being the key of an XADD. Drops the XADD
 /// arguments kept for a command that was refused, and keeps those of this XADD when its
 /// stream's next pass may take them (`keep` holds them).

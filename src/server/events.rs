@@ -203,6 +203,7 @@ fn on_loading(ctx: &Context, sub: u64) {
     match sub {
         raw::REDISMODULE_SUBEVENT_LOADING_ENDED | raw::REDISMODULE_SUBEVENT_LOADING_FAILED => {
             registry::forget_all();
+            registry::forget_owed();
             crate::projector::apply::reset();
             state::published().loading = false;
             schedule::schedule(ctx);
@@ -214,6 +215,7 @@ fn on_loading(ctx: &Context, sub: u64) {
 /// A promoted replica resumes from the replicated group cursor.
 fn on_role_changed(ctx: &Context, master: bool) {
     registry::forget_all();
+    registry::forget_owed();
     crate::projector::apply::reset();
     state::published().is_master = master;
     logging::info(if master {
