@@ -447,11 +447,12 @@ fn a_turn_of_many_xadds_is_taken_from_its_commands() {
         for round in 0..10 {
             let mut p = redis::pipe();
             for i in 0..40 {
-                let mut cmd = redis::cmd("XADD");
-                cmd.arg(STREAM).arg("*");
-                for (k, v) in decision(&format!("T{}", i % 7), &format!("turn-{round}-{i}"), &[]) {
-                    cmd.arg(k).arg(v);
-                }
+                let cmd = xadd_decision(
+                    STREAM,
+                    &format!("T{}", i % 7),
+                    &format!("turn-{round}-{i}"),
+                    &[],
+                );
                 p.add_command(cmd);
             }
             let got: Vec<String> = p.query(&mut c).expect("XADD pipeline");

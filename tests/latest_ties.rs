@@ -11,6 +11,35 @@ const CONSUMER: &str = "heat_bridge_1";
 const LATEST: &str = "quantum:harvest:heat:latest:";
 const POINTER: &str = "quantum:harvest:heat:latest_plan_id:";
 
+/// A server whose housekeeping tick stays out of the way, with a first decision projected.
+fn quiet_server(flavor: Flavor) -> Server {
+    let s = Options::new(flavor)
+        .without_exporter()
+        .module_arg("poll-ms", "60000")
+        .start();
+    let mut c = s.conn();
+    inject(&mut c, "W", "warm");
+    wait_drained(&mut c);
+    s
+}
+
+/// p1 then p2 of symbol E at IDs `p1` and `p2` (one millisecond), both projected.
+fn p1_then_p2(c: &mut Connection, p1: &str, p2: &str) {
+    let _: redis::Value = redis::pipe()
+        .atomic()
+        .cmd("XADD")
+        .arg(STREAM)
+        .arg(p1)
+        .arg(flat(&decision("E", "p1", &[])))
+        .cmd("XADD")
+        .arg(STREAM)
+        .arg(p2)
+        .arg(flat(&decision("E", "p2", &[])))
+        .query(c)
+        .expect("MULTI");
+    wait_drained(c);
+}
+
 /// The millisecond of a fresh entry, a little in the past (an entry time in the future
 /// would expire later when projected later, which orders decisions without a tie).
 fn past_ms(c: &mut Connection) -> u64 {
@@ -68,29 +97,12 @@ fn flat(d: &[(String, String)]) -> Vec<String> {
 #[test]
 fn an_edited_latest_hash_is_not_stepped_back_by_an_older_pending_entry() {
     for_each_flavor(|flavor| {
-        let s = Options::new(flavor)
-            .without_exporter()
-            .module_arg("poll-ms", "60000")
-            .start();
+        let s = quiet_server(flavor);
         let mut c = s.conn();
-        inject(&mut c, "W", "warm");
-        wait_drained(&mut c);
         let ms = past_ms(&mut c);
         let p1 = format!("{ms}-1");
         let p2 = format!("{ms}-2");
-        let _: redis::Value = redis::pipe()
-            .atomic()
-            .cmd("XADD")
-            .arg(STREAM)
-            .arg(&p1)
-            .arg(flat(&decision("E", "p1", &[])))
-            .cmd("XADD")
-            .arg(STREAM)
-            .arg(&p2)
-            .arg(flat(&decision("E", "p2", &[])))
-            .query(&mut c)
-            .expect("MULTI");
-        wait_drained(&mut c);
+        p1_then_p2(&mut c, &p1, &p2);
         assert_eq!(get(&mut c, &format!("{POINTER}E")).as_deref(), Some("p2"));
         // The operator's note on the latest hash.
         let _: i64 = redis::cmd("HSET")
@@ -129,30 +141,13 @@ fn an_edited_latest_hash_is_not_stepped_back_by_an_older_pending_entry() {
 #[test]
 fn an_edited_latest_hash_is_not_stepped_back_by_a_replay_of_an_older_decision() {
     for_each_flavor(|flavor| {
-        let mut s = Options::new(flavor)
-            .without_exporter()
-            .module_arg("poll-ms", "60000")
-            .start();
+        let mut s = quiet_server(flavor);
         let mut c = s.conn();
-        inject(&mut c, "W", "warm");
-        wait_drained(&mut c);
         let ms = past_ms(&mut c);
         let p0 = format!("{ms}-0");
         let p1 = format!("{ms}-1");
         let p2 = format!("{ms}-2");
-        let _: redis::Value = redis::pipe()
-            .atomic()
-            .cmd("XADD")
-            .arg(STREAM)
-            .arg(&p1)
-            .arg(flat(&decision("E", "p1", &[])))
-            .cmd("XADD")
-            .arg(STREAM)
-            .arg(&p2)
-            .arg(flat(&decision("E", "p2", &[])))
-            .query(&mut c)
-            .expect("MULTI");
-        wait_drained(&mut c);
+        p1_then_p2(&mut c, &p1, &p2);
         let _: i64 = redis::cmd("HSET")
             .arg(format!("{LATEST}E"))
             .arg("note")
@@ -180,60 +175,64 @@ fn an_edited_latest_hash_is_not_stepped_back_by_a_replay_of_an_older_decision() 
     });
 }
 
-/// The session-7 tie case (`reliability::a_skipped_duplicate_does_not_hold_latest_back_in_a_tie`)
-/// with the commonest duplicate: a producer's identical resend of p1. p1 is projected alone;
-/// the module forgets (DEBUG RELOAD); p2 and the identical resend of p1 come back as
-/// pending entries. Latest must name p2, the newest projected decision (the model's rule);
-/// the tie read takes the skipped resend, whose content is latest's, for the holder and
-/// keeps p1. Documented in docs/architecture.md as the one case the content match cannot
-/// tell from a REPLAY; this test shows it is the ordinary retry case.
+/// Three decisions of one symbol in one millisecond: p1, p2, then p1 again, a resend that
+/// dedupe skips (with other content, and with the very same content, which is what a
+/// producer's retry sends). p1 is projected alone; the module then forgets what it wrote
+/// (DEBUG RELOAD), and p2 and the resend come back as pending entries of the module's
+/// consumer. Latest must name p2, the newest projected decision: the tie read that orders
+/// decisions of one millisecond must not take the skipped resend for the decision latest
+/// holds (review finding F2 of session 6, and the identical resend found by session 7's
+/// review).
 #[test]
-fn an_identical_resend_does_not_hold_latest_back_in_a_tie() {
+fn a_skipped_resend_does_not_hold_latest_back_in_a_tie() {
     for_each_flavor(|flavor| {
-        let s = Options::new(flavor)
-            .without_exporter()
-            .module_arg("poll-ms", "60000")
-            .start();
-        let mut c = s.conn();
-        inject(&mut c, "W", "warm");
-        wait_drained(&mut c);
-        let ms = past_ms(&mut c);
-        xadd(
-            &mut c,
-            STREAM,
-            &format!("{ms}-1"),
-            &decision("TIE", "p1", &[]),
-        );
-        wait_drained(&mut c);
-        assert_eq!(get(&mut c, &format!("{POINTER}TIE")).as_deref(), Some("p1"));
-        let _: () = redis::cmd("DEBUG")
-            .arg("RELOAD")
-            .query(&mut c)
-            .expect("DEBUG RELOAD");
-        let _: redis::Value = redis::pipe()
-            .atomic()
-            .cmd("XADD")
-            .arg(STREAM)
-            .arg(format!("{ms}-2"))
-            .arg(flat(&decision("TIE", "p2", &[])))
-            .cmd("XADD")
-            .arg(STREAM)
-            .arg(format!("{ms}-3"))
-            .arg(flat(&decision("TIE", "p1", &[])))
-            .cmd("XREADGROUP")
-            .arg(
-                &[
-                    "GROUP", GROUP, CONSUMER, "COUNT", "2", "STREAMS", STREAM, ">",
-                ][..],
-            )
-            .query(&mut c)
-            .expect("MULTI");
-        wait_drained(&mut c);
-        assert_eq!(metric(&mut c, "p27_dedupe_skips_total"), 1.0, "{flavor:?}");
-        assert_eq!(
-            get(&mut c, &format!("{POINTER}TIE")).as_deref(),
-            Some("p2"),
-            "{flavor:?}: pointer after p2 and an identical resend of p1"
-        );
+        for resend in [&[("heat_score", "0.75")][..], &[]] {
+            let s = quiet_server(flavor);
+            let mut c = s.conn();
+            let ms = past_ms(&mut c);
+            xadd(
+                &mut c,
+                STREAM,
+                &format!("{ms}-1"),
+                &decision("TIE", "p1", &[]),
+            );
+            wait_drained(&mut c);
+            assert_eq!(get(&mut c, &format!("{POINTER}TIE")).as_deref(), Some("p1"));
+            let _: () = redis::cmd("DEBUG")
+                .arg("RELOAD")
+                .query(&mut c)
+                .expect("DEBUG RELOAD");
+            let _: redis::Value = redis::pipe()
+                .atomic()
+                .cmd("XADD")
+                .arg(STREAM)
+                .arg(format!("{ms}-2"))
+                .arg(flat(&decision("TIE", "p2", &[])))
+                .cmd("XADD")
+                .arg(STREAM)
+                .arg(format!("{ms}-3"))
+                .arg(flat(&decision("TIE", "p1", resend)))
+                .cmd("XREADGROUP")
+                .arg(
+                    &[
+                        "GROUP", GROUP, CONSUMER, "COUNT", "2", "STREAMS", STREAM, ">",
+                    ][..],
+                )
+                .query(&mut c)
+                .expect("MULTI");
+            wait_drained(&mut c);
+            let what = format!("{flavor:?}, resend {resend:?}");
+            assert_eq!(metric(&mut c, "p27_dedupe_skips_total"), 1.0, "{what}");
+            assert_eq!(
+                get(&mut c, &format!("{POINTER}TIE")).as_deref(),
+                Some("p2"),
+                "{what}"
+            );
+            assert_eq!(
+                hget(&mut c, &format!("{LATEST}TIE"), "plan_id").as_deref(),
+                Some("p2"),
+                "{what}"
+            );
+        }
     });
 }

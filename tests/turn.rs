@@ -25,11 +25,12 @@ fn assert_visible_after_reply(c: &mut Connection, tag: &str) {
     for round in 0..20 {
         let mut p = redis::pipe();
         for i in 0..50 {
-            let mut cmd = redis::cmd("XADD");
-            cmd.arg(STREAM).arg("*");
-            for (k, v) in decision(&format!("B{}", i % 5), &format!("{tag}-b{round}-{i}"), &[]) {
-                cmd.arg(k).arg(v);
-            }
+            let cmd = xadd_decision(
+                STREAM,
+                &format!("B{}", i % 5),
+                &format!("{tag}-b{round}-{i}"),
+                &[],
+            );
             p.add_command(cmd).ignore();
         }
         p.query::<()>(c).expect("XADD pipeline");
@@ -44,11 +45,7 @@ fn assert_visible_after_reply(c: &mut Connection, tag: &str) {
     let mut p = redis::pipe();
     p.atomic();
     for i in 0..3 {
-        let mut cmd = redis::cmd("XADD");
-        cmd.arg(STREAM).arg("*");
-        for (k, v) in decision("MX", &format!("{tag}-multi-{i}"), &[]) {
-            cmd.arg(k).arg(v);
-        }
+        let cmd = xadd_decision(STREAM, "MX", &format!("{tag}-multi-{i}"), &[]);
         p.add_command(cmd).ignore();
     }
     p.query::<()>(c).expect("MULTI/EXEC");
@@ -127,11 +124,7 @@ fn an_xadd_behind_an_unblocked_command_is_visible_after_its_reply() {
             let plan = format!("unblocked-{i}");
             let mut p = redis::pipe();
             p.cmd("BLPOP").arg(format!("wake{i}")).arg(5);
-            let mut xadd = redis::cmd("XADD");
-            xadd.arg(STREAM).arg("*");
-            for (k, v) in decision("UB", &plan, &[]) {
-                xadd.arg(k).arg(v);
-            }
+            let xadd = xadd_decision(STREAM, "UB", &plan, &[]);
             p.add_command(xadd);
             let (tx, rx) = std::sync::mpsc::channel();
             let h = std::thread::spawn(move || {
@@ -227,11 +220,7 @@ fn switching_to_command_keeps_the_turn_that_waited() {
         for i in 0..20 {
             config_set(&mut c, "heatbridge.project-at", "turn").unwrap();
             let plan = format!("switch-{i}");
-            let mut xadd = redis::cmd("XADD");
-            xadd.arg(STREAM).arg("*");
-            for (k, v) in decision("SW", &plan, &[]) {
-                xadd.arg(k).arg(v);
-            }
+            let xadd = xadd_decision(STREAM, "SW", &plan, &[]);
             let mut p = redis::pipe();
             p.add_command(xadd)
                 .ignore()
@@ -273,11 +262,7 @@ fn a_large_transaction_is_visible_after_its_reply() {
             let mut p = redis::pipe();
             p.atomic();
             for i in 0..N {
-                let mut cmd = redis::cmd("XADD");
-                cmd.arg(STREAM).arg("*");
-                for (k, v) in decision(&format!("S{}", i % 50), &plan("multi", i), &[]) {
-                    cmd.arg(k).arg(v);
-                }
+                let cmd = xadd_decision(STREAM, &format!("S{}", i % 50), &plan("multi", i), &[]);
                 p.add_command(cmd).ignore();
             }
             p.query::<()>(&mut c).expect("MULTI/EXEC");
@@ -355,18 +340,10 @@ fn a_large_transaction_over_two_streams_is_visible_after_its_reply() {
             let mut p = redis::pipe();
             p.atomic();
             for i in 0..2000 {
-                let mut cmd = redis::cmd("XADD");
-                cmd.arg(A).arg("*");
-                for (k, v) in decision("BIG", &format!("a-{round}-{i}"), &[]) {
-                    cmd.arg(k).arg(v);
-                }
+                let cmd = xadd_decision(A, "BIG", &format!("a-{round}-{i}"), &[]);
                 p.add_command(cmd).ignore();
             }
-            let mut cmd = redis::cmd("XADD");
-            cmd.arg(B).arg("*");
-            for (k, v) in decision("ONE", &format!("b-{round}"), &[]) {
-                cmd.arg(k).arg(v);
-            }
+            let cmd = xadd_decision(B, "ONE", &format!("b-{round}"), &[]);
             p.add_command(cmd).ignore();
             p.query::<()>(&mut c).expect("MULTI/EXEC");
             assert_eq!(

@@ -19,6 +19,20 @@ fn missing_by_plan(c: &mut Connection, n: usize, plan: impl Fn(usize) -> String)
     found.iter().filter(|&&f| f == 0).count()
 }
 
+/// A server projecting per turn, its housekeeping tick out of the way, with a first
+/// decision projected.
+fn turn_server(flavor: Flavor) -> Server {
+    let s = Options::new(flavor)
+        .without_exporter()
+        .module_arg("poll-ms", "60000")
+        .module_arg("project-at", "turn")
+        .start();
+    let mut c = s.conn();
+    inject(&mut c, "W", "warm");
+    wait_drained(&mut c);
+    s
+}
+
 /// `project-at turn`, fast path on: pipelines of 1 to 1,500 XADDs (around `MAX_TAKEN`),
 /// mixed with XADDs that fail (an ID too small, NOMKSTREAM on a missing key), XADDs on an
 /// unlisted stream and explicit IDs, with `heatbridge.batch` changed between rounds. After
@@ -28,14 +42,8 @@ fn missing_by_plan(c: &mut Connection, n: usize, plan: impl Fn(usize) -> String)
 #[test]
 fn turn_pipelines_around_max_taken_project_every_entry() {
     for_each_flavor(|flavor| {
-        let s = Options::new(flavor)
-            .without_exporter()
-            .module_arg("poll-ms", "60000")
-            .module_arg("project-at", "turn")
-            .start();
+        let s = turn_server(flavor);
         let mut c = s.conn();
-        inject(&mut c, "W", "warm");
-        wait_drained(&mut c);
         let mut total = 1usize;
         let mut last_plan: std::collections::BTreeMap<String, String> = Default::default();
         let sizes = [1usize, 9, 10, 11, 999, 1000, 1001, 1500, 400, 2];
@@ -119,14 +127,8 @@ fn turn_pipelines_around_max_taken_project_every_entry() {
 #[test]
 fn fast_path_toggles_inside_a_turn_lose_nothing() {
     for_each_flavor(|flavor| {
-        let s = Options::new(flavor)
-            .without_exporter()
-            .module_arg("poll-ms", "60000")
-            .module_arg("project-at", "turn")
-            .start();
+        let s = turn_server(flavor);
         let mut c = s.conn();
-        inject(&mut c, "W", "warm");
-        wait_drained(&mut c);
         let mut p = redis::pipe();
         let mut last: std::collections::BTreeMap<String, String> = Default::default();
         for i in 0..1800 {
@@ -158,11 +160,7 @@ fn fast_path_toggles_inside_a_turn_lose_nothing() {
             }
             let sym = format!("S{}", i % 11);
             let plan = format!("t-{i}");
-            let mut cmd = redis::cmd("XADD");
-            cmd.arg(STREAM).arg("*");
-            for (k, v) in decision(&sym, &plan, &[]) {
-                cmd.arg(k).arg(v);
-            }
+            let cmd = xadd_decision(STREAM, &sym, &plan, &[]);
             p.add_command(cmd).ignore();
             last.insert(sym, plan);
         }

@@ -668,6 +668,21 @@ pub fn decision(symbol: &str, plan_id: &str, overrides: &[(&str, &str)]) -> Vec<
     f
 }
 
+/// `XADD <stream> * <decision(symbol, plan_id, overrides)>`, to run or to add to a pipeline.
+pub fn xadd_decision(
+    stream: &str,
+    symbol: &str,
+    plan_id: &str,
+    overrides: &[(&str, &str)],
+) -> redis::Cmd {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(stream).arg("*");
+    for (k, v) in decision(symbol, plan_id, overrides) {
+        cmd.arg(k).arg(v);
+    }
+    cmd
+}
+
 /// `XADD stream id fields...`; returns the entry ID.
 pub fn xadd(c: &mut Connection, stream: &str, id: &str, fields: &[(String, String)]) -> String {
     let mut cmd = redis::cmd("XADD");
