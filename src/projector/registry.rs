@@ -379,8 +379,9 @@ pub fn begin_pass(stream: &str, consumer: &Arc<str>, only_due: bool) -> Option<P
 /// Whether XADDs on `stream` wait for its next pass (then it never waits for a later
 /// callback: their replies would leave before their keys exist).
 pub fn owed(stream: &str) -> bool {
-    registry()
-        .get_mut(stream.as_bytes())
+    let r = registry();
+    r.position(stream.as_bytes())
+        .and_then(|i| r.projectors.get(i))
         .is_some_and(|p| p.owed > 0 && p.problem.is_none())
 }
 
