@@ -40,6 +40,24 @@ fn p1_then_p2(c: &mut Connection, p1: &str, p2: &str) {
     wait_drained(c);
 }
 
+/// The operator's note on the latest hash of E: then no entry holds its exact content.
+fn note_on_latest(c: &mut Connection) {
+    let _: i64 = redis::cmd("HSET")
+        .arg(format!("{LATEST}E"))
+        .arg("note")
+        .arg("checked")
+        .query(c)
+        .expect("HSET");
+}
+
+/// E's pointer and the plan_id of its latest hash.
+fn latest_of_e(c: &mut Connection) -> (Option<String>, Option<String>) {
+    (
+        get(c, &format!("{POINTER}E")),
+        hget(c, &format!("{LATEST}E"), "plan_id"),
+    )
+}
+
 /// The millisecond of a fresh entry, a little in the past (an entry time in the future
 /// would expire later when projected later, which orders decisions without a tie).
 fn past_ms(c: &mut Connection) -> u64 {
@@ -105,12 +123,7 @@ fn an_edited_latest_hash_is_not_stepped_back_by_an_older_pending_entry() {
         p1_then_p2(&mut c, &p1, &p2);
         assert_eq!(get(&mut c, &format!("{POINTER}E")).as_deref(), Some("p2"));
         // The operator's note on the latest hash.
-        let _: i64 = redis::cmd("HSET")
-            .arg(format!("{LATEST}E"))
-            .arg("note")
-            .arg("checked")
-            .query(&mut c)
-            .expect("HSET");
+        note_on_latest(&mut c);
         let _: () = redis::cmd("DEBUG")
             .arg("RELOAD")
             .query(&mut c)
@@ -124,10 +137,7 @@ fn an_edited_latest_hash_is_not_stepped_back_by_an_older_pending_entry() {
         inject(&mut c, "OTHER", "o1");
         wait_drained(&mut c);
         assert_eq!(
-            (
-                get(&mut c, &format!("{POINTER}E")),
-                hget(&mut c, &format!("{LATEST}E"), "plan_id")
-            ),
+            latest_of_e(&mut c),
             (Some("p2".to_string()), Some("p2".to_string())),
             "{flavor:?}: latest of E after the older p1 was finished"
         );
@@ -148,12 +158,7 @@ fn an_edited_latest_hash_is_not_stepped_back_by_a_replay_of_an_older_decision() 
         let p1 = format!("{ms}-1");
         let p2 = format!("{ms}-2");
         p1_then_p2(&mut c, &p1, &p2);
-        let _: i64 = redis::cmd("HSET")
-            .arg(format!("{LATEST}E"))
-            .arg("note")
-            .arg("checked")
-            .query(&mut c)
-            .expect("HSET");
+        note_on_latest(&mut c);
         let _: () = redis::cmd("SAVE").query(&mut c).expect("SAVE");
         s.restart();
         let mut c = s.conn();
@@ -165,10 +170,7 @@ fn an_edited_latest_hash_is_not_stepped_back_by_a_replay_of_an_older_decision() 
             .query(&mut c)
             .expect("REPLAY");
         assert_eq!(
-            (
-                get(&mut c, &format!("{POINTER}E")),
-                hget(&mut c, &format!("{LATEST}E"), "plan_id")
-            ),
+            latest_of_e(&mut c),
             (Some("p2".to_string()), Some("p2".to_string())),
             "{flavor:?}: latest of E after a REPLAY of the older p1"
         );
